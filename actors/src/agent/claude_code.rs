@@ -1,0 +1,491 @@
+//! The Claude Code agent actor: one long-lived `claude` process per session, driven over
+//! stream-json (research/claude-code-cli.md §0–1). The same process serves every subtask of the
+//! task, so the conversation continues; if it dies, the running subtask fails with the reason and
+//! the next subtask starts a fresh process.
+
+use std::path::PathBuf;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::{json, Value};
+
+use super::claude_env::{claude_args, claude_env};
+use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
+use super::process::{create_private_dir, AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
+use super::{AgentArgs, TurnRequest};
+use crate::callback::CallbackMsg;
+use crate::config::PINNED_CLAUDE_CODE_VERSION;
+use crate::error::AgentError;
+use crate::payload::{CallbackPayload, TaskStatus};
+use crate::session::SessionMsg;
+
+/// Name of the file holding the Claude conversation id, in the task's workspace (contract §6.1).
+pub const SESSION_ID_FILE: &str = ".claude_session_id";
+
+/// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
+/// process counts as gone anyway.
+const PIPE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Folder of the task's own Claude config (`CLAUDE_CONFIG_DIR`), inside its workspace.
+pub const CONFIG_DIR: &str = ".claude";
+
+/// Messages of the [`ClaudeCodeAgent`].
+pub enum AgentMsg {
+    /// Run one subtask; the session sends the next only after `TurnDone`.
+    Turn(Box<TurnRequest>),
+    /// Cancel the running subtask.
+    Interrupt,
+    /// The spawn task finished (generation `gen`).
+    Spawned {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// The process, or why it could not start.
+        result: Result<AgentProcess, AgentError>,
+    },
+    /// Something happened on process `gen`'s pipes.
+    Process {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// What happened.
+        event: ProcessEvent,
+    },
+    /// The initialize deadline of process `gen` passed.
+    InitTimeout {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
+    /// After process `gen` exited, the time its pipes had to drain passed (a grandchild may
+    /// hold them open forever).
+    DrainDeadline {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
+    /// The deadline for the interrupted turn's `result` passed.
+    InterruptTimeout {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
+}
+
+/// The actor; see the module docs.
+pub struct ClaudeCodeAgent;
+
+/// State of the [`ClaudeCodeAgent`].
+pub struct ClaudeState {
+    args: AgentArgs,
+    cwd: PathBuf,
+    proc: Option<AgentProcess>,
+    gen: u64,
+    spawning: bool,
+    ready: bool,
+    stdout_done: bool,
+    stderr_done: bool,
+    exited: Option<ExitInfo>,
+    turns_in_process: u32,
+    turn: Option<Turn>,
+    claude_session: Option<String>,
+}
+
+impl Actor for ClaudeCodeAgent {
+    type Msg = AgentMsg;
+    type State = ClaudeState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> Result<ClaudeState, ActorProcessingErr> {
+        let cwd = args.cfg.workspace_root.join(args.task_id.to_string());
+        Ok(ClaudeState {
+            args,
+            cwd,
+            proc: None,
+            gen: 0,
+            spawning: false,
+            ready: false,
+            stdout_done: false,
+            stderr_done: false,
+            exited: None,
+            turns_in_process: 0,
+            turn: None,
+            claude_session: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<AgentMsg>,
+        msg: AgentMsg,
+        st: &mut ClaudeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AgentMsg::Turn(req) => st.on_turn(&me, *req),
+            AgentMsg::Interrupt => st.on_interrupt(&me),
+            AgentMsg::Spawned { gen, result } if gen == st.gen => st.on_spawned(&me, result),
+            AgentMsg::Process { gen, event } if gen == st.gen => st.on_event(&me, event),
+            AgentMsg::DrainDeadline { gen } if gen == st.gen => st.on_process_gone(),
+            AgentMsg::InitTimeout { gen } if gen == st.gen && !st.ready && st.proc.is_some() => {
+                let secs = st.args.cfg.claude.init_timeout.as_secs();
+                st.fail_turn(&format!(
+                    "Claude Code CLI did not answer the initialize request within {secs} s"
+                ));
+                st.kill_process();
+            }
+            AgentMsg::InterruptTimeout { gen }
+                if gen == st.gen && st.turn.as_ref().is_some_and(|t| t.cancelled) =>
+            {
+                tracing::warn!(
+                    "task {}: interrupted turn did not end in time; killing the CLI",
+                    st.args.task_id
+                );
+                st.kill_process();
+            }
+            _ => {} // events of a retired process, or deadlines that no longer apply
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<AgentMsg>,
+        st: &mut ClaudeState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(mut p) = st.proc.take() {
+            let how = p.terminate(st.args.cfg.stop).await;
+            tracing::info!(
+                "task {}: Claude Code process {} stopped ({:?})",
+                st.args.task_id,
+                p.pid(),
+                how
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ClaudeState {
+    fn emit(&self, p: Box<CallbackPayload>) {
+        let _ = self.args.callbacks.cast(CallbackMsg::Send(p));
+    }
+
+    fn on_turn(&mut self, me: &ActorRef<AgentMsg>, req: TurnRequest) {
+        let turn = Turn::new(req.ctx, req.spec.prompt.clone());
+        if self.turn.is_some() {
+            tracing::error!(
+                "task {}: a turn arrived while another runs; refusing it",
+                self.args.task_id
+            );
+            let mut t = turn;
+            self.emit(t.failed("internal error: the agent is busy with another subtask"));
+            return;
+        }
+        self.emit(turn.running(55, INIT_MESSAGE));
+        self.turn = Some(turn);
+        if req.spec.new_session && (self.proc.is_some() || self.claude_session.is_some()) {
+            tracing::info!(
+                "task {}: new_session requested; starting a fresh conversation",
+                self.args.task_id
+            );
+            self.retire_process();
+            self.claude_session = None;
+        }
+        if self.ready {
+            self.send_turn();
+        } else if !self.spawning && self.proc.is_none() {
+            self.start_spawn(me, &req.spec);
+        }
+    }
+
+    fn start_spawn(&mut self, me: &ActorRef<AgentMsg>, spec: &crate::task::TaskSpec) {
+        let cfg = &self.args.cfg;
+        let config_dir = self.cwd.join(CONFIG_DIR);
+        let env = match claude_env(cfg, &spec.bot, &config_dir, std::env::vars()) {
+            Ok(env) => env,
+            Err(e) => return self.fail_turn(&e.to_string()),
+        };
+        self.gen += 1;
+        self.spawning = true;
+        let (gen, me) = (self.gen, me.clone());
+        let spawn = SpawnSpec {
+            program: cfg.claude.bin.clone(),
+            args: claude_args(&spec.bot, None),
+            env,
+            cwd: self.cwd.clone(),
+            max_line_bytes: cfg.claude.max_line_bytes,
+        };
+        tokio::spawn(async move {
+            let result = prepare_and_spawn(spawn, config_dir, me.clone(), gen).await;
+            if let Err(ractor::MessagingErr::SendErr(AgentMsg::Spawned { result: Ok(p), .. })) =
+                me.cast(AgentMsg::Spawned { gen, result })
+            {
+                drop(p); // the actor is gone: Drop kills the process group
+            }
+        });
+    }
+
+    fn on_spawned(&mut self, me: &ActorRef<AgentMsg>, result: Result<AgentProcess, AgentError>) {
+        self.spawning = false;
+        match result {
+            Err(e) => self.fail_turn(&e.to_string()),
+            Ok(p) => {
+                tracing::info!(
+                    "task {}: started Claude Code process {}",
+                    self.args.task_id,
+                    p.pid()
+                );
+                let init = json!({"type": "control_request", "request_id": format!("req_init_{}", self.gen),
+                                  "request": {"subtype": "initialize", "hooks": null}});
+                p.send_line(init.to_string());
+                self.proc = Some(p);
+                self.ready = false;
+                self.stdout_done = false;
+                self.stderr_done = false;
+                self.exited = None;
+                self.turns_in_process = 0;
+                me.send_after(self.args.cfg.claude.init_timeout, {
+                    let gen = self.gen;
+                    move || AgentMsg::InitTimeout { gen }
+                });
+            }
+        }
+    }
+
+    fn send_turn(&mut self) {
+        let first = self.turns_in_process == 0;
+        let cwd = self.cwd.display().to_string();
+        let (Some(turn), Some(proc)) = (self.turn.as_mut(), self.proc.as_ref()) else {
+            return;
+        };
+        if turn.sent || turn.cancelled {
+            return;
+        }
+        if first {
+            turn.prompt
+                .push_str(&format!("\nCurrent working directory: {cwd}"));
+        }
+        let line = turn.user_line();
+        turn.sent = proc.send_line(line);
+        let p = turn.running(60, INIT_MESSAGE);
+        self.turns_in_process += 1;
+        self.emit(p);
+    }
+
+    fn on_event(&mut self, me: &ActorRef<AgentMsg>, event: ProcessEvent) {
+        match event {
+            ProcessEvent::Line(line) => self.on_line(&line),
+            ProcessEvent::StdoutFailed(reason) => {
+                self.fail_turn(&reason);
+                self.stdout_done = true;
+                self.kill_process();
+            }
+            ProcessEvent::StdoutClosed => self.stdout_done = true,
+            ProcessEvent::StderrClosed => self.stderr_done = true,
+            ProcessEvent::Exited(info) => {
+                self.exited = Some(info);
+                let gen = self.gen;
+                me.send_after(PIPE_DRAIN_TIMEOUT, move || AgentMsg::DrainDeadline { gen });
+            }
+        }
+        if self.stdout_done && self.stderr_done && self.exited.is_some() {
+            self.on_process_gone();
+        }
+    }
+
+    fn on_line(&mut self, line: &str) {
+        if !line.trim_start().starts_with('{') {
+            return;
+        }
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            tracing::debug!(
+                "task {}: skipping a non-JSON stdout line",
+                self.args.task_id
+            );
+            return;
+        };
+        match msg.get("type").and_then(Value::as_str) {
+            Some("control_response") => return self.on_control_response(&msg),
+            Some("control_request") => return self.refuse_control_request(&msg),
+            _ => {}
+        }
+        if let Some(id) = msg.get("session_id").and_then(Value::as_str) {
+            self.remember_session(id);
+        }
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        match turn.on_message(&msg) {
+            LineOutcome::Ignore => {}
+            LineOutcome::Progress(p) => self.emit(p),
+            LineOutcome::Finished(status, p) => {
+                if let Some(p) = p {
+                    self.emit(p);
+                }
+                self.end_turn(status);
+            }
+        }
+    }
+
+    fn on_control_response(&mut self, msg: &Value) {
+        let id = msg
+            .pointer("/response/request_id")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if id == format!("req_init_{}", self.gen) && !self.ready {
+            self.ready = true;
+            self.send_turn();
+        }
+    }
+
+    /// We configure no hooks or permission prompts, so any request from the CLI is answered
+    /// with an error rather than left to hang the turn.
+    fn refuse_control_request(&self, msg: &Value) {
+        let id = msg.get("request_id").cloned().unwrap_or(Value::Null);
+        let reply = json!({"type": "control_response",
+                           "response": {"subtype": "error", "request_id": id, "error": "not supported by this executor"}});
+        if let Some(p) = &self.proc {
+            p.send_line(reply.to_string());
+        }
+    }
+
+    fn remember_session(&mut self, id: &str) {
+        if id.is_empty() || self.claude_session.as_deref() == Some(id) {
+            return;
+        }
+        self.claude_session = Some(id.to_string());
+        let (path, id) = (self.cwd.join(SESSION_ID_FILE), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = tokio::fs::write(&path, id).await {
+                tracing::warn!("cannot save Claude session id to {}: {e}", path.display());
+            }
+        });
+    }
+
+    fn on_interrupt(&mut self, me: &ActorRef<AgentMsg>) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        if turn.cancelled {
+            return;
+        }
+        turn.cancelled = true;
+        let p = turn.cancelled_event();
+        let sent = turn.sent;
+        self.emit(p);
+        if !sent {
+            return self.end_turn(TaskStatus::Cancelled);
+        }
+        let req = json!({"type": "control_request", "request_id": format!("req_int_{}", self.gen),
+                         "request": {"subtype": "interrupt"}});
+        if let Some(p) = &self.proc {
+            p.send_line(req.to_string());
+        }
+        let gen = self.gen;
+        me.send_after(self.args.cfg.claude.interrupt_timeout, move || {
+            AgentMsg::InterruptTimeout { gen }
+        });
+    }
+
+    fn on_process_gone(&mut self) {
+        let Some(p) = self.proc.take() else { return };
+        let exit = self.exited.unwrap_or(ExitInfo {
+            code: None,
+            signal: None,
+        });
+        tracing::info!(
+            "task {}: Claude Code process {} ended ({exit})",
+            self.args.task_id,
+            p.pid()
+        );
+        self.ready = false;
+        if self.turn.as_ref().is_some_and(|t| t.cancelled) {
+            return self.end_turn(TaskStatus::Cancelled);
+        }
+        let tail = p.stderr_tail();
+        let mut msg = format!("Claude Code process exited unexpectedly ({exit})");
+        if !tail.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(&tail.join("\n"));
+        }
+        drop(p);
+        self.fail_turn(&msg);
+    }
+
+    /// Ends the running turn with a `FAILED` callback (no-op without a turn).
+    fn fail_turn(&mut self, message: &str) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        tracing::warn!(
+            "task {}: subtask {} failed: {message}",
+            self.args.task_id,
+            turn.ctx.subtask_id
+        );
+        let p = turn.failed(message);
+        self.emit(p);
+        self.end_turn(TaskStatus::Failed);
+    }
+
+    fn end_turn(&mut self, status: TaskStatus) {
+        if let Some(turn) = self.turn.take() {
+            let _ = self.args.session.cast(SessionMsg::TurnDone {
+                subtask_id: turn.ctx.subtask_id,
+                status,
+            });
+        }
+    }
+
+    fn kill_process(&self) {
+        if let Some(p) = &self.proc {
+            p.kill_group(libc::SIGKILL);
+        }
+    }
+
+    /// Lets the current process end in the background (its events are ignored from now on).
+    fn retire_process(&mut self) {
+        self.gen += 1;
+        self.ready = false;
+        self.spawning = false;
+        if let Some(mut p) = self.proc.take() {
+            let stop = self.args.cfg.stop;
+            tokio::spawn(async move {
+                p.terminate(stop).await;
+            });
+        }
+    }
+}
+
+/// File work before the spawn, off the actor: the workspace and the task's own Claude config
+/// directory (with the onboarding flags the CLI wants), then the process itself.
+async fn prepare_and_spawn(
+    spec: SpawnSpec,
+    config_dir: PathBuf,
+    me: ActorRef<AgentMsg>,
+    gen: u64,
+) -> Result<AgentProcess, AgentError> {
+    let ws_err = |path: &PathBuf| {
+        let path = path.display().to_string();
+        move |source| AgentError::Workspace { path, source }
+    };
+    create_private_dir(&spec.cwd)
+        .await
+        .map_err(ws_err(&spec.cwd))?;
+    create_private_dir(&config_dir)
+        .await
+        .map_err(ws_err(&config_dir))?;
+    let onboarding = config_dir.join(".claude.json");
+    if !tokio::fs::try_exists(&onboarding).await.unwrap_or(false) {
+        let flags = json!({"hasCompletedOnboarding": true, "bypassPermissionsModeAccepted": true,
+                           "autoUpdates": false, "numStartups": 1});
+        tokio::fs::write(&onboarding, flags.to_string())
+            .await
+            .map_err(ws_err(&onboarding))?;
+    }
+    AgentProcess::spawn(&spec, move |event| {
+        me.cast(AgentMsg::Process { gen, event }).is_ok()
+    })
+    .map_err(|source| AgentError::Spawn {
+        bin: spec.program.display().to_string(),
+        version: PINNED_CLAUDE_CODE_VERSION,
+        source,
+    })
+}

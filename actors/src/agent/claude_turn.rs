@@ -1,0 +1,306 @@
+//! One subtask's turn with the Claude Code CLI: stream-json lines in, contract callbacks out
+//! (contract §4.4: 55/60 start, 75 per message, 100 terminal).
+
+use serde_json::{json, Value};
+
+use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
+
+/// Thinking steps kept per turn; callbacks carry the whole list, so it must stay bounded.
+pub const MAX_THINKING_STEPS: usize = 200;
+
+/// Message of every running event from the agent's start-up (contract §4.4).
+pub const INIT_MESSAGE: &str = "${{thinking.initialize_agent}}";
+
+/// Message of the `CANCELLED` callback (contract §2.4).
+pub const CANCEL_MESSAGE: &str = "${{tasks.cancel_task}}";
+
+/// What a stdout line means for the turn.
+#[derive(Debug, PartialEq)]
+pub enum LineOutcome {
+    /// Nothing to report (not JSON, or a kind we do not relay).
+    Ignore,
+    /// A progress event to send.
+    Progress(Box<CallbackPayload>),
+    /// The turn ended; the payload is its terminal callback (absent for a cancelled turn).
+    Finished(TaskStatus, Option<Box<CallbackPayload>>),
+}
+
+/// A subtask being run by the CLI.
+#[derive(Debug)]
+pub struct Turn {
+    /// Who callbacks are about.
+    pub ctx: SubtaskContext,
+    /// The text written to the CLI.
+    pub prompt: String,
+    /// True once the user line has been written.
+    pub sent: bool,
+    /// True after a cancel: progress is no longer reported and the end is silent.
+    pub cancelled: bool,
+    thinking: Vec<Value>,
+}
+
+impl Turn {
+    /// A turn that has not been sent yet.
+    pub fn new(ctx: SubtaskContext, prompt: String) -> Self {
+        Self {
+            ctx,
+            prompt,
+            sent: false,
+            cancelled: false,
+            thinking: Vec::new(),
+        }
+    }
+
+    /// A running event with the thinking so far.
+    pub fn running(&self, progress: u8, message: &str) -> Box<CallbackPayload> {
+        Box::new(self.ctx.payload(
+            progress,
+            TaskStatus::Running,
+            message,
+            Some(self.result(None)),
+        ))
+    }
+
+    /// The terminal `FAILED` event for an error found outside the stream.
+    pub fn failed(&mut self, message: &str) -> Box<CallbackPayload> {
+        self.step("thinking.task_execution_failed", json!({"error": message}));
+        Box::new(
+            self.ctx
+                .payload(100, TaskStatus::Failed, message, Some(self.result(None))),
+        )
+    }
+
+    /// The terminal `CANCELLED` event.
+    pub fn cancelled_event(&self) -> Box<CallbackPayload> {
+        Box::new(
+            self.ctx
+                .payload(100, TaskStatus::Cancelled, CANCEL_MESSAGE, None),
+        )
+    }
+
+    /// The stream-json user line for this turn.
+    pub fn user_line(&self) -> String {
+        json!({"type": "user", "message": {"role": "user", "content": self.prompt},
+               "parent_tool_use_id": null, "session_id": ""})
+        .to_string()
+    }
+
+    /// Interprets one message from the CLI's stdout.
+    pub fn on_message(&mut self, msg: &Value) -> LineOutcome {
+        match msg.get("type").and_then(Value::as_str) {
+            Some("system") => self.progress("thinking.system_message_received", msg.clone()),
+            Some("assistant") => {
+                self.progress("thinking.assistant_message_received", message_details(msg))
+            }
+            Some("user") => self.progress("thinking.user_message_received", message_details(msg)),
+            Some("result") => self.finish(msg),
+            _ => LineOutcome::Ignore,
+        }
+    }
+
+    fn progress(&mut self, title: &str, details: Value) -> LineOutcome {
+        if self.cancelled {
+            return LineOutcome::Ignore;
+        }
+        self.step(title, details);
+        LineOutcome::Progress(self.running(75, &format!("Thinking: {title}")))
+    }
+
+    fn finish(&mut self, msg: &Value) -> LineOutcome {
+        if self.cancelled {
+            return LineOutcome::Finished(TaskStatus::Cancelled, None);
+        }
+        let subtype = msg.get("subtype").and_then(Value::as_str).unwrap_or("");
+        let is_error = msg
+            .get("is_error")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let text = msg
+            .get("result")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let details = result_details(msg);
+        if is_error || subtype.starts_with("error") {
+            self.step("thinking.task_execution_failed", details);
+            let errors: Vec<&str> = msg
+                .get("errors")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let message = text
+                .filter(|t| !t.is_empty())
+                .or_else(|| (!errors.is_empty()).then(|| errors.join("; ")))
+                .unwrap_or_else(|| format!("Task ended: {subtype}"));
+            let p = self
+                .ctx
+                .payload(100, TaskStatus::Failed, message, Some(self.result(None)));
+            return LineOutcome::Finished(TaskStatus::Failed, Some(Box::new(p)));
+        }
+        self.step("thinking.task_execution_success", details);
+        let value = text.unwrap_or_default();
+        let message = if value.is_empty() {
+            "No result".to_string()
+        } else {
+            value.clone()
+        };
+        let p = self.ctx.payload(
+            100,
+            TaskStatus::Completed,
+            message,
+            Some(self.result(Some(value))),
+        );
+        LineOutcome::Finished(TaskStatus::Completed, Some(Box::new(p)))
+    }
+
+    fn step(&mut self, title: &str, details: Value) {
+        if self.thinking.len() >= MAX_THINKING_STEPS {
+            self.thinking.remove(0);
+        }
+        self.thinking
+            .push(json!({"title": title, "next_action": "continue", "details": details}));
+    }
+
+    fn result(&self, value: Option<String>) -> Value {
+        let mut r = json!({"thinking": self.thinking});
+        if let Some(v) = value {
+            r["value"] = Value::String(v);
+        }
+        r
+    }
+}
+
+/// Claude message details as the original reports them: type, role, model and content blocks.
+fn message_details(msg: &Value) -> Value {
+    let m = msg.get("message").cloned().unwrap_or(Value::Null);
+    json!({
+        "type": msg.get("type"),
+        "message": {
+            "id": m.get("id").cloned().unwrap_or(Value::String(String::new())),
+            "type": "message",
+            "role": m.get("role"),
+            "model": m.get("model"),
+            "content": m.get("content"),
+        },
+        "parent_tool_use_id": msg.get("parent_tool_use_id"),
+    })
+}
+
+fn result_details(msg: &Value) -> Value {
+    let keys = [
+        "type",
+        "subtype",
+        "stop_reason",
+        "is_error",
+        "session_id",
+        "num_turns",
+        "duration_ms",
+        "duration_api_ms",
+        "total_cost_usd",
+        "usage",
+        "result",
+    ];
+    Value::Object(
+        keys.iter()
+            .filter_map(|k| msg.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn() -> Turn {
+        let ctx = SubtaskContext {
+            task_id: 1,
+            subtask_id: 2,
+            task_title: "t".into(),
+            subtask_title: "s".into(),
+            task_type: None,
+            executor_name: None,
+            executor_namespace: None,
+        };
+        Turn::new(ctx, "hi".into())
+    }
+
+    #[test]
+    fn success_sequence() {
+        let mut t = turn();
+        let LineOutcome::Progress(p) =
+            t.on_message(&json!({"type": "system", "subtype": "init", "session_id": "abc"}))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (p.progress, p.error_message.as_deref()),
+            (75, Some("Thinking: thinking.system_message_received"))
+        );
+        let LineOutcome::Finished(TaskStatus::Completed, Some(p)) = t.on_message(
+            &json!({"type": "result", "subtype": "success", "is_error": false, "result": "done"}),
+        ) else {
+            panic!()
+        };
+        assert_eq!(p.progress, 100);
+        assert_eq!(p.result.as_ref().unwrap()["value"], "done");
+        assert_eq!(
+            p.result.as_ref().unwrap()["thinking"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn api_error_with_success_subtype_fails() {
+        let mut t = turn();
+        let out = t.on_message(&json!({"type": "result", "subtype": "success", "is_error": true, "result": "API Error: 500"}));
+        let LineOutcome::Finished(TaskStatus::Failed, Some(p)) = out else {
+            panic!()
+        };
+        assert_eq!(p.error_message.as_deref(), Some("API Error: 500"));
+    }
+
+    #[test]
+    fn error_subtype_without_text_uses_errors() {
+        let mut t = turn();
+        let out = t.on_message(&json!({"type": "result", "subtype": "error_max_turns", "is_error": true,
+                                       "result": null, "errors": ["Reached maximum number of turns (1)"]}));
+        let LineOutcome::Finished(TaskStatus::Failed, Some(p)) = out else {
+            panic!()
+        };
+        assert_eq!(
+            p.error_message.as_deref(),
+            Some("Reached maximum number of turns (1)")
+        );
+    }
+
+    #[test]
+    fn cancelled_turn_is_silent() {
+        let mut t = turn();
+        t.cancelled = true;
+        assert_eq!(
+            t.on_message(&json!({"type": "assistant", "message": {}})),
+            LineOutcome::Ignore
+        );
+        assert_eq!(
+            t.on_message(
+                &json!({"type": "result", "subtype": "error_during_execution", "is_error": true})
+            ),
+            LineOutcome::Finished(TaskStatus::Cancelled, None)
+        );
+    }
+
+    #[test]
+    fn thinking_is_bounded() {
+        let mut t = turn();
+        for _ in 0..(MAX_THINKING_STEPS + 10) {
+            t.on_message(&json!({"type": "assistant", "message": {}}));
+        }
+        let p = t.running(75, "x");
+        assert_eq!(
+            p.result.unwrap()["thinking"].as_array().unwrap().len(),
+            MAX_THINKING_STEPS
+        );
+    }
+}

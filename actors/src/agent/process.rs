@@ -1,0 +1,282 @@
+//! One agent subprocess in its own process group, with its pipes turned into messages.
+//!
+//! The stdout reader, the stderr collector, the stdin writer and the reaper each run as a tokio
+//! task; the owning actor only sees messages (lines, EOF, exit) tagged with a generation number
+//! so that events of a previous process are told apart. Dropping an [`AgentProcess`] (e.g. when
+//! its actor is killed and skips `post_stop`) SIGKILLs the whole group; the reaper task still
+//! reaps the leader, so no zombie is left.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+
+use crate::config::StopConfig;
+
+/// How many stderr lines are kept for error messages.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// How the process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    pub signal: Option<i32>,
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            (None, None) => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+/// What the pipes and the reaper report to the owning actor.
+#[derive(Debug)]
+pub enum ProcessEvent {
+    /// One stdout line (without the newline).
+    Line(String),
+    /// stdout broke: a line over the limit, or a read error.
+    StdoutFailed(String),
+    /// stdout reached EOF; every line has been sent before this.
+    StdoutClosed,
+    /// stderr reached EOF; its last lines are in the tail.
+    StderrClosed,
+    /// The process has exited and been reaped.
+    Exited(ExitInfo),
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// Program.
+    pub program: PathBuf,
+    /// Arguments (never secrets: those go in `env`).
+    pub args: Vec<String>,
+    /// Complete environment of the child (nothing is inherited beyond this).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Longest stdout line accepted.
+    pub max_line_bytes: usize,
+}
+
+/// A running agent subprocess; see the module docs.
+pub struct AgentProcess {
+    pid: u32,
+    stdin: Option<mpsc::UnboundedSender<String>>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentProcess {
+    /// Starts the program in a new process group; `sink` receives its events.
+    pub fn spawn(
+        spec: &SpawnSpec,
+        sink: impl Fn(ProcessEvent) -> bool + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let mut child = Command::new(&spec.program)
+            .args(&spec.args)
+            .env_clear()
+            .envs(&spec.env)
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let (stdout, stderr, stdin) =
+            (child.stdout.take(), child.stderr.take(), child.stdin.take());
+        let sink = Arc::new(sink);
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (exit_tx, exit) = watch::channel(None);
+        let mut tasks = Vec::new();
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+        if let Some(stdin) = stdin {
+            tasks.push(tokio::spawn(write_stdin(stdin, stdin_rx)));
+        }
+        if let Some(out) = stdout {
+            tasks.push(tokio::spawn(read_stdout(
+                out,
+                spec.max_line_bytes,
+                sink.clone(),
+            )));
+        }
+        if let Some(err) = stderr {
+            tasks.push(tokio::spawn(collect_stderr(
+                err,
+                pid,
+                stderr_tail.clone(),
+                sink.clone(),
+            )));
+        }
+        // The reaper is not kept in `tasks`: it must outlive a dropped AgentProcess to reap.
+        let reaper_sink = sink.clone();
+        tokio::spawn(async move {
+            let info = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    ExitInfo {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+                Err(_) => ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+            };
+            let _ = exit_tx.send(Some(info));
+            reaper_sink(ProcessEvent::Exited(info));
+        });
+        Ok(Self {
+            pid,
+            stdin: Some(stdin_tx),
+            exit,
+            stderr_tail,
+            tasks,
+        })
+    }
+
+    /// The leader's pid, which is also the process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Queues one line for stdin (a newline is added). False when stdin is closed.
+    pub fn send_line(&self, line: String) -> bool {
+        self.stdin.as_ref().is_some_and(|tx| tx.send(line).is_ok())
+    }
+
+    /// The last stderr lines, for error messages.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.stderr_tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// True once the leader has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Ends the process and its group: close stdin, wait `eof_grace`, SIGTERM the group, wait
+    /// `term_grace`, SIGKILL the group, and wait for the reaper. Returns how it ended.
+    pub async fn terminate(&mut self, stop: StopConfig) -> Option<ExitInfo> {
+        self.stdin = None;
+        if let Some(info) = self.wait_exit(stop.eof_grace).await {
+            self.kill_group(libc::SIGKILL);
+            return Some(info);
+        }
+        self.kill_group(libc::SIGTERM);
+        if let Some(info) = self.wait_exit(stop.term_grace).await {
+            self.kill_group(libc::SIGKILL);
+            return Some(info);
+        }
+        self.kill_group(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(5)).await
+    }
+
+    /// Sends `sig` to the whole process group (a no-op for an unknown pid).
+    pub fn kill_group(&self, sig: i32) {
+        if let Ok(pgid) = i32::try_from(self.pid) {
+            if pgid > 0 {
+                // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
+                unsafe {
+                    libc::kill(-pgid, sig);
+                }
+            }
+        }
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitInfo> {
+        let waited = tokio::time::timeout(limit, self.exit.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|v| *v));
+        waited.or_else(|| *self.exit.borrow())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill_group(libc::SIGKILL);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn write_stdin(mut stdin: ChildStdin, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(mut line) = rx.recv().await {
+        line.push('\n');
+        if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn read_stdout(
+    out: ChildStdout,
+    max_line_bytes: usize,
+    sink: Arc<impl Fn(ProcessEvent) -> bool + Send + Sync + 'static>,
+) {
+    let mut lines = FramedRead::new(out, LinesCodec::new_with_max_length(max_line_bytes));
+    while let Some(item) = lines.next().await {
+        let ev = match item {
+            Ok(line) => ProcessEvent::Line(line),
+            Err(LinesCodecError::MaxLineLengthExceeded) => ProcessEvent::StdoutFailed(format!(
+                "the agent wrote a stdout line longer than {max_line_bytes} bytes"
+            )),
+            Err(LinesCodecError::Io(e)) => {
+                ProcessEvent::StdoutFailed(format!("reading agent stdout failed: {e}"))
+            }
+        };
+        let failed = matches!(ev, ProcessEvent::StdoutFailed(_));
+        if !sink(ev) || failed {
+            return;
+        }
+    }
+    sink(ProcessEvent::StdoutClosed);
+}
+
+async fn collect_stderr(
+    err: ChildStderr,
+    pid: u32,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    sink: Arc<impl Fn(ProcessEvent) -> bool + Send + Sync + 'static>,
+) {
+    let mut lines = BufReader::new(err).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!("agent[{pid}] stderr: {line}");
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == STDERR_TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+    sink(ProcessEvent::StderrClosed);
+}
+
+/// Creates `dir` (and parents) with owner-only permissions.
+pub async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = tokio::fs::DirBuilder::new();
+    b.recursive(true).mode(0o700);
+    b.create(dir).await
+}

@@ -1,0 +1,134 @@
+//! Settings the runtime needs, already resolved by the binary (flags > env > file > defaults).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The Claude Code CLI version this executor is built and tested against.
+pub const PINNED_CLAUDE_CODE_VERSION: &str = "2.1.331";
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret; empty strings count as "no secret" for callers using [`Secret::non_empty`].
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// `Some` only for a non-blank value, so an empty env var behaves like an unset one.
+    pub fn non_empty(value: Option<String>) -> Option<Self> {
+        value.filter(|v| !v.trim().is_empty()).map(Self)
+    }
+
+    /// The secret itself, for the one place that must hand it on (a child's environment).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How callbacks are delivered to `CALLBACK_URL`.
+#[derive(Debug, Clone)]
+pub struct CallbackConfig {
+    /// Where to POST status events; `None` disables callbacks (logged once at start-up).
+    pub url: Option<String>,
+    /// Limit for one POST attempt.
+    pub timeout: Duration,
+    /// Retries after the first attempt on connection errors and non-4xx failures.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubled each time, with jitter.
+    pub initial_backoff: Duration,
+    /// Upper bound of one retry delay.
+    pub max_backoff: Duration,
+}
+
+/// How the Claude Code CLI is run and stopped.
+#[derive(Debug, Clone)]
+pub struct ClaudeConfig {
+    /// The `claude` program (a path or a name looked up in PATH).
+    pub bin: PathBuf,
+    /// How long the CLI may take to answer the `initialize` control request.
+    pub init_timeout: Duration,
+    /// Longest stdout line accepted from the CLI; a longer one fails the turn.
+    pub max_line_bytes: usize,
+    /// After an interrupt, how long to wait for the turn's `result` before killing the CLI.
+    pub interrupt_timeout: Duration,
+}
+
+/// How a session's processes are ended.
+#[derive(Debug, Clone, Copy)]
+pub struct StopConfig {
+    /// After closing stdin, how long the CLI gets to exit by itself (it flushes its transcript).
+    pub eof_grace: Duration,
+    /// After SIGTERM to the process group, how long before SIGKILL.
+    pub term_grace: Duration,
+}
+
+impl StopConfig {
+    /// The longest a session stop can take, used to bound waits on it.
+    pub fn budget(&self) -> Duration {
+        self.eof_grace + self.term_grace + Duration::from_secs(5)
+    }
+}
+
+/// Everything the runtime needs, shared read-only by all actors.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Each task works in `<workspace_root>/<task_id>/`.
+    pub workspace_root: PathBuf,
+    /// Copied into every callback as `executor_name` (env `EXECUTOR_NAME`).
+    pub executor_name: Option<String>,
+    /// Copied into every callback as `executor_namespace` (env `EXECUTOR_NAMESPACE`).
+    pub executor_namespace: Option<String>,
+    /// `EXECUTOR_ENV`: merged into every agent's environment.
+    pub executor_env: BTreeMap<String, String>,
+    /// Fallback Anthropic key from the executor's own environment (`ANTHROPIC_API_KEY`).
+    pub anthropic_api_key: Option<Secret>,
+    /// Fallback Anthropic bearer token from the executor's environment (`ANTHROPIC_AUTH_TOKEN`).
+    pub anthropic_auth_token: Option<Secret>,
+    /// Callback delivery settings.
+    pub callback: CallbackConfig,
+    /// Claude Code CLI settings.
+    pub claude: ClaudeConfig,
+    /// Process stop settings.
+    pub stop: StopConfig,
+}
+
+impl RuntimeConfig {
+    /// A configuration for unit tests and examples: no callbacks, `claude` from PATH.
+    pub fn for_tests(workspace_root: PathBuf) -> Self {
+        Self {
+            workspace_root,
+            executor_name: None,
+            executor_namespace: None,
+            executor_env: BTreeMap::new(),
+            anthropic_api_key: None,
+            anthropic_auth_token: None,
+            callback: CallbackConfig {
+                url: None,
+                timeout: Duration::from_secs(10),
+                max_retries: 10,
+                initial_backoff: Duration::from_millis(500),
+                max_backoff: Duration::from_secs(30),
+            },
+            claude: ClaudeConfig {
+                bin: PathBuf::from("claude"),
+                init_timeout: Duration::from_secs(60),
+                max_line_bytes: 16 * 1024 * 1024,
+                interrupt_timeout: Duration::from_secs(10),
+            },
+            stop: StopConfig {
+                eof_grace: Duration::from_millis(500),
+                term_grace: Duration::from_secs(2),
+            },
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The executor's actor runtime.
+//!
+//! One [`supervisor::Supervisor`] owns a [`session::Session`] per `task_id`; each session owns
+//! an agent child actor (today [`agent::claude_code::ClaudeCodeAgent`], which drives one
+//! long-lived `claude` subprocess); every status event goes through the single
+//! [`callback::CallbackRelay`], which posts it to `CALLBACK_URL` in order per task. The HTTP
+//! frontend (the `executor` binary) only talks to the supervisor through messages and reads the
+//! [`index::SessionIndex`] that the supervisor alone writes.
+
+pub mod agent;
+pub mod callback;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod payload;
+pub mod runtime;
+pub mod session;
+pub mod supervisor;
+pub mod task;

@@ -1,0 +1,166 @@
+//! The callback payload of contract §4.3 and the identity of the subtask it reports on.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::RuntimeConfig;
+use crate::task::TaskSpec;
+
+/// Status values the executor sends (the backend rejects any other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    /// Work in progress; progress < 100.
+    Running,
+    /// Finished successfully; `result.value` holds the answer.
+    Completed,
+    /// Finished with an error; the message says why.
+    Failed,
+    /// Stopped by a cancel request.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Terminal statuses end a subtask; exactly one is sent per subtask.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Running)
+    }
+
+    /// The wire spelling, for messages such as `Task execution status  : RUNNING`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "RUNNING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// Who a callback is about: the fields every payload repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubtaskContext {
+    /// `task_id` of the task dict.
+    pub task_id: i64,
+    /// `subtask_id` of the task dict.
+    pub subtask_id: i64,
+    /// `task_title` ("" kept, as the original).
+    pub task_title: String,
+    /// `subtask_title`.
+    pub subtask_title: String,
+    /// `type` → `task_type`, omitted when empty.
+    pub task_type: Option<String>,
+    /// `EXECUTOR_NAME`.
+    pub executor_name: Option<String>,
+    /// `EXECUTOR_NAMESPACE`.
+    pub executor_namespace: Option<String>,
+}
+
+impl SubtaskContext {
+    /// The context of one subtask under this executor's identity.
+    pub fn new(spec: &TaskSpec, cfg: &RuntimeConfig) -> Self {
+        Self {
+            task_id: spec.task_id,
+            subtask_id: spec.subtask_id,
+            task_title: spec.task_title.clone(),
+            subtask_title: spec.subtask_title.clone(),
+            task_type: spec.task_type.clone(),
+            executor_name: cfg.executor_name.clone(),
+            executor_namespace: cfg.executor_namespace.clone(),
+        }
+    }
+
+    /// Builds one callback. `message` travels in `error_message` for every status, as the
+    /// original does; an empty message or result is omitted.
+    pub fn payload(
+        &self,
+        progress: u8,
+        status: TaskStatus,
+        message: impl Into<String>,
+        result: Option<Value>,
+    ) -> CallbackPayload {
+        let message = message.into();
+        CallbackPayload {
+            task_id: self.task_id,
+            subtask_id: self.subtask_id,
+            task_title: self.task_title.clone(),
+            subtask_title: self.subtask_title.clone(),
+            executor_name: self.executor_name.clone(),
+            executor_namespace: self.executor_namespace.clone(),
+            progress,
+            status,
+            error_message: (!message.is_empty()).then_some(message),
+            result: result.filter(|r| !r.is_null() && r.as_object().is_none_or(|o| !o.is_empty())),
+            task_type: self.task_type.clone(),
+        }
+    }
+}
+
+/// One status event, serialised exactly as contract §4.3 (null keys omitted).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CallbackPayload {
+    /// Task the event belongs to; callbacks of one task are delivered in order.
+    pub task_id: i64,
+    /// Subtask the event belongs to.
+    pub subtask_id: i64,
+    /// Copied from the task.
+    pub task_title: String,
+    /// Copied from the task.
+    pub subtask_title: String,
+    /// `EXECUTOR_NAME`, omitted when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor_name: Option<String>,
+    /// `EXECUTOR_NAMESPACE`, omitted when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor_namespace: Option<String>,
+    /// 0–100.
+    pub progress: u8,
+    /// See [`TaskStatus`].
+    pub status: TaskStatus,
+    /// The human message of the event (for every status, despite the name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// `{"value", "thinking", ...}`, omitted when empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The task's `type`, omitted when empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_type: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> SubtaskContext {
+        SubtaskContext {
+            task_id: 21,
+            subtask_id: 31,
+            task_title: String::new(),
+            subtask_title: "S".into(),
+            task_type: None,
+            executor_name: Some("exec-1".into()),
+            executor_namespace: None,
+        }
+    }
+
+    #[test]
+    fn omits_null_keys_and_keeps_empty_titles() {
+        let p = ctx().payload(50, TaskStatus::Running, "Task execution started", None);
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            json!({"task_id": 21, "subtask_id": 31, "task_title": "", "subtask_title": "S",
+                   "executor_name": "exec-1", "progress": 50, "status": "RUNNING",
+                   "error_message": "Task execution started"})
+        );
+    }
+
+    #[test]
+    fn empty_result_is_omitted() {
+        let p = ctx().payload(100, TaskStatus::Completed, "", Some(json!({})));
+        let v = serde_json::to_value(&p).unwrap();
+        assert!(v.get("result").is_none() && v.get("error_message").is_none());
+        assert_eq!(v["status"], "COMPLETED");
+    }
+}

@@ -1,0 +1,111 @@
+//! The runtime as the frontend sees it: start the actor tree, talk to it, shut it down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+
+use crate::callback::{CallbackMsg, CallbackRelay};
+use crate::config::RuntimeConfig;
+use crate::error::SupervisorError;
+use crate::index::SessionIndex;
+use crate::supervisor::{
+    CancelOutcome, CloseScope, ExecuteOutcome, Supervisor, SupervisorArgs, SupervisorMsg,
+};
+use crate::task::TaskSpec;
+
+/// How long the frontend waits for the supervisor to accept a subtask.
+const EXECUTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Handles to the running actor tree. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    supervisor: ActorRef<SupervisorMsg>,
+    callbacks: ActorRef<CallbackMsg>,
+    index: SessionIndex,
+    cfg: Arc<RuntimeConfig>,
+}
+
+impl Runtime {
+    /// Starts the callback relay and the supervisor.
+    pub async fn start(cfg: RuntimeConfig) -> Result<Self, SupervisorError> {
+        let cfg = Arc::new(cfg);
+        let unavailable = |e: ractor::SpawnErr| SupervisorError::Unavailable(e.to_string());
+        let (callbacks, _) = Actor::spawn(None, CallbackRelay, cfg.callback.clone())
+            .await
+            .map_err(unavailable)?;
+        let index = SessionIndex::default();
+        let args = SupervisorArgs {
+            cfg: cfg.clone(),
+            callbacks: callbacks.clone(),
+            index: index.clone(),
+        };
+        let (supervisor, _) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            supervisor,
+            callbacks,
+            index,
+            cfg,
+        })
+    }
+
+    /// The read-only session view.
+    pub fn index(&self) -> &SessionIndex {
+        &self.index
+    }
+
+    /// The settings the runtime runs with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// Hands a subtask to its session (contract: answers at once; the work goes on).
+    pub async fn execute(&self, spec: TaskSpec) -> Result<ExecuteOutcome, SupervisorError> {
+        let ms = EXECUTE_TIMEOUT.as_millis() as u64;
+        ractor::call_t!(self.supervisor, SupervisorMsg::Execute, ms, Box::new(spec))
+            .map_err(|e| SupervisorError::Unavailable(e.to_string()))
+    }
+
+    /// Cancels what a task is running.
+    pub async fn cancel(&self, task_id: i64) -> Result<CancelOutcome, SupervisorError> {
+        ractor::call_t!(self.supervisor, SupervisorMsg::Cancel, 10_000, task_id)
+            .map_err(|e| SupervisorError::Unavailable(e.to_string()))
+    }
+
+    /// Ends sessions and returns how many; when it returns their processes are gone.
+    pub async fn close(&self, scope: CloseScope, reason: &str) -> Result<usize, SupervisorError> {
+        let ms = (self.cfg.stop.budget() + Duration::from_secs(5)).as_millis() as u64;
+        ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::Close,
+            ms,
+            scope,
+            reason.to_string()
+        )
+        .map_err(|e| SupervisorError::Unavailable(e.to_string()))
+    }
+
+    /// Events waiting for delivery.
+    pub async fn pending_callbacks(&self) -> usize {
+        ractor::call_t!(self.callbacks, CallbackMsg::Pending, 2_000).unwrap_or(0)
+    }
+
+    /// Graceful stop: close every session (their running subtasks get `FAILED` with
+    /// `reason`), then give queued callbacks until `flush_deadline` to go out.
+    pub async fn shutdown(&self, reason: &str, flush_deadline: Duration) {
+        if let Err(e) = self.close(CloseScope::All, reason).await {
+            tracing::warn!("closing sessions at shutdown: {e}");
+        }
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(self.cfg.stop.budget()))
+            .await;
+        let ms = flush_deadline.as_millis() as u64;
+        if ractor::call_t!(self.callbacks, CallbackMsg::Flush, ms).is_err() {
+            tracing::warn!("some callbacks were not delivered before the shutdown deadline");
+        }
+        self.callbacks.stop(None);
+    }
+}

@@ -1,0 +1,287 @@
+//! A session: the actor that owns one task. It runs the task's subtasks one at a time, in the
+//! order they arrive (a subtask for a busy task waits, it is never dropped), owns the agent child
+//! that talks to the agent runtime, and survives that child's failures.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::agent::claude_code::{AgentMsg, ClaudeCodeAgent};
+use crate::agent::{AgentArgs, TurnRequest};
+use crate::callback::CallbackMsg;
+use crate::config::RuntimeConfig;
+use crate::index::SessionStatus;
+use crate::payload::{SubtaskContext, TaskStatus};
+use crate::supervisor::{SessionUpdate, SupervisorMsg};
+use crate::task::TaskSpec;
+
+/// Reason reported for subtasks still running when a session stops without a given reason.
+const DEFAULT_STOP_REASON: &str = "session closed";
+
+/// Messages of a [`Session`].
+pub enum SessionMsg {
+    /// Queue a subtask.
+    Run(Box<TaskSpec>),
+    /// Cancel the running subtask and drop the queued ones. Replies whether anything was
+    /// running or queued.
+    Cancel(RpcReplyPort<bool>),
+    /// The agent finished the running subtask.
+    TurnDone {
+        /// Which subtask ended.
+        subtask_id: i64,
+        /// How it ended (its callback was already sent by the agent).
+        status: TaskStatus,
+    },
+    /// Stop the session: end the agent and its processes, fail what was still running with
+    /// this reason.
+    Close(String),
+}
+
+/// What a session is started with.
+pub struct SessionArgs {
+    /// The task it serves.
+    pub task_id: i64,
+    /// Shared settings.
+    pub cfg: Arc<RuntimeConfig>,
+    /// Where status events go.
+    pub callbacks: ActorRef<CallbackMsg>,
+    /// Told about every state change (it maintains the session index).
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+/// The actor; see the module docs.
+pub struct Session;
+
+/// State of a [`Session`].
+pub struct SessionState {
+    args: SessionArgs,
+    agent: Option<ActorRef<AgentMsg>>,
+    current: Option<SubtaskContext>,
+    queue: VecDeque<Box<TaskSpec>>,
+    close_reason: Option<String>,
+    completed: u64,
+}
+
+impl Actor for Session {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let mut st = SessionState {
+            args,
+            agent: None,
+            current: None,
+            queue: VecDeque::new(),
+            close_reason: None,
+            completed: 0,
+        };
+        st.agent = Some(st.spawn_agent(&me).await?);
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Run(spec) => {
+                st.queue.push_back(spec);
+                if st.current.is_none() {
+                    st.start_next(&me).await;
+                } else {
+                    st.report();
+                }
+            }
+            SessionMsg::Cancel(reply) => {
+                let busy = st.cancel();
+                let _ = reply.send(busy);
+            }
+            SessionMsg::TurnDone { subtask_id, status } => {
+                if st
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.subtask_id == subtask_id)
+                {
+                    tracing::info!(
+                        "task {}: subtask {subtask_id} ended {}",
+                        st.args.task_id,
+                        status.as_str()
+                    );
+                    st.current = None;
+                    st.completed += 1;
+                    st.start_next(&me).await;
+                }
+            }
+            SessionMsg::Close(reason) => {
+                st.close_reason = Some(reason);
+                me.stop(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<SessionMsg>,
+        evt: SupervisionEvent,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("the agent failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!(
+                    "the agent stopped: {}",
+                    reason.unwrap_or_else(|| "no reason".into())
+                ),
+            ),
+            _ => return Ok(()),
+        };
+        if st.agent.as_ref().map(|a| a.get_id()) != Some(cell.get_id()) || st.close_reason.is_some()
+        {
+            return Ok(());
+        }
+        tracing::error!("task {}: {why}", st.args.task_id);
+        st.agent = None;
+        if let Some(ctx) = st.current.take() {
+            st.emit(ctx.payload(100, TaskStatus::Failed, why, None));
+        }
+        st.start_next(&me).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        me: ActorRef<SessionMsg>,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        me.stop_children_and_wait(None, Some(st.args.cfg.stop.budget()))
+            .await;
+        let reason = st
+            .close_reason
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STOP_REASON.into());
+        if let Some(ctx) = st.current.take() {
+            st.emit(ctx.payload(100, TaskStatus::Failed, reason.clone(), None));
+        }
+        for spec in st.queue.drain(..) {
+            let ctx = SubtaskContext::new(&spec, &st.args.cfg);
+            let _ = st
+                .args
+                .callbacks
+                .cast(CallbackMsg::Send(Box::new(ctx.payload(
+                    100,
+                    TaskStatus::Failed,
+                    reason.clone(),
+                    None,
+                ))));
+        }
+        Ok(())
+    }
+}
+
+impl SessionState {
+    async fn spawn_agent(
+        &self,
+        me: &ActorRef<SessionMsg>,
+    ) -> Result<ActorRef<AgentMsg>, ActorProcessingErr> {
+        let args = AgentArgs {
+            task_id: self.args.task_id,
+            cfg: self.args.cfg.clone(),
+            callbacks: self.args.callbacks.clone(),
+            session: me.clone(),
+        };
+        let (agent, _) = Actor::spawn_linked(None, ClaudeCodeAgent, args, me.get_cell()).await?;
+        Ok(agent)
+    }
+
+    fn emit(&self, p: crate::payload::CallbackPayload) {
+        let _ = self.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
+    }
+
+    async fn start_next(&mut self, me: &ActorRef<SessionMsg>) {
+        while self.current.is_none() {
+            let Some(spec) = self.queue.pop_front() else {
+                break;
+            };
+            let ctx = SubtaskContext::new(&spec, &self.args.cfg);
+            let agent = match &self.agent {
+                Some(a) => a.clone(),
+                None => match self.spawn_agent(me).await {
+                    Ok(a) => {
+                        self.agent = Some(a.clone());
+                        a
+                    }
+                    Err(e) => {
+                        self.emit(ctx.payload(
+                            100,
+                            TaskStatus::Failed,
+                            format!("could not start the agent: {e}"),
+                            None,
+                        ));
+                        continue;
+                    }
+                },
+            };
+            let req = TurnRequest {
+                ctx: ctx.clone(),
+                spec: *spec,
+            };
+            if agent.cast(AgentMsg::Turn(Box::new(req))).is_err() {
+                self.emit(ctx.payload(100, TaskStatus::Failed, "the agent is not running", None));
+                continue;
+            }
+            self.current = Some(ctx);
+        }
+        self.report();
+    }
+
+    fn cancel(&mut self) -> bool {
+        let mut busy = false;
+        for spec in self.queue.drain(..) {
+            let ctx = SubtaskContext::new(&spec, &self.args.cfg);
+            let p = ctx.payload(
+                100,
+                TaskStatus::Cancelled,
+                crate::agent::claude_turn::CANCEL_MESSAGE,
+                None,
+            );
+            let _ = self.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
+            busy = true;
+        }
+        if self.current.is_some() {
+            if let Some(agent) = &self.agent {
+                let _ = agent.cast(AgentMsg::Interrupt);
+            }
+            busy = true;
+        }
+        self.report();
+        busy
+    }
+
+    fn report(&self) {
+        let update = SessionUpdate {
+            task_id: self.args.task_id,
+            status: if self.current.is_some() {
+                SessionStatus::Running
+            } else {
+                SessionStatus::Idle
+            },
+            current: self.current.clone(),
+            queued: self.queue.len(),
+            completed: self.completed,
+        };
+        let _ = self
+            .args
+            .supervisor
+            .cast(SupervisorMsg::SessionChanged(update));
+    }
+}

@@ -1,0 +1,342 @@
+//! The supervisor: the one actor that owns every session (one per `task_id`), keeps the session
+//! index, and turns a session's death into a `FAILED` callback instead of a crash.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::callback::CallbackMsg;
+use crate::config::RuntimeConfig;
+use crate::index::{SessionIndex, SessionInfo, SessionStatus};
+use crate::payload::{SubtaskContext, TaskStatus};
+use crate::session::{Session, SessionArgs, SessionMsg};
+use crate::task::{AgentKind, TaskSpec};
+
+/// Message of the first callback of every subtask (contract §2.3.1).
+pub const STARTED_MESSAGE: &str = "Task execution started";
+
+/// How long a cancel waits for the session to acknowledge.
+const CANCEL_ACK_MS: u64 = 5_000;
+
+/// What an execute request came to (the HTTP response is built from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecuteOutcome {
+    /// Accepted; the agent works in the background.
+    Running,
+    /// Refused; a `FAILED` callback with this message was sent.
+    Failed(String),
+}
+
+/// What a cancel request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// No session for that task.
+    NoSession,
+    /// The session got the cancel; `busy` says whether something was running or queued.
+    Cancelled {
+        /// False when the session was idle (nothing to interrupt, no callback sent).
+        busy: bool,
+    },
+}
+
+/// Which sessions a close request ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseScope {
+    /// One task's session.
+    Task(i64),
+    /// Every session of one agent type.
+    Kind(AgentKind),
+    /// Every session.
+    All,
+}
+
+/// A session's new state, for the index.
+#[derive(Debug, Clone)]
+pub struct SessionUpdate {
+    /// Whose state.
+    pub task_id: i64,
+    /// Idle or running.
+    pub status: SessionStatus,
+    /// The running subtask.
+    pub current: Option<SubtaskContext>,
+    /// Subtasks waiting.
+    pub queued: usize,
+    /// Subtasks finished so far.
+    pub completed: u64,
+}
+
+/// Messages of the [`Supervisor`].
+pub enum SupervisorMsg {
+    /// Run a subtask (creating the task's session if needed).
+    Execute(Box<TaskSpec>, RpcReplyPort<ExecuteOutcome>),
+    /// Cancel what a task is running.
+    Cancel(i64, RpcReplyPort<CancelOutcome>),
+    /// End sessions; replies with how many were ended, once their processes are gone.
+    Close(CloseScope, String, RpcReplyPort<usize>),
+    /// A session reports its state.
+    SessionChanged(SessionUpdate),
+}
+
+/// What the supervisor is started with.
+pub struct SupervisorArgs {
+    /// Shared settings.
+    pub cfg: Arc<RuntimeConfig>,
+    /// Where status events go.
+    pub callbacks: ActorRef<CallbackMsg>,
+    /// The index it alone writes.
+    pub index: SessionIndex,
+}
+
+/// The actor; see the module docs.
+pub struct Supervisor;
+
+struct Entry {
+    actor: ActorRef<SessionMsg>,
+    kind: AgentKind,
+}
+
+/// State of the [`Supervisor`].
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    sessions: HashMap<i64, Entry>,
+    by_actor: HashMap<ActorId, i64>,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            args,
+            sessions: HashMap::new(),
+            by_actor: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Execute(spec, reply) => {
+                let outcome = st.execute(&me, *spec).await;
+                let _ = reply.send(outcome);
+            }
+            SupervisorMsg::Cancel(task_id, reply) => st.cancel(task_id, reply),
+            SupervisorMsg::Close(scope, reason, reply) => st.close(&scope, reason, reply),
+            SupervisorMsg::SessionChanged(u) => {
+                if st.sessions.contains_key(&u.task_id) {
+                    st.args.index.update(u.task_id, |info| {
+                        info.status = u.status;
+                        info.current_subtask_id = u.current.as_ref().map(|c| c.subtask_id);
+                        info.current = u.current;
+                        info.queued = u.queued;
+                        info.completed_subtasks = u.completed;
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (id, failure) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell.get_id(), Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell.get_id(), None),
+            _ => return Ok(()),
+        };
+        let Some(task_id) = st.by_actor.remove(&id) else {
+            return Ok(());
+        };
+        st.sessions.remove(&task_id);
+        let info = st.args.index.remove(task_id);
+        if let Some(err) = failure {
+            tracing::error!("task {task_id}: session crashed: {err}");
+            if let Some(ctx) = info.and_then(|i| i.current) {
+                let p = ctx.payload(
+                    100,
+                    TaskStatus::Failed,
+                    format!("the session crashed: {err}"),
+                    None,
+                );
+                let _ = st.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        me: ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for entry in st.sessions.values() {
+            let _ = entry
+                .actor
+                .cast(SessionMsg::Close("executor shutting down".into()));
+        }
+        me.stop_children_and_wait(None, Some(st.args.cfg.stop.budget()))
+            .await;
+        for task_id in st.sessions.keys() {
+            st.args.index.remove(*task_id);
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn execute(&mut self, me: &ActorRef<SupervisorMsg>, spec: TaskSpec) -> ExecuteOutcome {
+        let ctx = SubtaskContext::new(&spec, &self.args.cfg);
+        self.emit(ctx.payload(50, TaskStatus::Running, STARTED_MESSAGE, None));
+        if let AgentKind::Unsupported(name) = &spec.agent {
+            let what = if name.is_empty() {
+                "no agent type given (set bot[0].shell_type or agent_type)".to_string()
+            } else {
+                format!("unsupported agent type '{name}'")
+            };
+            let msg = format!(
+                "{} Unable to get or create agent: {what}; supported types: {}",
+                spec.label(),
+                AgentKind::SUPPORTED.join(", ")
+            );
+            self.emit(ctx.payload(100, TaskStatus::Failed, msg.clone(), None));
+            return ExecuteOutcome::Failed(msg);
+        }
+        let task_id = spec.task_id;
+        let mut spec = Box::new(spec);
+        for _ in 0..2 {
+            let session = match self.session_for(me, task_id, &spec.agent).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let msg = format!("{} Unable to get or create agent: {e}", spec.label());
+                    self.emit(ctx.payload(100, TaskStatus::Failed, msg.clone(), None));
+                    return ExecuteOutcome::Failed(msg);
+                }
+            };
+            match session.cast(SessionMsg::Run(spec)) {
+                Ok(()) => return ExecuteOutcome::Running,
+                Err(ractor::MessagingErr::SendErr(SessionMsg::Run(back))) => {
+                    // The session is stopping: forget it and start a fresh one.
+                    self.forget(task_id);
+                    spec = back;
+                }
+                Err(_) => break,
+            }
+        }
+        let msg = format!(
+            "[task_id: {}.{}] the task's session is not available",
+            ctx.task_id, ctx.subtask_id
+        );
+        self.emit(ctx.payload(100, TaskStatus::Failed, msg.clone(), None));
+        ExecuteOutcome::Failed(msg)
+    }
+
+    async fn session_for(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        task_id: i64,
+        kind: &AgentKind,
+    ) -> Result<ActorRef<SessionMsg>, ActorProcessingErr> {
+        if let Some(e) = self.sessions.get(&task_id) {
+            return Ok(e.actor.clone());
+        }
+        let args = SessionArgs {
+            task_id,
+            cfg: self.args.cfg.clone(),
+            callbacks: self.args.callbacks.clone(),
+            supervisor: me.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
+        self.by_actor.insert(actor.get_id(), task_id);
+        self.sessions.insert(
+            task_id,
+            Entry {
+                actor: actor.clone(),
+                kind: kind.clone(),
+            },
+        );
+        self.args.index.insert(SessionInfo {
+            task_id,
+            agent_type: kind.name().to_string(),
+            status: SessionStatus::Idle,
+            created_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            current_subtask_id: None,
+            queued: 0,
+            completed_subtasks: 0,
+            current: None,
+        });
+        Ok(actor)
+    }
+
+    fn forget(&mut self, task_id: i64) -> Option<ActorRef<SessionMsg>> {
+        let entry = self.sessions.remove(&task_id)?;
+        self.by_actor.remove(&entry.actor.get_id());
+        self.args.index.remove(task_id);
+        Some(entry.actor)
+    }
+
+    fn cancel(&self, task_id: i64, reply: RpcReplyPort<CancelOutcome>) {
+        let Some(entry) = self.sessions.get(&task_id) else {
+            let _ = reply.send(CancelOutcome::NoSession);
+            return;
+        };
+        let session = entry.actor.clone();
+        tokio::spawn(async move {
+            let outcome = match ractor::call_t!(session, SessionMsg::Cancel, CANCEL_ACK_MS) {
+                Ok(busy) => CancelOutcome::Cancelled { busy },
+                Err(_) => CancelOutcome::NoSession,
+            };
+            let _ = reply.send(outcome);
+        });
+    }
+
+    fn close(&mut self, scope: &CloseScope, reason: String, reply: RpcReplyPort<usize>) {
+        let ids: Vec<i64> = self
+            .sessions
+            .iter()
+            .filter(|(id, e)| match scope {
+                CloseScope::Task(t) => *id == t,
+                CloseScope::Kind(k) => &e.kind == k,
+                CloseScope::All => true,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let actors: Vec<ActorRef<SessionMsg>> =
+            ids.iter().filter_map(|id| self.forget(*id)).collect();
+        let budget = self.args.cfg.stop.budget();
+        tokio::spawn(async move {
+            let n = actors.len();
+            futures::future::join_all(actors.into_iter().map(|a| {
+                let reason = reason.clone();
+                async move {
+                    let _ = a.cast(SessionMsg::Close(reason));
+                    let _ = a.wait(Some(budget)).await;
+                }
+            }))
+            .await;
+            let _ = reply.send(n);
+        });
+    }
+
+    fn emit(&self, p: crate::payload::CallbackPayload) {
+        let _ = self.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
+    }
+}

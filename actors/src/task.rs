@@ -1,0 +1,298 @@
+//! The task dict of the contract (Wegent's shape and the seed guide's shape), read once into a
+//! typed [`TaskSpec`] so nothing downstream pokes at raw JSON.
+
+use serde_json::{Map, Value};
+
+use crate::error::TaskError;
+
+/// Which agent runs a task. Only [`AgentKind::ClaudeCode`] is built today; the others are
+/// recognised so the `FAILED` message can say exactly what is and is not available.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentKind {
+    /// `shell_type: "ClaudeCode"` / `agent_type: "claude_code"`.
+    ClaudeCode,
+    /// Any other value, kept verbatim for the error message (`""` when none was given).
+    Unsupported(String),
+}
+
+impl AgentKind {
+    /// Agent types this build can run, as listed in error messages.
+    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode"];
+
+    /// Reads a `shell_type`/`agent_type` the way the original does: case-insensitive, and the
+    /// seed's snake_case spelling (`claude_code`) means the same.
+    pub fn parse(raw: &str) -> Self {
+        let norm: String = raw
+            .trim()
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect();
+        match norm.as_str() {
+            "claudecode" => Self::ClaudeCode,
+            _ => Self::Unsupported(raw.trim().to_string()),
+        }
+    }
+
+    /// The name the session listing shows (`agent_type`), as the original's `get_name()`.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::ClaudeCode => "ClaudeCode",
+            Self::Unsupported(s) => s,
+        }
+    }
+}
+
+/// The first bot of the task: the one that drives Claude Code.
+#[derive(Debug, Clone, Default)]
+pub struct BotSpec {
+    /// `bot[0].id`, part of the original's session key.
+    pub id: Option<i64>,
+    /// `bot[0].system_prompt`; `None` means the CLI gets `--system-prompt ""`.
+    pub system_prompt: Option<String>,
+    /// `bot[0].model`, passed as `--model`.
+    pub model: Option<String>,
+    /// `bot[0].agent_config`, the model settings (contract §5.3). May hold secrets.
+    pub agent_config: Value,
+}
+
+/// One subtask to run, with everything the runtime needs from the task dict.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// Session key and workspace directory name.
+    pub task_id: i64,
+    /// Identifies this message of the conversation in callbacks (`-1` when absent, as before).
+    pub subtask_id: i64,
+    /// Copied into callbacks.
+    pub task_title: String,
+    /// Copied into callbacks.
+    pub subtask_title: String,
+    /// `type`, copied into callbacks as `task_type`.
+    pub task_type: Option<String>,
+    /// Which agent runs it.
+    pub agent: AgentKind,
+    /// The user's message (`prompt`, or the seed's `content`).
+    pub prompt: String,
+    /// `new_session: true` asks for a fresh conversation.
+    pub new_session: bool,
+    /// `bot[0]`.
+    pub bot: BotSpec,
+    /// `git_url` (or the seed's `repo_url`); the clone itself is a later capability.
+    pub git_url: Option<String>,
+    /// `branch_name` (or the seed's `branch`).
+    pub branch: Option<String>,
+}
+
+impl TaskSpec {
+    /// Reads a task dict. Accepts Wegent's shape (`bot[0].shell_type`, `prompt`, `git_url`,
+    /// `branch_name`) and the seed's (`agent_type`, `content`, `repo_url`, `branch`).
+    pub fn from_value(value: &Value) -> Result<Self, TaskError> {
+        let obj = value.as_object().ok_or(TaskError::NotAnObject)?;
+        let task_id = int_field(obj, "task_id")?.ok_or(TaskError::Missing("task_id"))?;
+        if task_id < 0 {
+            return Err(TaskError::WrongType {
+                field: "task_id",
+                expected: "a non-negative integer",
+            });
+        }
+        let subtask_id = int_field(obj, "subtask_id")?.unwrap_or(-1);
+        let prompt = match str_field(obj, "prompt")? {
+            Some(p) => p,
+            None => str_field(obj, "content")?.ok_or(TaskError::Missing("prompt"))?,
+        };
+        let bot = first_bot(obj)?;
+        Ok(Self {
+            task_id,
+            subtask_id,
+            task_title: str_field(obj, "task_title")?.unwrap_or_default(),
+            subtask_title: str_field(obj, "subtask_title")?.unwrap_or_default(),
+            task_type: str_field(obj, "type")?.filter(|t| !t.is_empty()),
+            agent: agent_kind(obj, bot)?,
+            prompt,
+            new_session: bool_field(obj, "new_session")?.unwrap_or(false),
+            bot: bot.map(bot_spec).transpose()?.unwrap_or_default(),
+            git_url: first_str(obj, &["git_url", "repo_url"])?,
+            branch: first_str(obj, &["branch_name", "branch"])?,
+        })
+    }
+
+    /// The `[task_id: T.S]` prefix the original puts on its messages.
+    pub fn label(&self) -> String {
+        format!("[task_id: {}.{}]", self.task_id, self.subtask_id)
+    }
+}
+
+fn agent_kind(
+    obj: &Map<String, Value>,
+    bot: Option<&Map<String, Value>>,
+) -> Result<AgentKind, TaskError> {
+    if obj.get("type").and_then(Value::as_str) == Some("validation") {
+        return Ok(AgentKind::Unsupported("ImageValidator".into()));
+    }
+    if let Some(bot) = bot {
+        if let Some(shell) = str_field(bot, "shell_type")? {
+            return Ok(AgentKind::parse(&shell));
+        }
+    }
+    Ok(AgentKind::parse(
+        &str_field(obj, "agent_type")?.unwrap_or_default(),
+    ))
+}
+
+fn first_bot(obj: &Map<String, Value>) -> Result<Option<&Map<String, Value>>, TaskError> {
+    match obj.get("bot") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(bots)) => match bots.first() {
+            None => Ok(None),
+            Some(Value::Object(b)) => Ok(Some(b)),
+            Some(_) => Err(TaskError::WrongType {
+                field: "bot",
+                expected: "a list of objects",
+            }),
+        },
+        Some(Value::Object(b)) => Ok(Some(b)),
+        Some(_) => Err(TaskError::WrongType {
+            field: "bot",
+            expected: "a list of objects",
+        }),
+    }
+}
+
+fn bot_spec(bot: &Map<String, Value>) -> Result<BotSpec, TaskError> {
+    let agent_config = match bot.get("agent_config") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            return Err(TaskError::WrongType {
+                field: "bot.agent_config",
+                expected: "an object",
+            })
+        }
+    };
+    Ok(BotSpec {
+        id: int_field(bot, "id")?,
+        system_prompt: str_field(bot, "system_prompt")?,
+        model: str_field(bot, "model")?.filter(|m| !m.is_empty()),
+        agent_config,
+    })
+}
+
+fn first_str(obj: &Map<String, Value>, keys: &[&'static str]) -> Result<Option<String>, TaskError> {
+    for key in keys {
+        if let Some(v) = str_field(obj, key)?.filter(|v| !v.trim().is_empty()) {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+fn int_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, TaskError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_i64().map(Some).ok_or(TaskError::WrongType {
+            field,
+            expected: "an integer",
+        }),
+    }
+}
+
+fn str_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, TaskError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(TaskError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+fn bool_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<bool>, TaskError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(TaskError::WrongType {
+            field,
+            expected: "a boolean",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_wegent_shape() {
+        let t = TaskSpec::from_value(&json!({
+            "task_id": 21, "subtask_id": 31, "task_title": "T", "subtask_title": "S", "type": "online",
+            "bot": [{"id": 11, "shell_type": "ClaudeCode", "system_prompt": "You are a coder.",
+                     "agent_config": {"env": {"model": "claude", "api_key": "sk"}}}],
+            "prompt": "say hello", "git_url": "https://x/y.git", "branch_name": "main"
+        }))
+        .unwrap();
+        assert_eq!((t.task_id, t.subtask_id), (21, 31));
+        assert_eq!(t.agent, AgentKind::ClaudeCode);
+        assert_eq!(t.bot.id, Some(11));
+        assert_eq!(t.bot.system_prompt.as_deref(), Some("You are a coder."));
+        assert_eq!(t.task_type.as_deref(), Some("online"));
+        assert_eq!(t.branch.as_deref(), Some("main"));
+    }
+
+    #[test]
+    fn reads_seed_shape() {
+        let t = TaskSpec::from_value(&json!({
+            "task_id": 1, "subtask_id": 1, "agent_type": "claude_code", "content": "Task Content",
+            "repo_url": "https://github.com/example/repo.git", "branch": "main"
+        }))
+        .unwrap();
+        assert_eq!(t.agent, AgentKind::ClaudeCode);
+        assert_eq!(t.prompt, "Task Content");
+        assert_eq!(
+            t.git_url.as_deref(),
+            Some("https://github.com/example/repo.git")
+        );
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert_eq!(
+            TaskSpec::from_value(&json!([1])).unwrap_err(),
+            TaskError::NotAnObject
+        );
+        assert_eq!(
+            TaskSpec::from_value(&json!({"prompt": "x"})).unwrap_err(),
+            TaskError::Missing("task_id")
+        );
+        assert!(matches!(
+            TaskSpec::from_value(&json!({"task_id": "7", "prompt": "x"})).unwrap_err(),
+            TaskError::WrongType {
+                field: "task_id",
+                ..
+            }
+        ));
+        assert!(matches!(
+            TaskSpec::from_value(&json!({"task_id": 7, "prompt": 3})).unwrap_err(),
+            TaskError::WrongType {
+                field: "prompt",
+                ..
+            }
+        ));
+        assert_eq!(
+            TaskSpec::from_value(&json!({"task_id": 7})).unwrap_err(),
+            TaskError::Missing("prompt")
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_kept_for_the_message() {
+        let t = TaskSpec::from_value(
+            &json!({"task_id": 5, "prompt": "x", "bot": [{"shell_type": "Nope"}]}),
+        )
+        .unwrap();
+        assert_eq!(t.agent, AgentKind::Unsupported("Nope".into()));
+        let t = TaskSpec::from_value(&json!({"task_id": 5, "prompt": "x"})).unwrap();
+        assert_eq!(t.agent, AgentKind::Unsupported(String::new()));
+    }
+}

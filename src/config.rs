@@ -1,0 +1,364 @@
+//! Settings of the service: command-line flags > environment variables > config file > defaults.
+//! Environment names are the original executor's (`PORT`, `WORKSPACE_ROOT`, `CALLBACK_URL`, ...).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actors::config::{CallbackConfig, ClaudeConfig, RuntimeConfig, Secret, StopConfig};
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+
+/// `PORT`: the HTTP port (the original's default).
+pub const DEFAULT_PORT: u16 = 10001;
+/// `BIND_ADDRESS`: all interfaces, as the original.
+pub const DEFAULT_BIND: &str = "0.0.0.0";
+/// `WORKSPACE_ROOT`: where task directories live.
+pub const DEFAULT_WORKSPACE_ROOT: &str = "/workspace/";
+/// `MAX_BODY_BYTES`: largest request body accepted (10 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// `CALLBACK_TIMEOUT_SECS`: one callback POST attempt (the original's 10 s).
+pub const DEFAULT_CALLBACK_TIMEOUT_SECS: u64 = 10;
+/// `CALLBACK_MAX_RETRIES`: retries after the first attempt (the original's 10).
+pub const DEFAULT_CALLBACK_MAX_RETRIES: u32 = 10;
+/// `CALLBACK_INITIAL_BACKOFF_MS`: first retry delay (the original's 1 s), doubled each retry.
+pub const DEFAULT_CALLBACK_INITIAL_BACKOFF_MS: u64 = 1_000;
+/// `CALLBACK_MAX_BACKOFF_MS`: cap of one retry delay (60 s).
+pub const DEFAULT_CALLBACK_MAX_BACKOFF_MS: u64 = 60_000;
+/// `SESSION_EOF_GRACE_MS`: after closing the CLI's stdin, time to exit by itself.
+pub const DEFAULT_SESSION_EOF_GRACE_MS: u64 = 1_000;
+/// `SESSION_TERM_GRACE_MS`: after SIGTERM to the process group, time before SIGKILL.
+pub const DEFAULT_SESSION_TERM_GRACE_MS: u64 = 3_000;
+/// `CLAUDE_INIT_TIMEOUT_SECS`: time the CLI has to answer `initialize` (the SDK's 60 s).
+pub const DEFAULT_CLAUDE_INIT_TIMEOUT_SECS: u64 = 60;
+/// `CLAUDE_INTERRUPT_TIMEOUT_SECS`: after a cancel, time for the turn to end before a kill.
+pub const DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS: u64 = 10;
+/// `MAX_LINE_BYTES`: longest stdout line accepted from the CLI (16 MiB).
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// `SHUTDOWN_GRACE_SECS`: time SIGTERM gives callbacks to flush (fits Kubernetes' 30 s).
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
+/// Where `--install-claude` puts the pinned CLI, relative to the working directory.
+pub const LOCAL_CLAUDE_DIR: &str = ".tools/claude-code";
+
+/// Command-line flags; each can also come from the environment variable it names.
+#[derive(Debug, Parser)]
+#[command(
+    name = "executor",
+    version,
+    about = "Runs Claude Code tasks over HTTP (Wegent executor contract)"
+)]
+pub struct Cli {
+    /// TOML config file (see config/default.toml).
+    #[arg(long, env = "EXECUTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP port [default: 10001]; 0 picks a free port.
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long = "bind", env = "BIND_ADDRESS")]
+    pub bind_address: Option<IpAddr>,
+    /// Root of the task workspaces [default: /workspace/].
+    #[arg(long, env = "WORKSPACE_ROOT")]
+    pub workspace_root: Option<PathBuf>,
+    /// Where status callbacks are POSTed; unset disables callbacks.
+    #[arg(long, env = "CALLBACK_URL")]
+    pub callback_url: Option<String>,
+    /// Copied into callbacks as executor_name.
+    #[arg(long, env = "EXECUTOR_NAME")]
+    pub executor_name: Option<String>,
+    /// Copied into callbacks as executor_namespace.
+    #[arg(long, env = "EXECUTOR_NAMESPACE")]
+    pub executor_namespace: Option<String>,
+    /// The Claude Code CLI to run [default: claude from PATH, else ./.tools/claude-code].
+    #[arg(long, env = "CLAUDE_BIN")]
+    pub claude_bin: Option<PathBuf>,
+    /// Install the pinned Claude Code CLI into ./.tools/claude-code (npm) if it is missing.
+    #[arg(long)]
+    pub install_claude: bool,
+    /// Largest request body in bytes [default: 10485760].
+    #[arg(long, env = "MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Log level: error, warn, info, debug [default: info].
+    #[arg(long, env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Seconds one callback attempt may take [default: 10].
+    #[arg(long, env = "CALLBACK_TIMEOUT_SECS")]
+    pub callback_timeout_secs: Option<u64>,
+    /// Callback retries after the first attempt [default: 10].
+    #[arg(long, env = "CALLBACK_MAX_RETRIES")]
+    pub callback_max_retries: Option<u32>,
+    /// First callback retry delay in ms [default: 1000].
+    #[arg(long, env = "CALLBACK_INITIAL_BACKOFF_MS")]
+    pub callback_initial_backoff_ms: Option<u64>,
+    /// Largest callback retry delay in ms [default: 60000].
+    #[arg(long, env = "CALLBACK_MAX_BACKOFF_MS")]
+    pub callback_max_backoff_ms: Option<u64>,
+    /// ms the CLI gets to exit after stdin closes [default: 1000].
+    #[arg(long, env = "SESSION_EOF_GRACE_MS")]
+    pub session_eof_grace_ms: Option<u64>,
+    /// ms between SIGTERM and SIGKILL of a session's processes [default: 3000].
+    #[arg(long, env = "SESSION_TERM_GRACE_MS")]
+    pub session_term_grace_ms: Option<u64>,
+    /// Seconds the CLI has to answer initialize [default: 60].
+    #[arg(long, env = "CLAUDE_INIT_TIMEOUT_SECS")]
+    pub claude_init_timeout_secs: Option<u64>,
+    /// Seconds a cancelled turn has to end before the CLI is killed [default: 10].
+    #[arg(long, env = "CLAUDE_INTERRUPT_TIMEOUT_SECS")]
+    pub claude_interrupt_timeout_secs: Option<u64>,
+    /// Longest stdout line accepted from the CLI in bytes [default: 16777216].
+    #[arg(long, env = "MAX_LINE_BYTES")]
+    pub max_line_bytes: Option<usize>,
+    /// Seconds to flush callbacks at shutdown [default: 20].
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// The config file: the same settings as the flags, snake_case, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    port: Option<u16>,
+    bind_address: Option<IpAddr>,
+    workspace_root: Option<PathBuf>,
+    callback_url: Option<String>,
+    executor_name: Option<String>,
+    executor_namespace: Option<String>,
+    claude_bin: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    log_level: Option<String>,
+    callback_timeout_secs: Option<u64>,
+    callback_max_retries: Option<u32>,
+    callback_initial_backoff_ms: Option<u64>,
+    callback_max_backoff_ms: Option<u64>,
+    session_eof_grace_ms: Option<u64>,
+    session_term_grace_ms: Option<u64>,
+    claude_init_timeout_secs: Option<u64>,
+    claude_interrupt_timeout_secs: Option<u64>,
+    max_line_bytes: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+/// Everything the binary runs with.
+#[derive(Debug)]
+pub struct Settings {
+    /// Listen address.
+    pub bind: IpAddr,
+    /// Listen port (0 = any).
+    pub port: u16,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Log level filter.
+    pub log_level: String,
+    /// Time to flush callbacks at shutdown.
+    pub shutdown_grace: Duration,
+    /// `TASK_INFO`: a task to run once at start-up.
+    pub task_info: Option<String>,
+    /// Whether `--install-claude` was given.
+    pub install_claude: bool,
+    /// Settings of the actor runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// Picks flag/env, then file, then default; treats an empty string as unset.
+fn pick<T>(cli: Option<T>, file: Option<T>, default: T) -> T {
+    cli.or(file).unwrap_or(default)
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+impl Settings {
+    /// Resolves the settings from the parsed flags (which include the environment).
+    pub fn load(cli: Cli) -> anyhow::Result<Self> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let executor_env = parse_executor_env(std::env::var("EXECUTOR_ENV").ok())?;
+        let workspace_root = pick(
+            cli.workspace_root,
+            file.workspace_root,
+            PathBuf::from(DEFAULT_WORKSPACE_ROOT),
+        );
+        let log_level =
+            if std::env::var("DEBUG_RUN").is_ok_and(|v| !v.is_empty()) && cli.log_level.is_none() {
+                "debug".to_string()
+            } else {
+                pick(non_empty(cli.log_level), file.log_level, "info".into())
+            };
+        let ms = Duration::from_millis;
+        let runtime = RuntimeConfig {
+            workspace_root,
+            executor_name: non_empty(cli.executor_name).or(file.executor_name),
+            executor_namespace: non_empty(cli.executor_namespace).or(file.executor_namespace),
+            executor_env,
+            anthropic_api_key: Secret::non_empty(std::env::var("ANTHROPIC_API_KEY").ok()),
+            anthropic_auth_token: Secret::non_empty(std::env::var("ANTHROPIC_AUTH_TOKEN").ok()),
+            callback: CallbackConfig {
+                url: non_empty(cli.callback_url).or(non_empty(file.callback_url)),
+                timeout: Duration::from_secs(pick(
+                    cli.callback_timeout_secs,
+                    file.callback_timeout_secs,
+                    DEFAULT_CALLBACK_TIMEOUT_SECS,
+                )),
+                max_retries: pick(
+                    cli.callback_max_retries,
+                    file.callback_max_retries,
+                    DEFAULT_CALLBACK_MAX_RETRIES,
+                ),
+                initial_backoff: ms(pick(
+                    cli.callback_initial_backoff_ms,
+                    file.callback_initial_backoff_ms,
+                    DEFAULT_CALLBACK_INITIAL_BACKOFF_MS,
+                )),
+                max_backoff: ms(pick(
+                    cli.callback_max_backoff_ms,
+                    file.callback_max_backoff_ms,
+                    DEFAULT_CALLBACK_MAX_BACKOFF_MS,
+                )),
+            },
+            claude: ClaudeConfig {
+                bin: resolve_claude_bin(cli.claude_bin.or(file.claude_bin)),
+                init_timeout: Duration::from_secs(pick(
+                    cli.claude_init_timeout_secs,
+                    file.claude_init_timeout_secs,
+                    DEFAULT_CLAUDE_INIT_TIMEOUT_SECS,
+                )),
+                max_line_bytes: pick(
+                    cli.max_line_bytes,
+                    file.max_line_bytes,
+                    DEFAULT_MAX_LINE_BYTES,
+                ),
+                interrupt_timeout: Duration::from_secs(pick(
+                    cli.claude_interrupt_timeout_secs,
+                    file.claude_interrupt_timeout_secs,
+                    DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS,
+                )),
+            },
+            stop: StopConfig {
+                eof_grace: ms(pick(
+                    cli.session_eof_grace_ms,
+                    file.session_eof_grace_ms,
+                    DEFAULT_SESSION_EOF_GRACE_MS,
+                )),
+                term_grace: ms(pick(
+                    cli.session_term_grace_ms,
+                    file.session_term_grace_ms,
+                    DEFAULT_SESSION_TERM_GRACE_MS,
+                )),
+            },
+        };
+        Ok(Self {
+            bind: pick(
+                cli.bind_address,
+                file.bind_address,
+                DEFAULT_BIND.parse().context("default bind address")?,
+            ),
+            port: pick(cli.port, file.port, DEFAULT_PORT),
+            max_body_bytes: pick(
+                cli.max_body_bytes,
+                file.max_body_bytes,
+                DEFAULT_MAX_BODY_BYTES,
+            ),
+            log_level,
+            shutdown_grace: Duration::from_secs(pick(
+                cli.shutdown_grace_secs,
+                file.shutdown_grace_secs,
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+            )),
+            task_info: non_empty(std::env::var("TASK_INFO").ok()),
+            install_claude: cli.install_claude,
+            runtime,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// `EXECUTOR_ENV` is a JSON object; non-string values are passed as their JSON text.
+fn parse_executor_env(raw: Option<String>) -> anyhow::Result<BTreeMap<String, String>> {
+    let Some(raw) = non_empty(raw) else {
+        return Ok(BTreeMap::new());
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&raw).context("EXECUTOR_ENV is not valid JSON")?;
+    let Some(obj) = value.as_object() else {
+        bail!("EXECUTOR_ENV must be a JSON object")
+    };
+    Ok(obj
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
+            )
+        })
+        .collect())
+}
+
+/// The configured CLI, else `claude` on PATH, else the local install of `--install-claude`.
+fn resolve_claude_bin(configured: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = configured.filter(|p| !p.as_os_str().is_empty()) {
+        return p;
+    }
+    if let Some(found) = find_in_path("claude") {
+        return found;
+    }
+    local_claude_bin()
+}
+
+/// Where `--install-claude` puts the CLI binary.
+pub fn local_claude_bin() -> PathBuf {
+    Path::new(LOCAL_CLAUDE_DIR).join("node_modules/.bin/claude")
+}
+
+/// Looks a program up like a shell would; absolute or relative paths are checked as they are.
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.components().count() > 1 {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|c| c.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        assert_eq!(pick(Some(1), Some(2), 3), 1);
+        assert_eq!(pick(None, Some(2), 3), 2);
+        assert_eq!(pick(None, None, 3), 3);
+    }
+
+    #[test]
+    fn executor_env_must_be_an_object() {
+        assert!(parse_executor_env(Some("[1]".into())).is_err());
+        assert!(parse_executor_env(Some("{".into())).is_err());
+        let env = parse_executor_env(Some(r#"{"A":"x","B":2}"#.into())).unwrap();
+        assert_eq!(env["A"], "x");
+        assert_eq!(env["B"], "2");
+        assert!(parse_executor_env(Some(" ".into())).unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_config_rejects_unknown_keys() {
+        assert!(toml::from_str::<FileConfig>("prot = 1").is_err());
+        let f: FileConfig = toml::from_str("port = 10002\nworkspace_root = \"/w\"").unwrap();
+        assert_eq!(f.port, Some(10002));
+    }
+}

@@ -1,0 +1,88 @@
+//! The request body reader: streams the body (chunked or not) with a byte cap, then parses JSON.
+//! warp's own JSON filter answers 411 to chunked bodies and cannot tell syntax errors (400) from
+//! shape errors (422); this one does both deliberately.
+
+use bytes::Buf;
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use warp::Filter;
+
+use super::error::ApiError;
+
+/// A filter yielding the body parsed as JSON (any JSON value; shape checks come later).
+pub fn json_body(limit: u64) -> impl Filter<Extract = (Value,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |len: Option<u64>, body| async move {
+            if len.is_some_and(|n| n > limit) {
+                return Err(warp::reject::custom(ApiError::PayloadTooLarge(limit)));
+            }
+            let bytes = read_capped(body, limit)
+                .await
+                .map_err(warp::reject::custom)?;
+            serde_json::from_slice::<Value>(&bytes)
+                .map_err(|e| warp::reject::custom(ApiError::InvalidJson(e.to_string())))
+        })
+}
+
+async fn read_capped<S, B>(mut body: S, limit: u64) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::InvalidJson(format!("could not read the body: {e}")))?;
+        if out.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the required integer `task_id` query parameter (422 when absent or not an integer).
+pub fn task_id_query() -> impl Filter<Extract = (i64,), Error = warp::Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|q: String| async move { parse_task_id(&q).map_err(warp::reject::custom) })
+}
+
+fn parse_task_id(query: &str) -> Result<i64, ApiError> {
+    let value = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == "task_id")
+        .map(|(_, v)| v)
+        .ok_or_else(|| ApiError::Unprocessable("query parameter `task_id` is required".into()))?;
+    value
+        .parse::<i64>()
+        .map_err(|_| ApiError::Unprocessable("query parameter `task_id` must be an integer".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_id_query_parsing() {
+        assert_eq!(parse_task_id("task_id=12").unwrap(), 12);
+        assert_eq!(parse_task_id("x=1&task_id=-3").unwrap(), -3);
+        assert!(matches!(parse_task_id(""), Err(ApiError::Unprocessable(_))));
+        assert!(matches!(
+            parse_task_id("task_id=abc"),
+            Err(ApiError::Unprocessable(_))
+        ));
+        assert!(matches!(
+            parse_task_id("task_id"),
+            Err(ApiError::Unprocessable(_))
+        ));
+    }
+}
