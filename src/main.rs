@@ -65,14 +65,21 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         }
     })?;
     let local = listener.local_addr().context("listener address")?;
+    let task_info = settings
+        .task_info
+        .take()
+        .map(|raw| parse_task_info(&raw))
+        .transpose()?;
     let runtime = Runtime::start(settings.runtime.clone()).await?;
+    if let Some(spec) = task_info {
+        // Before serving, as the original: the task is under way when the port opens.
+        let outcome = runtime.execute(spec).await?;
+        tracing::info!("Task execution status: {outcome:?}");
+    }
     tracing::info!(
         "Task executor {} listening on http://{local}",
         env!("CARGO_PKG_VERSION")
     );
-    if let Some(raw) = settings.task_info.take() {
-        run_task_info(&runtime, &raw).await?;
-    }
     let service = http::service(runtime.clone(), settings.max_body_bytes);
     warp::serve(service)
         .incoming(listener)
@@ -99,15 +106,13 @@ async fn prepare_workspace_root(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `TASK_INFO`: one task run at start-up exactly like a POST (contract §8.2).
-async fn run_task_info(runtime: &Runtime, raw: &str) -> anyhow::Result<()> {
+/// `TASK_INFO`: one task run at start-up exactly like a POST (contract §8.2). A broken one
+/// stops start-up, as the original's `os._exit(1)`.
+fn parse_task_info(raw: &str) -> anyhow::Result<TaskSpec> {
     tracing::info!("TASK_INFO environment variable found, attempting to run task");
     let value: serde_json::Value =
         serde_json::from_str(raw).context("TASK_INFO is not valid JSON")?;
-    let spec = TaskSpec::from_value(&value).context("TASK_INFO is not a valid task")?;
-    let outcome = runtime.execute(spec).await?;
-    tracing::info!("Task execution status: {outcome:?}");
-    Ok(())
+    TaskSpec::from_value(&value).context("TASK_INFO is not a valid task")
 }
 
 /// Shows scheme, host and path of a URL but never its userinfo or query (which may hold tokens).

@@ -17,6 +17,7 @@ use crate::config::PINNED_CLAUDE_CODE_VERSION;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
 use crate::session::SessionMsg;
+use crate::task::BotSpec;
 
 /// Name of the file holding the Claude conversation id, in the task's workspace (contract §6.1).
 pub const SESSION_ID_FILE: &str = ".claude_session_id";
@@ -82,6 +83,7 @@ pub struct ClaudeState {
     exited: Option<ExitInfo>,
     turns_in_process: u32,
     turn: Option<Turn>,
+    bot: BotSpec,
     claude_session: Option<String>,
 }
 
@@ -108,6 +110,7 @@ impl Actor for ClaudeCodeAgent {
             exited: None,
             turns_in_process: 0,
             turn: None,
+            bot: BotSpec::default(),
             claude_session: None,
         })
     }
@@ -123,13 +126,13 @@ impl Actor for ClaudeCodeAgent {
             AgentMsg::Interrupt => st.on_interrupt(&me),
             AgentMsg::Spawned { gen, result } if gen == st.gen => st.on_spawned(&me, result),
             AgentMsg::Process { gen, event } if gen == st.gen => st.on_event(&me, event),
-            AgentMsg::DrainDeadline { gen } if gen == st.gen => st.on_process_gone(),
+            AgentMsg::DrainDeadline { gen } if gen == st.gen => st.on_process_gone(&me),
             AgentMsg::InitTimeout { gen } if gen == st.gen && !st.ready && st.proc.is_some() => {
                 let secs = st.args.cfg.claude.init_timeout.as_secs();
                 st.fail_turn(&format!(
                     "Claude Code CLI did not answer the initialize request within {secs} s"
                 ));
-                st.kill_process();
+                st.discard_process();
             }
             AgentMsg::InterruptTimeout { gen }
                 if gen == st.gen && st.turn.as_ref().is_some_and(|t| t.cancelled) =>
@@ -138,7 +141,8 @@ impl Actor for ClaudeCodeAgent {
                     "task {}: interrupted turn did not end in time; killing the CLI",
                     st.args.task_id
                 );
-                st.kill_process();
+                st.discard_process();
+                st.end_turn(TaskStatus::Cancelled);
             }
             _ => {} // events of a retired process, or deadlines that no longer apply
         }
@@ -181,6 +185,7 @@ impl ClaudeState {
         }
         self.emit(turn.running(55, INIT_MESSAGE));
         self.turn = Some(turn);
+        self.bot = req.spec.bot;
         if req.spec.new_session && (self.proc.is_some() || self.claude_session.is_some()) {
             tracing::info!(
                 "task {}: new_session requested; starting a fresh conversation",
@@ -192,14 +197,14 @@ impl ClaudeState {
         if self.ready {
             self.send_turn();
         } else if !self.spawning && self.proc.is_none() {
-            self.start_spawn(me, &req.spec);
+            self.start_spawn(me);
         }
     }
 
-    fn start_spawn(&mut self, me: &ActorRef<AgentMsg>, spec: &crate::task::TaskSpec) {
+    fn start_spawn(&mut self, me: &ActorRef<AgentMsg>) {
         let cfg = &self.args.cfg;
         let config_dir = self.cwd.join(CONFIG_DIR);
-        let env = match claude_env(cfg, &spec.bot, &config_dir, std::env::vars()) {
+        let env = match claude_env(cfg, &self.bot, &config_dir, std::env::vars()) {
             Ok(env) => env,
             Err(e) => return self.fail_turn(&e.to_string()),
         };
@@ -208,7 +213,7 @@ impl ClaudeState {
         let (gen, me) = (self.gen, me.clone());
         let spawn = SpawnSpec {
             program: cfg.claude.bin.clone(),
-            args: claude_args(&spec.bot, None),
+            args: claude_args(&self.bot, None),
             env,
             cwd: self.cwd.clone(),
             max_line_bytes: cfg.claude.max_line_bytes,
@@ -275,8 +280,8 @@ impl ClaudeState {
             ProcessEvent::Line(line) => self.on_line(&line),
             ProcessEvent::StdoutFailed(reason) => {
                 self.fail_turn(&reason);
-                self.stdout_done = true;
-                self.kill_process();
+                self.discard_process();
+                return;
             }
             ProcessEvent::StdoutClosed => self.stdout_done = true,
             ProcessEvent::StderrClosed => self.stderr_done = true,
@@ -287,7 +292,7 @@ impl ClaudeState {
             }
         }
         if self.stdout_done && self.stderr_done && self.exited.is_some() {
-            self.on_process_gone();
+            self.on_process_gone(me);
         }
     }
 
@@ -385,7 +390,7 @@ impl ClaudeState {
         });
     }
 
-    fn on_process_gone(&mut self) {
+    fn on_process_gone(&mut self, me: &ActorRef<AgentMsg>) {
         let Some(p) = self.proc.take() else { return };
         let exit = self.exited.unwrap_or(ExitInfo {
             code: None,
@@ -399,6 +404,22 @@ impl ClaudeState {
         self.ready = false;
         if self.turn.as_ref().is_some_and(|t| t.cancelled) {
             return self.end_turn(TaskStatus::Cancelled);
+        }
+        if let Some(turn) = self
+            .turn
+            .as_mut()
+            .filter(|t| t.sent && !t.saw_output && !t.retried)
+        {
+            // The process died before it even started this turn (e.g. it exited right after
+            // the previous result): run the turn once more on a fresh process.
+            tracing::warn!(
+                "task {}: the CLI exited before answering; retrying on a new process",
+                self.args.task_id
+            );
+            turn.sent = false;
+            turn.retried = true;
+            self.turns_in_process = 0;
+            return self.start_spawn(me);
         }
         let tail = p.stderr_tail();
         let mut msg = format!("Claude Code process exited unexpectedly ({exit})");
@@ -434,10 +455,13 @@ impl ClaudeState {
         }
     }
 
-    fn kill_process(&self) {
-        if let Some(p) = &self.proc {
-            p.kill_group(libc::SIGKILL);
-        }
+    /// Drops the current process at once: its group gets SIGKILL (in `Drop`), its reaper still
+    /// reaps it, and its remaining events are ignored.
+    fn discard_process(&mut self) {
+        self.gen += 1;
+        self.ready = false;
+        self.spawning = false;
+        self.proc = None;
     }
 
     /// Lets the current process end in the background (its events are ignored from now on).

@@ -36,6 +36,10 @@ pub struct Turn {
     pub sent: bool,
     /// True after a cancel: progress is no longer reported and the end is silent.
     pub cancelled: bool,
+    /// True once the CLI wrote anything for this turn.
+    pub saw_output: bool,
+    /// True once the turn was re-sent to a new process (done at most once).
+    pub retried: bool,
     thinking: Vec<Value>,
 }
 
@@ -47,6 +51,8 @@ impl Turn {
             prompt,
             sent: false,
             cancelled: false,
+            saw_output: false,
+            retried: false,
             thinking: Vec::new(),
         }
     }
@@ -87,6 +93,7 @@ impl Turn {
 
     /// Interprets one message from the CLI's stdout.
     pub fn on_message(&mut self, msg: &Value) -> LineOutcome {
+        self.saw_output = true;
         match msg.get("type").and_then(Value::as_str) {
             Some("system") => self.progress("thinking.system_message_received", msg.clone()),
             Some("assistant") => {

@@ -1,0 +1,251 @@
+//! Supervision and fault handling: an agent process that crashes, ends without a result, writes
+//! a line over the limit, reports an error, or cannot start gives its subtask one `FAILED`
+//! callback saying why, and the task keeps working. Also graceful shutdown and secrets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn task(task_id: i64, subtask_id: i64, content: &str) -> Value {
+    json!({"task_id": task_id, "subtask_id": subtask_id, "agent_type": "claude_code", "content": content})
+}
+
+async fn start(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Executor {
+    let mut opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test");
+    for (k, v) in extra {
+        opts = opts.env(*k, *v);
+    }
+    Executor::start(opts).await
+}
+
+/// Runs one subtask and returns its terminal callback, checking it is the only terminal one.
+async fn run(
+    exec: &Executor,
+    rx: &CallbackReceiver,
+    task_id: i64,
+    sub: i64,
+    content: &str,
+) -> Value {
+    let (status, _) = exec
+        .post_json("/api/tasks/execute", &task(task_id, sub, content))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = rx.wait_terminal(task_id, sub, WAIT).await;
+    let terminals = rx
+        .for_subtask(task_id, sub)
+        .into_iter()
+        .filter(is_terminal)
+        .count();
+    assert_eq!(
+        terminals,
+        1,
+        "one terminal callback per subtask: {}",
+        rx.dump()
+    );
+    done
+}
+
+fn message(cb: &Value) -> &str {
+    cb["error_message"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_crash_mid_turn_fails_the_subtask_with_exit_code_and_stderr_then_recovers() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    assert_eq!(run(&exec, &rx, 1, 1, "before").await["status"], "COMPLETED");
+    let crashed = run(&exec, &rx, 1, 2, "FAKE:crash:7\ncrash now").await;
+    assert_eq!(
+        (crashed["status"].as_str(), crashed["progress"].as_i64()),
+        (Some("FAILED"), Some(100))
+    );
+    let msg = message(&crashed);
+    assert!(
+        msg.contains("exit code 7") && msg.contains("simulated crash"),
+        "{msg}"
+    );
+    let after = run(&exec, &rx, 1, 3, "after").await;
+    assert_eq!(after["status"], "COMPLETED", "{}", rx.dump());
+    assert_eq!(
+        after["result"]["value"], "fake reply #1 to: after",
+        "a fresh process serves the next subtask"
+    );
+    assert_eq!(
+        exec.get("/api/tasks/sessions").await.1["total"],
+        1,
+        "the session survived"
+    );
+}
+
+#[tokio::test]
+async fn a_turn_without_result_fails_instead_of_hanging() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let done = run(&exec, &rx, 2, 1, "FAKE:noresult\nhi").await;
+    assert_eq!(done["status"], "FAILED");
+    assert!(
+        message(&done).contains("exited unexpectedly (exit code 0)"),
+        "{done}"
+    );
+    assert_eq!(run(&exec, &rx, 2, 2, "again").await["status"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn error_results_fail_with_the_cli_message() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let api = run(
+        &exec,
+        &rx,
+        3,
+        1,
+        "FAKE:error:API Error: 500 upstream broke\nhi",
+    )
+    .await;
+    assert_eq!(
+        (api["status"].as_str(), message(&api)),
+        (Some("FAILED"), "API Error: 500 upstream broke")
+    );
+    let turns = run(&exec, &rx, 3, 2, "FAKE:error_subtype:error_max_turns\nhi").await;
+    assert_eq!(
+        (turns["status"].as_str(), message(&turns)),
+        (Some("FAILED"), "Reached maximum number of turns (1)")
+    );
+    let ok = run(&exec, &rx, 3, 3, "fine").await;
+    assert_eq!(
+        ok["result"]["value"], "fake reply #3 to: fine",
+        "error results do not end the process"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_stdout_line_fails_the_turn_without_eating_memory() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[("MAX_LINE_BYTES", "4096")]).await;
+    let done = run(&exec, &rx, 4, 1, "FAKE:bigline:100000\nhi").await;
+    assert_eq!(done["status"], "FAILED");
+    assert!(message(&done).contains("longer than 4096 bytes"), "{done}");
+    assert_eq!(run(&exec, &rx, 4, 2, "small").await["status"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn a_process_that_exits_after_its_result_is_replaced_for_the_next_subtask() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    assert_eq!(
+        run(&exec, &rx, 5, 1, "FAKE:exit_after_result:0\nbye").await["status"],
+        "COMPLETED"
+    );
+    let next = run(&exec, &rx, 5, 2, "hello again").await;
+    assert_eq!(
+        next["result"]["value"],
+        "fake reply #1 to: hello again",
+        "{}",
+        rx.dump()
+    );
+}
+
+#[tokio::test]
+async fn a_missing_cli_fails_with_install_instructions() {
+    let rx = CallbackReceiver::start();
+    let opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .claude_bin("/nonexistent/claude");
+    let exec = Executor::start(opts).await;
+    assert!(
+        exec.logs()
+            .iter()
+            .any(|l| l.contains("Claude Code CLI not found")),
+        "{}",
+        exec.logs_tail(10)
+    );
+    let done = run(&exec, &rx, 6, 1, "hi").await;
+    assert_eq!(done["status"], "FAILED");
+    let msg = message(&done);
+    assert!(
+        msg.contains("Failed to start Claude Code CLI") && msg.contains("npm install"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_fails_running_subtasks_ends_all_processes_and_exits_zero() {
+    let rx = CallbackReceiver::start();
+    let mut exec = start(
+        &rx,
+        &[
+            ("SESSION_EOF_GRACE_MS", "200"),
+            ("SESSION_TERM_GRACE_MS", "500"),
+        ],
+    )
+    .await;
+    for t in 10..13 {
+        exec.post_json("/api/tasks/execute", &task(t, 1, "FAKE:sleep:60000\nlong"))
+            .await;
+    }
+    let ws = exec.workspace().to_path_buf();
+    rx.wait_for(WAIT, |cbs| {
+        cbs.iter().filter(|c| c["progress"] == 60).count() == 3
+    })
+    .await;
+    assert_eq!(
+        processes_in(&ws).len(),
+        3,
+        "{}",
+        describe(&processes_in(&ws))
+    );
+    let status = exec.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", exec.logs_tail(30));
+    for t in 10..13 {
+        let done = rx.wait_terminal(t, 1, WAIT).await;
+        assert_eq!(
+            (done["status"].as_str(), message(&done)),
+            (Some("FAILED"), "executor shutting down")
+        );
+    }
+    assert!(
+        processes_in(&ws).is_empty(),
+        "left behind: {}",
+        describe(&processes_in(&ws))
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_callbacks_listings_or_command_lines() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[("ANTHROPIC_API_KEY", "sk-ant-EXECMARKER-123")]).await;
+    let body = json!({"task_id": 40, "subtask_id": 1, "prompt": "FAKE:sleep:400\nhi",
+        "bot": [{"shell_type": "ClaudeCode", "agent_config": {"env": {"model": "claude", "model_id": "m",
+                 "api_key": "sk-ant-TASKMARKER-456"}}}]});
+    exec.post_json("/api/tasks/execute", &body).await;
+    rx.wait_for(WAIT, |cbs| cbs.iter().any(|c| c["progress"] == 60))
+        .await;
+    let cmdlines: Vec<String> = processes_in(exec.workspace())
+        .into_iter()
+        .filter_map(common::procs::cmdline)
+        .collect();
+    assert!(!cmdlines.is_empty());
+    let (_, listing) = exec.get("/api/tasks/sessions").await;
+    let done = rx.wait_terminal(40, 1, WAIT).await;
+    assert_eq!(done["status"], "COMPLETED");
+    let haystacks = [
+        exec.logs().join("\n"),
+        rx.dump(),
+        listing.to_string(),
+        cmdlines.join("\n"),
+    ];
+    for marker in ["EXECMARKER", "TASKMARKER"] {
+        for h in &haystacks {
+            assert!(!h.contains(marker), "secret {marker} leaked into: {h}");
+        }
+    }
+}
