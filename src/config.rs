@@ -183,6 +183,8 @@ impl Settings {
             file.workspace_root,
             PathBuf::from(DEFAULT_WORKSPACE_ROOT),
         );
+        // Agents run inside it, so a relative root would be re-read relative to themselves.
+        let workspace_root = std::path::absolute(&workspace_root).unwrap_or(workspace_root);
         let log_level =
             if std::env::var("DEBUG_RUN").is_ok_and(|v| !v.is_empty()) && cli.log_level.is_none() {
                 "debug".to_string()
@@ -306,14 +308,18 @@ fn parse_executor_env(raw: Option<String>) -> anyhow::Result<BTreeMap<String, St
 }
 
 /// The configured CLI, else `claude` on PATH, else the local install of `--install-claude`.
+/// A path with a directory part is made absolute: the CLI runs in the task's directory, so a
+/// relative path would otherwise be looked up from there.
 fn resolve_claude_bin(configured: Option<PathBuf>) -> PathBuf {
-    if let Some(p) = configured.filter(|p| !p.as_os_str().is_empty()) {
-        return p;
+    let chosen = match configured.filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => p,
+        None => find_in_path("claude").unwrap_or_else(local_claude_bin),
+    };
+    if chosen.components().count() > 1 {
+        std::path::absolute(&chosen).unwrap_or(chosen)
+    } else {
+        chosen
     }
-    if let Some(found) = find_in_path("claude") {
-        return found;
-    }
-    local_claude_bin()
 }
 
 /// Where `--install-claude` puts the CLI binary.
