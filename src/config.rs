@@ -35,6 +35,9 @@ pub const DEFAULT_SESSION_TERM_GRACE_MS: u64 = 3_000;
 pub const DEFAULT_CLAUDE_INIT_TIMEOUT_SECS: u64 = 60;
 /// `CLAUDE_INTERRUPT_TIMEOUT_SECS`: after a cancel, time for the turn to end before a kill.
 pub const DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS: u64 = 10;
+/// `CLAUDE_IDLE_TIMEOUT_SECS`: an idle CLI process (250–400 MB) is ended after this; the next
+/// subtask resumes the conversation. 0 keeps processes alive.
+pub const DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS: u64 = 1800;
 /// `MAX_LINE_BYTES`: longest stdout line accepted from the CLI (16 MiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// `SHUTDOWN_GRACE_SECS`: time SIGTERM gives callbacks to flush (fits Kubernetes' 30 s).
@@ -107,6 +110,9 @@ pub struct Cli {
     /// Seconds a cancelled turn has to end before the CLI is killed [default: 10].
     #[arg(long, env = "CLAUDE_INTERRUPT_TIMEOUT_SECS")]
     pub claude_interrupt_timeout_secs: Option<u64>,
+    /// Seconds an idle CLI process lives before it is ended (0 = never) [default: 1800].
+    #[arg(long, env = "CLAUDE_IDLE_TIMEOUT_SECS")]
+    pub claude_idle_timeout_secs: Option<u64>,
     /// Longest stdout line accepted from the CLI in bytes [default: 16777216].
     #[arg(long, env = "MAX_LINE_BYTES")]
     pub max_line_bytes: Option<usize>,
@@ -136,6 +142,7 @@ pub struct FileConfig {
     session_term_grace_ms: Option<u64>,
     claude_init_timeout_secs: Option<u64>,
     claude_interrupt_timeout_secs: Option<u64>,
+    claude_idle_timeout_secs: Option<u64>,
     max_line_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
 }
@@ -239,6 +246,13 @@ impl Settings {
                     file.claude_interrupt_timeout_secs,
                     DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS,
                 )),
+                idle_timeout: Some(pick(
+                    cli.claude_idle_timeout_secs,
+                    file.claude_idle_timeout_secs,
+                    DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS,
+                ))
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
             },
             stop: StopConfig {
                 eof_grace: ms(pick(

@@ -61,6 +61,9 @@ pub struct ClaudeConfig {
     pub max_line_bytes: usize,
     /// After an interrupt, how long to wait for the turn's `result` before killing the CLI.
     pub interrupt_timeout: Duration,
+    /// An idle CLI process (250–400 MB each) is ended after this long; the next subtask
+    /// resumes the conversation. `None` keeps it alive.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// How a session's processes are ended.
@@ -124,6 +127,7 @@ impl RuntimeConfig {
                 init_timeout: Duration::from_secs(60),
                 max_line_bytes: 16 * 1024 * 1024,
                 interrupt_timeout: Duration::from_secs(10),
+                idle_timeout: None,
             },
             stop: StopConfig {
                 eof_grace: Duration::from_millis(500),

@@ -15,6 +15,8 @@ pub enum SessionStatus {
     Idle,
     /// A subtask is running.
     Running,
+    /// Idle, and its agent process was ended to free memory; the next subtask resumes.
+    Suspended,
 }
 
 /// One row of `GET /api/tasks/sessions`.

@@ -12,6 +12,8 @@ pub mod callback;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod mask;
+pub mod mcp;
 pub mod payload;
 pub mod runtime;
 pub mod session;

@@ -36,6 +36,9 @@ pub enum SessionMsg {
     /// Stop the session: end the agent and its processes, fail what was still running with
     /// this reason.
     Close(String),
+    /// The agent ended (true) or started (false) its process; a suspended session resumes
+    /// its conversation on the next subtask.
+    Suspended(bool),
 }
 
 /// What a session is started with.
@@ -61,6 +64,7 @@ pub struct SessionState {
     queue: VecDeque<Box<TaskSpec>>,
     close_reason: Option<String>,
     completed: u64,
+    suspended: bool,
 }
 
 impl Actor for Session {
@@ -80,6 +84,7 @@ impl Actor for Session {
             queue: VecDeque::new(),
             close_reason: None,
             completed: 0,
+            suspended: false,
         };
         st.agent = Some(st.spawn_agent(&me).await?);
         Ok(st)
@@ -119,6 +124,10 @@ impl Actor for Session {
                     st.completed += 1;
                     st.start_next(&me).await;
                 }
+            }
+            SessionMsg::Suspended(s) => {
+                st.suspended = s;
+                st.report();
             }
             SessionMsg::Close(reason) => {
                 st.close_reason = Some(reason);
@@ -272,6 +281,8 @@ impl SessionState {
             task_id: self.args.task_id,
             status: if self.current.is_some() {
                 SessionStatus::Running
+            } else if self.suspended {
+                SessionStatus::Suspended
             } else {
                 SessionStatus::Idle
             },

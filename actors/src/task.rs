@@ -54,6 +54,16 @@ pub struct BotSpec {
     pub model: Option<String>,
     /// `bot[0].agent_config`, the model settings (contract §5.3). May hold secrets.
     pub agent_config: Value,
+    /// `bot[0].mcp_servers` (any accepted shape), placeholders filled. May hold secrets.
+    pub mcp_servers: Option<Map<String, Value>>,
+    /// `bot[0].allowed_tools` → `--allowedTools`.
+    pub allowed_tools: Vec<String>,
+    /// `bot[0].disallowed_tools` → `--disallowedTools`.
+    pub disallowed_tools: Vec<String>,
+    /// `bot[0].max_turns` → `--max-turns`.
+    pub max_turns: Option<i64>,
+    /// `bot[0].max_thinking_tokens` → `--max-thinking-tokens`.
+    pub max_thinking_tokens: Option<i64>,
 }
 
 /// One subtask to run, with everything the runtime needs from the task dict.
@@ -81,6 +91,8 @@ pub struct TaskSpec {
     pub git_url: Option<String>,
     /// `branch_name` (or the seed's `branch`).
     pub branch: Option<String>,
+    /// `user_selected_skills`: named in a preamble of the prompt.
+    pub user_selected_skills: Vec<String>,
 }
 
 impl TaskSpec {
@@ -110,7 +122,11 @@ impl TaskSpec {
             agent: agent_kind(obj, bot)?,
             prompt,
             new_session: bool_field(obj, "new_session")?.unwrap_or(false),
-            bot: bot.map(bot_spec).transpose()?.unwrap_or_default(),
+            bot: bot
+                .map(|b| bot_spec(b, value))
+                .transpose()?
+                .unwrap_or_default(),
+            user_selected_skills: tool_list(obj, "user_selected_skills")?,
             git_url: first_str(obj, &["git_url", "repo_url"])?,
             branch: first_str(obj, &["branch_name", "branch"])?,
         })
@@ -158,7 +174,7 @@ fn first_bot(obj: &Map<String, Value>) -> Result<Option<&Map<String, Value>>, Ta
     }
 }
 
-fn bot_spec(bot: &Map<String, Value>) -> Result<BotSpec, TaskError> {
+fn bot_spec(bot: &Map<String, Value>, task: &Value) -> Result<BotSpec, TaskError> {
     let agent_config = match bot.get("agent_config") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v.clone(),
@@ -174,7 +190,43 @@ fn bot_spec(bot: &Map<String, Value>) -> Result<BotSpec, TaskError> {
         system_prompt: str_field(bot, "system_prompt")?,
         model: str_field(bot, "model")?.filter(|m| !m.is_empty()),
         agent_config,
+        mcp_servers: crate::mcp::servers_of(bot).map(|servers| {
+            let mut v = Value::Object(servers);
+            crate::mcp::substitute(&mut v, task);
+            v.as_object().cloned().unwrap_or_default()
+        }),
+        allowed_tools: tool_list(bot, "allowed_tools")?,
+        disallowed_tools: tool_list(bot, "disallowed_tools")?,
+        max_turns: int_field(bot, "max_turns")?,
+        max_thinking_tokens: int_field(bot, "max_thinking_tokens")?,
     })
+}
+
+/// A list of names: a JSON list of strings, or one comma-separated string.
+fn tool_list(obj: &Map<String, Value>, field: &'static str) -> Result<Vec<String>, TaskError> {
+    let wrong = TaskError::WrongType {
+        field,
+        expected: "a list of strings",
+    };
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str().map(String::from).ok_or(TaskError::WrongType {
+                    field,
+                    expected: "a list of strings",
+                })
+            })
+            .collect(),
+        Some(_) => Err(wrong),
+    }
 }
 
 fn first_str(obj: &Map<String, Value>, keys: &[&'static str]) -> Result<Option<String>, TaskError> {

@@ -1,33 +1,32 @@
 //! The Claude Code agent actor: one long-lived `claude` process per session, driven over
 //! stream-json (research/claude-code-cli.md §0–1). The same process serves every subtask of the
-//! task, so the conversation continues; if it dies, the running subtask fails with the reason and
-//! the next subtask starts a fresh process.
+//! task, so the conversation continues. A process that dies, wedges or idles too long is
+//! replaced by a new one started with `--resume=<saved id>`, so the conversation survives that
+//! too (and an executor restart, since transcripts live in the task's own config directory).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{json, Value};
 
 use super::claude_env::{claude_args, claude_env};
+use super::claude_spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
 use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
-use super::process::{create_private_dir, AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
-use super::{AgentArgs, TurnRequest};
+use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
+use super::{prompt, AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
-use crate::config::PINNED_CLAUDE_CODE_VERSION;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
 use crate::session::SessionMsg;
-use crate::task::BotSpec;
-
-/// Name of the file holding the Claude conversation id, in the task's workspace (contract §6.1).
-pub const SESSION_ID_FILE: &str = ".claude_session_id";
+use crate::task::TaskSpec;
 
 /// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
 /// process counts as gone anyway.
-const PIPE_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Folder of the task's own Claude config (`CLAUDE_CONFIG_DIR`), inside its workspace.
-pub const CONFIG_DIR: &str = ".claude";
+/// What the CLI says when `--resume` names a conversation it does not have.
+const NO_CONVERSATION: &str = "No conversation found";
 
 /// Messages of the [`ClaudeCodeAgent`].
 pub enum AgentMsg {
@@ -40,7 +39,7 @@ pub enum AgentMsg {
         /// Generation of the process this is about.
         gen: u64,
         /// The process, or why it could not start.
-        result: Result<AgentProcess, AgentError>,
+        result: Result<Started, AgentError>,
     },
     /// Something happened on process `gen`'s pipes.
     Process {
@@ -54,8 +53,7 @@ pub enum AgentMsg {
         /// Generation of the process this is about.
         gen: u64,
     },
-    /// After process `gen` exited, the time its pipes had to drain passed (a grandchild may
-    /// hold them open forever).
+    /// After process `gen` exited, the time its pipes had to drain passed.
     DrainDeadline {
         /// Generation of the process this is about.
         gen: u64,
@@ -64,6 +62,13 @@ pub enum AgentMsg {
     InterruptTimeout {
         /// Generation of the process this is about.
         gen: u64,
+    },
+    /// The idle time after turn number `turns` of process `gen` passed.
+    IdleDeadline {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// Turns the process had served when the timer was set.
+        turns: u32,
     },
 }
 
@@ -83,8 +88,10 @@ pub struct ClaudeState {
     exited: Option<ExitInfo>,
     turns_in_process: u32,
     turn: Option<Turn>,
-    bot: BotSpec,
+    spec: Option<TaskSpec>,
     claude_session: Option<String>,
+    resumed_with: Option<String>,
+    next_resume: Resume,
 }
 
 impl Actor for ClaudeCodeAgent {
@@ -110,8 +117,10 @@ impl Actor for ClaudeCodeAgent {
             exited: None,
             turns_in_process: 0,
             turn: None,
-            bot: BotSpec::default(),
+            spec: None,
             claude_session: None,
+            resumed_with: None,
+            next_resume: Resume::FromFile,
         })
     }
 
@@ -144,6 +153,16 @@ impl Actor for ClaudeCodeAgent {
                 st.discard_process();
                 st.end_turn(TaskStatus::Cancelled);
             }
+            AgentMsg::IdleDeadline { gen, turns }
+                if gen == st.gen && turns == st.turns_in_process && st.turn.is_none() =>
+            {
+                tracing::info!(
+                    "task {}: Claude Code process idle; suspending it (the next subtask resumes)",
+                    st.args.task_id
+                );
+                st.retire_process();
+                let _ = st.args.session.cast(SessionMsg::Suspended(true));
+            }
             _ => {} // events of a retired process, or deadlines that no longer apply
         }
         Ok(())
@@ -157,10 +176,9 @@ impl Actor for ClaudeCodeAgent {
         if let Some(mut p) = st.proc.take() {
             let how = p.terminate(st.args.cfg.stop).await;
             tracing::info!(
-                "task {}: Claude Code process {} stopped ({:?})",
+                "task {}: Claude Code process {} stopped ({how:?})",
                 st.args.task_id,
-                p.pid(),
-                how
+                p.pid()
             );
         }
         Ok(())
@@ -173,7 +191,7 @@ impl ClaudeState {
     }
 
     fn on_turn(&mut self, me: &ActorRef<AgentMsg>, req: TurnRequest) {
-        let turn = Turn::new(req.ctx, req.spec.prompt.clone());
+        let turn = Turn::new(req.ctx, String::new());
         if self.turn.is_some() {
             tracing::error!(
                 "task {}: a turn arrived while another runs; refusing it",
@@ -185,15 +203,16 @@ impl ClaudeState {
         }
         self.emit(turn.running(55, INIT_MESSAGE));
         self.turn = Some(turn);
-        self.bot = req.spec.bot;
-        if req.spec.new_session && (self.proc.is_some() || self.claude_session.is_some()) {
+        if req.spec.new_session {
             tracing::info!(
                 "task {}: new_session requested; starting a fresh conversation",
                 self.args.task_id
             );
             self.retire_process();
             self.claude_session = None;
+            self.next_resume = Resume::Fresh;
         }
+        self.spec = Some(req.spec);
         if self.ready {
             self.send_turn();
         } else if !self.spawning && self.proc.is_none() {
@@ -202,74 +221,98 @@ impl ClaudeState {
     }
 
     fn start_spawn(&mut self, me: &ActorRef<AgentMsg>) {
-        let cfg = &self.args.cfg;
+        let Some(spec) = self.spec.clone() else {
+            return;
+        };
+        let cfg = self.args.cfg.clone();
         let config_dir = self.cwd.join(CONFIG_DIR);
-        let env = match claude_env(cfg, &self.bot, &config_dir, std::env::vars()) {
+        let env = match claude_env(&cfg, &spec.bot, &config_dir, std::env::vars()) {
             Ok(env) => env,
             Err(e) => return self.fail_turn(&e.to_string()),
         };
         self.gen += 1;
         self.spawning = true;
-        let (gen, me) = (self.gen, me.clone());
-        let spawn = SpawnSpec {
-            program: cfg.claude.bin.clone(),
-            args: claude_args(&self.bot, None),
-            env,
-            cwd: self.cwd.clone(),
-            max_line_bytes: cfg.claude.max_line_bytes,
+        let resume = match std::mem::replace(&mut self.next_resume, Resume::FromFile) {
+            Resume::FromFile => self
+                .claude_session
+                .clone()
+                .map_or(Resume::FromFile, Resume::Id),
+            other => other,
         };
+        let bot = spec.bot.clone();
+        let job = Launch {
+            spec: SpawnSpec {
+                program: cfg.claude.bin.clone(),
+                args: Vec::new(),
+                env,
+                cwd: self.cwd.clone(),
+                max_line_bytes: cfg.claude.max_line_bytes,
+            },
+            config_dir,
+            mcp_servers: spec.bot.mcp_servers.clone(),
+            resume,
+            args: Box::new(move |resume, mcp| claude_args(&bot, resume, mcp)),
+        };
+        let (gen, me) = (self.gen, me.clone());
         tokio::spawn(async move {
-            let result = prepare_and_spawn(spawn, config_dir, me.clone(), gen).await;
-            if let Err(ractor::MessagingErr::SendErr(AgentMsg::Spawned { result: Ok(p), .. })) =
+            let sink_me = me.clone();
+            let result = launch(job, move |event| {
+                sink_me.cast(AgentMsg::Process { gen, event }).is_ok()
+            })
+            .await;
+            if let Err(ractor::MessagingErr::SendErr(AgentMsg::Spawned { result: Ok(s), .. })) =
                 me.cast(AgentMsg::Spawned { gen, result })
             {
-                drop(p); // the actor is gone: Drop kills the process group
+                drop(s); // the actor is gone: Drop kills the process group
             }
         });
     }
 
-    fn on_spawned(&mut self, me: &ActorRef<AgentMsg>, result: Result<AgentProcess, AgentError>) {
+    fn on_spawned(&mut self, me: &ActorRef<AgentMsg>, result: Result<Started, AgentError>) {
         self.spawning = false;
         match result {
             Err(e) => self.fail_turn(&e.to_string()),
-            Ok(p) => {
+            Ok(Started { process, resumed }) => {
                 tracing::info!(
-                    "task {}: started Claude Code process {}",
+                    "task {}: started Claude Code process {}{}",
                     self.args.task_id,
-                    p.pid()
+                    process.pid(),
+                    resumed
+                        .as_deref()
+                        .map(|id| format!(" resuming {id}"))
+                        .unwrap_or_default()
                 );
                 let init = json!({"type": "control_request", "request_id": format!("req_init_{}", self.gen),
                                   "request": {"subtype": "initialize", "hooks": null}});
-                p.send_line(init.to_string());
-                self.proc = Some(p);
+                process.send_line(init.to_string());
+                self.proc = Some(process);
+                self.resumed_with = resumed;
                 self.ready = false;
                 self.stdout_done = false;
                 self.stderr_done = false;
                 self.exited = None;
                 self.turns_in_process = 0;
-                me.send_after(self.args.cfg.claude.init_timeout, {
-                    let gen = self.gen;
-                    move || AgentMsg::InitTimeout { gen }
+                let gen = self.gen;
+                me.send_after(self.args.cfg.claude.init_timeout, move || {
+                    AgentMsg::InitTimeout { gen }
                 });
+                let _ = self.args.session.cast(SessionMsg::Suspended(false));
             }
         }
     }
 
     fn send_turn(&mut self) {
         let first = self.turns_in_process == 0;
-        let cwd = self.cwd.display().to_string();
-        let (Some(turn), Some(proc)) = (self.turn.as_mut(), self.proc.as_ref()) else {
+        let (Some(turn), Some(proc), Some(spec)) =
+            (self.turn.as_mut(), self.proc.as_ref(), self.spec.as_ref())
+        else {
             return;
         };
         if turn.sent || turn.cancelled {
             return;
         }
-        if first {
-            turn.prompt
-                .push_str(&format!("\nCurrent working directory: {cwd}"));
-        }
-        let line = turn.user_line();
-        turn.sent = proc.send_line(line);
+        turn.prompt = prompt::shape(spec, &self.cwd, first);
+        turn.sent = proc.send_line(turn.user_line());
         let p = turn.running(60, INIT_MESSAGE);
         self.turns_in_process += 1;
         self.emit(p);
@@ -277,7 +320,7 @@ impl ClaudeState {
 
     fn on_event(&mut self, me: &ActorRef<AgentMsg>, event: ProcessEvent) {
         match event {
-            ProcessEvent::Line(line) => self.on_line(&line),
+            ProcessEvent::Line(line) => self.on_line(me, &line),
             ProcessEvent::StdoutFailed(reason) => {
                 self.fail_turn(&reason);
                 self.discard_process();
@@ -296,7 +339,7 @@ impl ClaudeState {
         }
     }
 
-    fn on_line(&mut self, line: &str) {
+    fn on_line(&mut self, me: &ActorRef<AgentMsg>, line: &str) {
         if !line.trim_start().starts_with('{') {
             return;
         }
@@ -309,7 +352,8 @@ impl ClaudeState {
         };
         match msg.get("type").and_then(Value::as_str) {
             Some("control_response") => return self.on_control_response(&msg),
-            Some("control_request") => return self.refuse_control_request(&msg),
+            Some("control_request") => return self.answer_control_request(&msg),
+            Some("result") if self.resume_failed(&msg) => return self.fall_back_to_fresh(me),
             _ => {}
         }
         if let Some(id) = msg.get("session_id").and_then(Value::as_str) {
@@ -326,6 +370,7 @@ impl ClaudeState {
                     self.emit(p);
                 }
                 self.end_turn(status);
+                self.arm_idle_timer(me);
             }
         }
     }
@@ -341,14 +386,48 @@ impl ClaudeState {
         }
     }
 
-    /// We configure no hooks or permission prompts, so any request from the CLI is answered
-    /// with an error rather than left to hang the turn.
-    fn refuse_control_request(&self, msg: &Value) {
+    /// Every request from the CLI gets an answer, so a turn never waits on us: tool use is
+    /// allowed (the executor runs in bypass mode), anything else is refused.
+    fn answer_control_request(&self, msg: &Value) {
         let id = msg.get("request_id").cloned().unwrap_or(Value::Null);
-        let reply = json!({"type": "control_response",
-                           "response": {"subtype": "error", "request_id": id, "error": "not supported by this executor"}});
+        let request = msg.get("request").cloned().unwrap_or(Value::Null);
+        let reply = match request.get("subtype").and_then(Value::as_str) {
+            Some("can_use_tool") => {
+                json!({"type": "control_response", "response": {"subtype": "success", "request_id": id,
+                "response": {"behavior": "allow", "updatedInput": request.get("input").cloned().unwrap_or(json!({}))}}})
+            }
+            _ => json!({"type": "control_response",
+                        "response": {"subtype": "error", "request_id": id, "error": "not supported by this executor"}}),
+        };
         if let Some(p) = &self.proc {
             p.send_line(reply.to_string());
+        }
+    }
+
+    fn resume_failed(&self, msg: &Value) -> bool {
+        self.resumed_with.is_some()
+            && self.turns_in_process <= 1
+            && msg.to_string().contains(NO_CONVERSATION)
+    }
+
+    /// `--resume` named a conversation the CLI does not have: say so in the thinking steps and
+    /// run the turn in a fresh conversation instead of failing it.
+    fn fall_back_to_fresh(&mut self, me: &ActorRef<AgentMsg>) {
+        let id = self.resumed_with.take().unwrap_or_default();
+        tracing::warn!(
+            "task {}: conversation {id} could not be resumed; starting a fresh one",
+            self.args.task_id
+        );
+        self.discard_process();
+        self.claude_session = None;
+        self.next_resume = Resume::Fresh;
+        if let Some(turn) = self.turn.as_mut() {
+            turn.step(
+                "thinking.resume_failed_new_session",
+                json!({"session_id": id, "reason": NO_CONVERSATION}),
+            );
+            turn.sent = false;
+            self.start_spawn(me);
         }
     }
 
@@ -418,7 +497,6 @@ impl ClaudeState {
             );
             turn.sent = false;
             turn.retried = true;
-            self.turns_in_process = 0;
             return self.start_spawn(me);
         }
         let tail = p.stderr_tail();
@@ -455,6 +533,13 @@ impl ClaudeState {
         }
     }
 
+    fn arm_idle_timer(&self, me: &ActorRef<AgentMsg>) {
+        if let Some(idle) = self.args.cfg.claude.idle_timeout {
+            let (gen, turns) = (self.gen, self.turns_in_process);
+            me.send_after(idle, move || AgentMsg::IdleDeadline { gen, turns });
+        }
+    }
+
     /// Drops the current process at once: its group gets SIGKILL (in `Drop`), its reaper still
     /// reaps it, and its remaining events are ignored.
     fn discard_process(&mut self) {
@@ -464,7 +549,7 @@ impl ClaudeState {
         self.proc = None;
     }
 
-    /// Lets the current process end in the background (its events are ignored from now on).
+    /// Lets the current process end gracefully in the background (its events are ignored).
     fn retire_process(&mut self) {
         self.gen += 1;
         self.ready = false;
@@ -476,40 +561,4 @@ impl ClaudeState {
             });
         }
     }
-}
-
-/// File work before the spawn, off the actor: the workspace and the task's own Claude config
-/// directory (with the onboarding flags the CLI wants), then the process itself.
-async fn prepare_and_spawn(
-    spec: SpawnSpec,
-    config_dir: PathBuf,
-    me: ActorRef<AgentMsg>,
-    gen: u64,
-) -> Result<AgentProcess, AgentError> {
-    let ws_err = |path: &PathBuf| {
-        let path = path.display().to_string();
-        move |source| AgentError::Workspace { path, source }
-    };
-    create_private_dir(&spec.cwd)
-        .await
-        .map_err(ws_err(&spec.cwd))?;
-    create_private_dir(&config_dir)
-        .await
-        .map_err(ws_err(&config_dir))?;
-    let onboarding = config_dir.join(".claude.json");
-    if !tokio::fs::try_exists(&onboarding).await.unwrap_or(false) {
-        let flags = json!({"hasCompletedOnboarding": true, "bypassPermissionsModeAccepted": true,
-                           "autoUpdates": false, "numStartups": 1});
-        tokio::fs::write(&onboarding, flags.to_string())
-            .await
-            .map_err(ws_err(&onboarding))?;
-    }
-    AgentProcess::spawn(&spec, move |event| {
-        me.cast(AgentMsg::Process { gen, event }).is_ok()
-    })
-    .map_err(|source| AgentError::Spawn {
-        bin: spec.program.display().to_string(),
-        version: PINNED_CLAUDE_CODE_VERSION,
-        source,
-    })
 }

@@ -43,8 +43,9 @@ const INHERITED_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_", "DISABLE_", "GIT_
 /// Keys of `agent_config.env` that are mapped to named variables instead of copied.
 const MAPPED_KEYS: &[&str] = &["model_id", "api_key", "base_url", "model", "small_model"];
 
-/// The argument list for a long-lived stream-json session (contract §5.3).
-pub fn claude_args(bot: &BotSpec, resume: Option<&str>) -> Vec<String> {
+/// The argument list for a long-lived stream-json session (contract §5.3). The MCP config is
+/// passed as a file path: after placeholder substitution it may hold tokens.
+pub fn claude_args(bot: &BotSpec, resume: Option<&str>, mcp_config: Option<&Path>) -> Vec<String> {
     let mut args: Vec<String> = [
         "--output-format",
         "stream-json",
@@ -64,6 +65,24 @@ pub fn claude_args(bot: &BotSpec, resume: Option<&str>) -> Vec<String> {
     ));
     if let Some(model) = &bot.model {
         args.push(format!("--model={model}"));
+    }
+    if !bot.allowed_tools.is_empty() {
+        args.push(format!("--allowedTools={}", bot.allowed_tools.join(",")));
+    }
+    if !bot.disallowed_tools.is_empty() {
+        args.push(format!(
+            "--disallowedTools={}",
+            bot.disallowed_tools.join(",")
+        ));
+    }
+    if let Some(n) = bot.max_turns {
+        args.push(format!("--max-turns={n}"));
+    }
+    if let Some(n) = bot.max_thinking_tokens {
+        args.push(format!("--max-thinking-tokens={n}"));
+    }
+    if let Some(path) = mcp_config {
+        args.push(format!("--mcp-config={}", path.display()));
     }
     if let Some(id) = resume {
         args.push(format!("--resume={id}"));
@@ -239,7 +258,7 @@ mod tests {
         let b = bot(json!({}));
         let env = claude_env(&c, &b, Path::new("/c"), std::iter::empty()).unwrap();
         assert_eq!(env["ANTHROPIC_API_KEY"], "sk-secret");
-        let args = claude_args(&b, Some("abc"));
+        let args = claude_args(&b, Some("abc"), None);
         assert!(args.iter().all(|a| !a.contains("sk-secret")));
         assert!(args.contains(&"--resume=abc".to_string()));
         assert!(args.contains(&"--system-prompt=".to_string()));

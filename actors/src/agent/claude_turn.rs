@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::mask::{mask_str, mask_value};
 use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 
 /// Thinking steps kept per turn; callbacks carry the whole list, so it must stay bounded.
@@ -69,6 +70,7 @@ impl Turn {
 
     /// The terminal `FAILED` event for an error found outside the stream.
     pub fn failed(&mut self, message: &str) -> Box<CallbackPayload> {
+        let message = &mask_str(message);
         self.step("thinking.task_execution_failed", json!({"error": message}));
         Box::new(
             self.ctx
@@ -138,6 +140,7 @@ impl Turn {
                 .filter(|t| !t.is_empty())
                 .or_else(|| (!errors.is_empty()).then(|| errors.join("; ")))
                 .unwrap_or_else(|| format!("Task ended: {subtype}"));
+            let message = mask_str(&message);
             let p = self
                 .ctx
                 .payload(100, TaskStatus::Failed, message, Some(self.result(None)));
@@ -159,7 +162,9 @@ impl Turn {
         LineOutcome::Finished(TaskStatus::Completed, Some(Box::new(p)))
     }
 
-    fn step(&mut self, title: &str, details: Value) {
+    /// Adds a thinking step (pub for notices such as a resume fallback); details are masked.
+    pub fn step(&mut self, title: &str, mut details: Value) {
+        mask_value(&mut details);
         if self.thinking.len() >= MAX_THINKING_STEPS {
             self.thinking.remove(0);
         }

@@ -2,8 +2,10 @@
 
 pub mod claude_code;
 pub mod claude_env;
+pub mod claude_spawn;
 pub mod claude_turn;
 pub mod process;
+pub mod prompt;
 
 use std::sync::Arc;
 
