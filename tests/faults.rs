@@ -249,3 +249,16 @@ async fn secrets_never_reach_logs_callbacks_listings_or_command_lines() {
         }
     }
 }
+
+#[tokio::test]
+async fn garbage_lines_and_a_10_mb_line_within_the_limit_are_survived() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let noisy = run(&exec, &rx, 50, 1, "FAKE:garbage\nstill fine").await;
+    assert_eq!(noisy["status"], "COMPLETED", "{}", rx.dump());
+    assert_eq!(noisy["result"]["value"], "fake reply #1 to: still fine");
+    let big = run(&exec, &rx, 50, 2, "FAKE:bigline:10000000\nbig").await;
+    assert_eq!(big["status"], "COMPLETED");
+    assert_eq!(big["result"]["value"], "fake reply #2 to: big");
+    assert_eq!(run(&exec, &rx, 50, 3, "after").await["status"], "COMPLETED");
+}

@@ -165,6 +165,7 @@ impl Turn {
     /// Adds a thinking step (pub for notices such as a resume fallback); details are masked.
     pub fn step(&mut self, title: &str, mut details: Value) {
         mask_value(&mut details);
+        truncate_strings(&mut details);
         if self.thinking.len() >= MAX_THINKING_STEPS {
             self.thinking.remove(0);
         }
@@ -178,6 +179,27 @@ impl Turn {
             r["value"] = Value::String(v);
         }
         r
+    }
+}
+
+/// Longest string kept in a thinking step's details; callbacks repeat the whole thinking list,
+/// so one huge tool output must not be resent in full with every event.
+pub const MAX_DETAIL_CHARS: usize = 64 * 1024;
+
+fn truncate_strings(v: &mut Value) {
+    match v {
+        Value::String(s) if s.len() > MAX_DETAIL_CHARS => {
+            let mut cut = MAX_DETAIL_CHARS;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let dropped = s.len() - cut;
+            s.truncate(cut);
+            s.push_str(&format!("… [{dropped} bytes truncated]"));
+        }
+        Value::Array(items) => items.iter_mut().for_each(truncate_strings),
+        Value::Object(map) => map.values_mut().for_each(truncate_strings),
+        _ => {}
     }
 }
 
@@ -301,6 +323,21 @@ mod tests {
             ),
             LineOutcome::Finished(TaskStatus::Cancelled, None)
         );
+    }
+
+    #[test]
+    fn huge_details_are_truncated() {
+        let mut t = turn();
+        let big = "x".repeat(MAX_DETAIL_CHARS * 3);
+        t.on_message(
+            &json!({"type": "assistant", "message": {"content": [{"type": "text", "text": big}]}}),
+        );
+        let p = t.running(75, "x");
+        let text = p.result.unwrap()["thinking"][0]["details"]["message"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(text.len() < MAX_DETAIL_CHARS + 100 && text.ends_with("bytes truncated]"));
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Script {
     pub lines: usize,
     /// `FAKE:bigline:<bytes>`.
     pub bigline: Option<usize>,
+    /// `FAKE:garbage`: non-JSON text, a broken JSON line and an unknown message type.
+    pub garbage: bool,
     /// `FAKE:spawn_orphan`.
     pub spawn_orphan: bool,
     /// `FAKE:ignore_sigterm`.
@@ -88,6 +90,7 @@ impl Script {
             ("tool", None) => self.tool = true,
             ("lines", Some(count)) => self.lines = number(count)?,
             ("bigline", Some(bytes)) => self.bigline = Some(number(bytes)?),
+            ("garbage", None) => self.garbage = true,
             ("spawn_orphan", None) => self.spawn_orphan = true,
             ("ignore_sigterm", None) => self.ignore_sigterm = true,
             ("exit_after_result", Some(code)) => self.exit_after_result = Some(number(code)?),

@@ -70,6 +70,14 @@ pub fn emit(value: &Value) -> io::Result<()> {
     out.flush()
 }
 
+/// Writes raw bytes plus a newline on stdout (for lines that are not JSON on purpose).
+pub fn emit_raw(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
 /// Builds the messages of one session; every message carries its id.
 pub struct Messages {
     /// The session id (`--resume` value or random).

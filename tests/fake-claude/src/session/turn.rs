@@ -63,6 +63,12 @@ impl Session {
                 return self.abort(start);
             }
         }
+        if script.garbage {
+            crate::proto::emit_raw("[SandboxDebug] this is not JSON")?;
+            crate::proto::emit_raw("{\"type\":\"assistant\",\"message\":")?;
+            crate::proto::emit_raw("")?;
+            emit(&json!({"type": "mystery_event", "payload": [1, 2, 3]}))?;
+        }
         if let Some(bytes) = script.bigline {
             let id = format!("msg_fake_{n}_big");
             emit(&self.msgs.assistant_text(&id, &"x".repeat(bytes)))?;
