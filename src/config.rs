@@ -38,6 +38,9 @@ pub const DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS: u64 = 10;
 /// `CLAUDE_IDLE_TIMEOUT_SECS`: an idle CLI process (250–400 MB) is ended after this; the next
 /// subtask resumes the conversation. 0 keeps processes alive.
 pub const DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS: u64 = 1800;
+/// `MAX_LIVE_PROCESSES`: most agent processes alive at once (0 = no cap); over it the least
+/// recently used idle sessions are suspended.
+pub const DEFAULT_MAX_LIVE_PROCESSES: usize = 64;
 /// `MAX_LINE_BYTES`: longest stdout line accepted from the CLI (16 MiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// `SHUTDOWN_GRACE_SECS`: time SIGTERM gives callbacks to flush (fits Kubernetes' 30 s).
@@ -110,6 +113,9 @@ pub struct Cli {
     /// Seconds a cancelled turn has to end before the CLI is killed [default: 10].
     #[arg(long, env = "CLAUDE_INTERRUPT_TIMEOUT_SECS")]
     pub claude_interrupt_timeout_secs: Option<u64>,
+    /// Most agent processes alive at once; 0 = no cap [default: 64].
+    #[arg(long, env = "MAX_LIVE_PROCESSES")]
+    pub max_live_processes: Option<usize>,
     /// Seconds an idle CLI process lives before it is ended (0 = never) [default: 1800].
     #[arg(long, env = "CLAUDE_IDLE_TIMEOUT_SECS")]
     pub claude_idle_timeout_secs: Option<u64>,
@@ -143,6 +149,7 @@ pub struct FileConfig {
     claude_init_timeout_secs: Option<u64>,
     claude_interrupt_timeout_secs: Option<u64>,
     claude_idle_timeout_secs: Option<u64>,
+    max_live_processes: Option<usize>,
     max_line_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
 }
@@ -199,7 +206,13 @@ impl Settings {
                 pick(non_empty(cli.log_level), file.log_level, "info".into())
             };
         let ms = Duration::from_millis;
+        let max_live = pick(
+            cli.max_live_processes,
+            file.max_live_processes,
+            DEFAULT_MAX_LIVE_PROCESSES,
+        );
         let runtime = RuntimeConfig {
+            max_live_processes: (max_live > 0).then_some(max_live),
             workspace_root,
             executor_name: non_empty(cli.executor_name).or(file.executor_name),
             executor_namespace: non_empty(cli.executor_namespace).or(file.executor_namespace),

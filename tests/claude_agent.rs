@@ -323,3 +323,42 @@ async fn bot_tool_options_and_mcp_servers_reach_the_cli_without_secrets_in_argv(
         !rx.dump().contains("SECRETMARKER") && !exec.logs().join("\n").contains("SECRETMARKER")
     );
 }
+
+#[tokio::test]
+async fn over_the_live_process_cap_the_least_recently_used_idle_session_is_suspended() {
+    let rx = CallbackReceiver::start();
+    let opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("MAX_LIVE_PROCESSES", "2");
+    let exec = Executor::start(opts).await;
+    for id in [11, 12, 13] {
+        let body =
+            json!({"task_id": id, "subtask_id": 1, "agent_type": "claude_code", "content": "hi"});
+        exec.post_json("/api/tasks/execute", &body).await;
+        assert_eq!(rx.wait_terminal(id, 1, WAIT).await["status"], "COMPLETED");
+    }
+    let ws = exec.workspace().to_path_buf();
+    let oldest_gone = wait_until(Duration::from_secs(10), || {
+        processes_in(&ws.join("11")).is_empty()
+    })
+    .await;
+    assert!(
+        oldest_gone,
+        "task 11's process should be suspended: {}",
+        exec.logs_tail(20)
+    );
+    assert!(!processes_in(&ws.join("12")).is_empty() && !processes_in(&ws.join("13")).is_empty());
+    let (_, list) = exec.get("/api/tasks/sessions").await;
+    let status = |id: i64| {
+        list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["task_id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status(11), "suspended", "{list}");
+    assert_eq!(status(13), "idle", "{list}");
+}

@@ -103,6 +103,9 @@ pub struct RuntimeConfig {
     pub claude: ClaudeConfig,
     /// Process stop settings.
     pub stop: StopConfig,
+    /// Most agent processes alive at once; over it, the least recently used idle ones are
+    /// suspended. `None` = no cap.
+    pub max_live_processes: Option<usize>,
 }
 
 impl RuntimeConfig {
@@ -133,6 +136,7 @@ impl RuntimeConfig {
                 eof_grace: Duration::from_millis(500),
                 term_grace: Duration::from_secs(2),
             },
+            max_live_processes: None,
         }
     }
 }

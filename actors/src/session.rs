@@ -36,9 +36,11 @@ pub enum SessionMsg {
     /// Stop the session: end the agent and its processes, fail what was still running with
     /// this reason.
     Close(String),
-    /// The agent ended (true) or started (false) its process; a suspended session resumes
-    /// its conversation on the next subtask.
-    Suspended(bool),
+    /// The agent's process started, was suspended (ended to free memory; the next subtask
+    /// resumes the conversation) or ended otherwise.
+    Process(ProcessState),
+    /// End the agent's process if it is idle (the supervisor's live-process cap).
+    Suspend,
 }
 
 /// What a session is started with.
@@ -64,7 +66,18 @@ pub struct SessionState {
     queue: VecDeque<Box<TaskSpec>>,
     close_reason: Option<String>,
     completed: u64,
-    suspended: bool,
+    process: ProcessState,
+}
+
+/// The agent process of a session, as the listing and the live-process cap see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Running.
+    Started,
+    /// Ended to free memory; the conversation resumes on the next subtask.
+    Suspended,
+    /// Not running (never started, exited or killed).
+    Ended,
 }
 
 impl Actor for Session {
@@ -84,7 +97,7 @@ impl Actor for Session {
             queue: VecDeque::new(),
             close_reason: None,
             completed: 0,
-            suspended: false,
+            process: ProcessState::Ended,
         };
         st.agent = Some(st.spawn_agent(&me).await?);
         Ok(st)
@@ -125,9 +138,14 @@ impl Actor for Session {
                     st.start_next(&me).await;
                 }
             }
-            SessionMsg::Suspended(s) => {
-                st.suspended = s;
+            SessionMsg::Process(p) => {
+                st.process = p;
                 st.report();
+            }
+            SessionMsg::Suspend => {
+                if let (None, Some(agent)) = (&st.current, &st.agent) {
+                    let _ = agent.cast(AgentMsg::Suspend);
+                }
             }
             SessionMsg::Close(reason) => {
                 st.close_reason = Some(reason);
@@ -281,7 +299,7 @@ impl SessionState {
             task_id: self.args.task_id,
             status: if self.current.is_some() {
                 SessionStatus::Running
-            } else if self.suspended {
+            } else if self.process == ProcessState::Suspended {
                 SessionStatus::Suspended
             } else {
                 SessionStatus::Idle
@@ -289,6 +307,7 @@ impl SessionState {
             current: self.current.clone(),
             queued: self.queue.len(),
             completed: self.completed,
+            live: self.process == ProcessState::Started,
         };
         let _ = self
             .args

@@ -65,6 +65,8 @@ pub struct SessionUpdate {
     pub queued: usize,
     /// Subtasks finished so far.
     pub completed: u64,
+    /// Whether its agent process is running.
+    pub live: bool,
 }
 
 /// Messages of the [`Supervisor`].
@@ -95,6 +97,9 @@ pub struct Supervisor;
 struct Entry {
     actor: ActorRef<SessionMsg>,
     kind: AgentKind,
+    live: bool,
+    idle: bool,
+    last_active: std::time::Instant,
 }
 
 /// State of the [`Supervisor`].
@@ -135,7 +140,12 @@ impl Actor for Supervisor {
             SupervisorMsg::Cancel(task_id, reply) => st.cancel(task_id, reply),
             SupervisorMsg::Close(scope, reason, reply) => st.close(&scope, reason, reply),
             SupervisorMsg::SessionChanged(u) => {
-                if st.sessions.contains_key(&u.task_id) {
+                if let Some(e) = st.sessions.get_mut(&u.task_id) {
+                    e.live = u.live;
+                    e.idle = u.status != SessionStatus::Running;
+                    if !e.idle {
+                        e.last_active = std::time::Instant::now();
+                    }
                     st.args.index.update(u.task_id, |info| {
                         info.status = u.status;
                         info.current_subtask_id = u.current.as_ref().map(|c| c.subtask_id);
@@ -143,6 +153,7 @@ impl Actor for Supervisor {
                         info.queued = u.queued;
                         info.completed_subtasks = u.completed;
                     });
+                    st.enforce_live_cap();
                 }
             }
         }
@@ -268,6 +279,9 @@ impl SupervisorState {
             Entry {
                 actor: actor.clone(),
                 kind: kind.clone(),
+                live: false,
+                idle: true,
+                last_active: std::time::Instant::now(),
             },
         );
         self.args.index.insert(SessionInfo {
@@ -284,6 +298,27 @@ impl SupervisorState {
             current: None,
         });
         Ok(actor)
+    }
+
+    /// Over the live-process cap, asks the least recently active idle sessions to suspend
+    /// their agent process (each can hold hundreds of MB); they resume on their next subtask.
+    fn enforce_live_cap(&self) {
+        let Some(cap) = self.args.cfg.max_live_processes else {
+            return;
+        };
+        let live = self.sessions.values().filter(|e| e.live).count();
+        if live <= cap {
+            return;
+        }
+        let mut idle: Vec<&Entry> = self
+            .sessions
+            .values()
+            .filter(|e| e.live && e.idle)
+            .collect();
+        idle.sort_by_key(|e| e.last_active);
+        for e in idle.into_iter().take(live - cap) {
+            let _ = e.actor.cast(SessionMsg::Suspend);
+        }
     }
 
     fn forget(&mut self, task_id: i64) -> Option<ActorRef<SessionMsg>> {

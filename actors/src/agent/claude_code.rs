@@ -10,7 +10,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{json, Value};
 
-use super::claude_env::{claude_args, claude_env};
+use super::claude_env::claude_env;
 use super::claude_spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
 use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
 use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
@@ -18,7 +18,7 @@ use super::{prompt, AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
-use crate::session::SessionMsg;
+use crate::session::{ProcessState, SessionMsg};
 use crate::task::TaskSpec;
 
 /// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
@@ -63,6 +63,8 @@ pub enum AgentMsg {
         /// Generation of the process this is about.
         gen: u64,
     },
+    /// End the process now if no turn runs (asked by the session for the live-process cap).
+    Suspend,
     /// The idle time after turn number `turns` of process `gen` passed.
     IdleDeadline {
         /// Generation of the process this is about.
@@ -154,15 +156,11 @@ impl Actor for ClaudeCodeAgent {
                 st.end_turn(TaskStatus::Cancelled);
             }
             AgentMsg::IdleDeadline { gen, turns }
-                if gen == st.gen && turns == st.turns_in_process && st.turn.is_none() =>
+                if gen == st.gen && turns == st.turns_in_process =>
             {
-                tracing::info!(
-                    "task {}: Claude Code process idle; suspending it (the next subtask resumes)",
-                    st.args.task_id
-                );
-                st.retire_process();
-                let _ = st.args.session.cast(SessionMsg::Suspended(true));
+                st.suspend("idle")
             }
+            AgentMsg::Suspend => st.suspend("over the live-process cap"),
             _ => {} // events of a retired process, or deadlines that no longer apply
         }
         Ok(())
@@ -251,7 +249,7 @@ impl ClaudeState {
             config_dir,
             mcp_servers: spec.bot.mcp_servers.clone(),
             resume,
-            args: Box::new(move |resume, mcp| claude_args(&bot, resume, mcp)),
+            bot,
         };
         let (gen, me) = (self.gen, me.clone());
         tokio::spawn(async move {
@@ -296,7 +294,7 @@ impl ClaudeState {
                 me.send_after(self.args.cfg.claude.init_timeout, move || {
                     AgentMsg::InitTimeout { gen }
                 });
-                let _ = self.args.session.cast(SessionMsg::Suspended(false));
+                self.tell_session(ProcessState::Started);
             }
         }
     }
@@ -471,6 +469,7 @@ impl ClaudeState {
 
     fn on_process_gone(&mut self, me: &ActorRef<AgentMsg>) {
         let Some(p) = self.proc.take() else { return };
+        self.tell_session(ProcessState::Ended);
         let exit = self.exited.unwrap_or(ExitInfo {
             code: None,
             signal: None,
@@ -533,6 +532,23 @@ impl ClaudeState {
         }
     }
 
+    fn tell_session(&self, state: ProcessState) {
+        let _ = self.args.session.cast(SessionMsg::Process(state));
+    }
+
+    /// Ends an idle process to free memory; the next subtask resumes the conversation.
+    fn suspend(&mut self, why: &str) {
+        if self.turn.is_some() || self.proc.is_none() {
+            return;
+        }
+        tracing::info!(
+            "task {}: suspending the Claude Code process ({why}); the next subtask resumes",
+            self.args.task_id
+        );
+        self.retire_process();
+        self.tell_session(ProcessState::Suspended);
+    }
+
     fn arm_idle_timer(&self, me: &ActorRef<AgentMsg>) {
         if let Some(idle) = self.args.cfg.claude.idle_timeout {
             let (gen, turns) = (self.gen, self.turns_in_process);
@@ -546,7 +562,9 @@ impl ClaudeState {
         self.gen += 1;
         self.ready = false;
         self.spawning = false;
-        self.proc = None;
+        if self.proc.take().is_some() {
+            self.tell_session(ProcessState::Ended);
+        }
     }
 
     /// Lets the current process end gracefully in the background (its events are ignored).

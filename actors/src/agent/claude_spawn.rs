@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
+use super::claude_env::claude_args;
 use super::process::{create_private_dir, AgentProcess, ProcessEvent, SpawnSpec};
 use crate::config::PINNED_CLAUDE_CODE_VERSION;
 use crate::error::AgentError;
+use crate::task::BotSpec;
 
 /// Name of the file holding the Claude conversation id, in the task's workspace (contract §6.1).
 pub const SESSION_ID_FILE: &str = ".claude_session_id";
@@ -40,8 +42,8 @@ pub struct Launch {
     pub mcp_servers: Option<Map<String, Value>>,
     /// Which conversation to continue.
     pub resume: Resume,
-    /// Builds the arguments once the MCP file and resume id are known.
-    pub args: Box<dyn FnOnce(Option<&str>, Option<&std::path::Path>) -> Vec<String> + Send>,
+    /// The bot whose options become the CLI's flags.
+    pub bot: BotSpec,
 }
 
 /// A started process and the conversation id it was asked to resume.
@@ -62,7 +64,7 @@ pub async fn launch(
         config_dir,
         mcp_servers,
         resume,
-        args,
+        bot,
     } = launch;
     let ws_err = |path: &PathBuf| {
         let path = path.display().to_string();
@@ -100,7 +102,7 @@ pub async fn launch(
             .map(|s| s.trim().to_string())
             .filter(|s| is_session_id(s)),
     };
-    spec.args = args(resumed.as_deref(), mcp_path.as_deref());
+    spec.args = claude_args(&bot, resumed.as_deref(), mcp_path.as_deref());
     let process = AgentProcess::spawn(&spec, sink).map_err(|source| AgentError::Spawn {
         bin: spec.program.display().to_string(),
         version: PINNED_CLAUDE_CODE_VERSION,
