@@ -1,37 +1,40 @@
 //! Load benchmark: starts the release `executor` with the project's fake `claude` (instant
-//! replies) and a local callback receiver, then measures what a platform operator cares about.
-//! Run with `cargo bench --workspace --bench load`; prints a table and writes
-//! `target/bench-load.json`. Sizes can be changed with `BENCH_TASKS`, `BENCH_CLIENTS`,
-//! `BENCH_SESSIONS`.
+//! replies) and a local callback receiver, then measures what a platform operator cares about
+//! (issue "Performance"): accept latency, throughput, `GET /` under load, event relay latency,
+//! cancel latency, memory with live sessions and close-all. Run everything with
+//! `cargo bench --workspace`; this part alone with `cargo bench --workspace --bench load`.
+//! Prints a table and writes `target/bench-load.json`. Sizes: `BENCH_TASKS` (200 accept, 500
+//! throughput), `BENCH_CLIENTS` (16), `BENCH_SESSIONS` ("100,500").
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::{json, Value};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn task(task_id: i64, sub: i64, content: &str) -> Value {
     json!({"task_id": task_id, "subtask_id": sub, "agent_type": "claude_code", "content": content})
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn sorted_ms(mut v: Vec<Duration>) -> Vec<f64> {
+/// p50/p99 of a sample, in milliseconds.
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
-    v.into_iter().map(|d| d.as_secs_f64() * 1000.0).collect()
+    let ms: Vec<f64> = v.into_iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let at = |p: f64| {
+        ms.get(((ms.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (at(0.5), at(0.99))
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -49,116 +52,301 @@ fn tree_rss_kib(pid: u32) -> u64 {
     rss_kib(pid) + descendants_of(pid).into_iter().map(rss_kib).sum::<u64>()
 }
 
-async fn start(rx: &CallbackReceiver) -> Executor {
+fn terminals(rx: &CallbackReceiver, from_task: i64) -> usize {
+    rx.callbacks()
+        .iter()
+        .filter(|c| is_terminal(c) && c["task_id"].as_i64().is_some_and(|t| t >= from_task))
+        .count()
+}
+
+struct Bench {
+    exec: Executor,
+    rx: CallbackReceiver,
+    rows: Vec<(String, String)>,
+    json: serde_json::Map<String, Value>,
+}
+
+impl Bench {
+    fn row(&mut self, k: &str, v: String, j: Value) {
+        self.rows.push((k.to_string(), v));
+        self.json.insert(k.to_string(), j);
+    }
+
+    async fn close_all(&self) {
+        self.exec.delete("/api/tasks/sessions/close").await;
+    }
+
+    async fn accept(&mut self, n: usize) {
+        let mut lat = Vec::new();
+        for i in 0..n as i64 {
+            let t0 = Instant::now();
+            let (status, _) = self
+                .exec
+                .post_json("/api/tasks/execute", &task(1_000 + i, 1, "hi"))
+                .await;
+            lat.push(t0.elapsed());
+            assert!(status.is_success());
+        }
+        let (p50, p99) = stats(lat);
+        self.row(
+            "accept latency p50 / p99",
+            format!("{p50:.2} / {p99:.2} ms ({n} sequential POSTs)"),
+            json!({"p50_ms": p50, "p99_ms": p99}),
+        );
+        self.rx
+            .wait_for(Duration::from_secs(120), |_| {
+                terminals(&self.rx, 1_000) >= n
+            })
+            .await;
+        self.close_all().await;
+    }
+
+    async fn throughput(&mut self, n: usize, clients: usize) {
+        let per_client = n.div_ceil(clients);
+        let total = per_client * clients;
+        let base = 100_000i64;
+        let t0 = Instant::now();
+        let mut joins = Vec::new();
+        for c in 0..clients {
+            let (client, url) = (self.exec.client(), self.exec.url("/api/tasks/execute"));
+            joins.push(tokio::spawn(async move {
+                for i in 0..per_client {
+                    let _ = client
+                        .post(&url)
+                        .json(&task(base + (c * per_client + i) as i64, 1, "hi"))
+                        .send()
+                        .await;
+                }
+            }));
+        }
+        // `GET /` latency while the load runs.
+        let (client, url) = (self.exec.client(), self.exec.url("/"));
+        let prober = tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let stop = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < stop {
+                let t = Instant::now();
+                if client.get(&url).send().await.is_err() {
+                    break;
+                }
+                lat.push(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(2)).await; // pacing of the probe, not a sync
+                if lat.len() >= 2_000 {
+                    break;
+                }
+            }
+            lat
+        });
+        for j in joins {
+            let _ = j.await;
+        }
+        self.rx
+            .wait_for(Duration::from_secs(300), |_| {
+                terminals(&self.rx, base) >= total
+            })
+            .await;
+        let secs = t0.elapsed().as_secs_f64();
+        prober.abort();
+        let done = terminals(&self.rx, base);
+        self.row(
+            "throughput",
+            format!("{:.0} tasks/s ({total} tasks, {clients} clients, {} unfinished)", done as f64 / secs, total - done),
+            json!({"tasks_per_s": done as f64 / secs, "tasks": total, "clients": clients, "unfinished": total - done}),
+        );
+        self.close_all().await;
+        let (client, url) = (self.exec.client(), self.exec.url("/"));
+        let _ = client.get(&url).send().await;
+    }
+
+    async fn health_under_load(&mut self, n: usize, clients: usize) {
+        let base = 150_000i64;
+        let per_client = n.div_ceil(clients);
+        let mut joins = Vec::new();
+        for c in 0..clients {
+            let (client, url) = (self.exec.client(), self.exec.url("/api/tasks/execute"));
+            joins.push(tokio::spawn(async move {
+                for i in 0..per_client {
+                    let _ = client
+                        .post(&url)
+                        .json(&task(base + (c * per_client + i) as i64, 1, "hi"))
+                        .send()
+                        .await;
+                }
+            }));
+        }
+        let mut lat = Vec::new();
+        while !joins.iter().all(|j| j.is_finished()) {
+            let t = Instant::now();
+            self.exec.get("/").await;
+            lat.push(t.elapsed());
+        }
+        let total = per_client * clients;
+        self.rx
+            .wait_for(Duration::from_secs(300), |_| {
+                terminals(&self.rx, base) >= total
+            })
+            .await;
+        let (p50, p99) = stats(lat.clone());
+        self.row(
+            "GET / under load p50 / p99",
+            format!("{p50:.2} / {p99:.2} ms ({} probes)", lat.len()),
+            json!({"p50_ms": p50, "p99_ms": p99}),
+        );
+        self.close_all().await;
+    }
+
+    async fn relay(&mut self, n: i64) {
+        let mut lat = Vec::new();
+        for i in 0..n {
+            let id = 180_000 + i;
+            self.exec
+                .post_json("/api/tasks/execute", &task(id, 1, "FAKE:stamp\nx"))
+                .await;
+            self.rx.wait_terminal(id, 1, Duration::from_secs(30)).await;
+            let got = self.rx.received().into_iter().find(|r| {
+                is_subtask(&r.body, id, 1)
+                    && r.body["error_message"] == "Thinking: thinking.assistant_message_received"
+            });
+            let Some(cb) = got else { continue };
+            let text = cb.body["result"]["thinking"]
+                .as_array()
+                .and_then(|t| t.last())
+                .map(|s| s["details"]["message"]["content"][0]["text"].clone());
+            let stamp = text.and_then(|t| t.as_str()?.strip_prefix("stamp ")?.parse::<u128>().ok());
+            let recv = cb
+                .wall
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(0);
+            if let Some(s) = stamp {
+                lat.push(Duration::from_micros(recv.saturating_sub(s) as u64));
+            }
+        }
+        let (p50, p99) = stats(lat.clone());
+        self.row(
+            "event relay (CLI line → callback) p50 / p99",
+            format!("{p50:.2} / {p99:.2} ms ({} samples)", lat.len()),
+            json!({"p50_ms": p50, "p99_ms": p99}),
+        );
+        self.close_all().await;
+    }
+
+    async fn cancel(&mut self, n: i64) {
+        let mut lat = Vec::new();
+        for i in 0..n {
+            let id = 200_000 + i;
+            self.exec
+                .post_json("/api/tasks/execute", &task(id, 1, "FAKE:sleep:60000\nhold"))
+                .await;
+            self.rx
+                .wait_for(Duration::from_secs(30), |cbs| {
+                    cbs.iter()
+                        .any(|c| is_subtask(c, id, 1) && c["progress"] == 60)
+                })
+                .await;
+            let t0 = Instant::now();
+            self.exec
+                .post_json(&format!("/api/tasks/cancel?task_id={id}"), &json!({}))
+                .await;
+            self.rx.wait_terminal(id, 1, Duration::from_secs(30)).await;
+            lat.push(t0.elapsed());
+        }
+        let (p50, p99) = stats(lat);
+        self.row(
+            "cancel → CANCELLED callback p50 / p99",
+            format!("{p50:.2} / {p99:.2} ms"),
+            json!({"p50_ms": p50, "p99_ms": p99}),
+        );
+        self.close_all().await;
+    }
+
+    async fn sessions(&mut self, n: usize, idle_kib: u64) {
+        let base = 300_000 + n as i64 * 10;
+        for i in 0..n as i64 {
+            self.exec
+                .post_json("/api/tasks/execute", &task(base + i, 1, "hi"))
+                .await;
+        }
+        self.rx
+            .wait_for(Duration::from_secs(300), |_| terminals(&self.rx, base) >= n)
+            .await;
+        let pid = self.exec.pid();
+        let (exe, tree) = (rss_kib(pid), tree_rss_kib(pid));
+        let per = exe.saturating_sub(idle_kib) as f64 / n as f64;
+        self.row(
+            &format!("RSS with {n} live sessions"),
+            format!(
+                "executor {:.1} MiB ({per:.0} KiB/session over idle), whole tree {:.0} MiB",
+                exe as f64 / 1024.0,
+                tree as f64 / 1024.0
+            ),
+            json!({"executor_kib": exe, "per_session_kib": per, "tree_kib": tree}),
+        );
+        let t0 = Instant::now();
+        let (_, body) = self.exec.delete("/api/tasks/sessions/close").await;
+        let returned = t0.elapsed();
+        let ws = self.exec.workspace().to_path_buf();
+        wait_until(Duration::from_secs(30), || processes_in(&ws).is_empty()).await;
+        let gone = t0.elapsed();
+        let left = processes_in(&ws).len();
+        self.row(
+            &format!("close-all, {n} sessions"),
+            format!("returns in {:.0} ms, all processes gone in {:.0} ms, {left} left (closed {})", returned.as_secs_f64() * 1e3, gone.as_secs_f64() * 1e3, body["closed"]),
+            json!({"return_ms": returned.as_secs_f64() * 1e3, "gone_ms": gone.as_secs_f64() * 1e3, "left": left}),
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let accept_n = env_usize("BENCH_TASKS", 200);
+    let clients = env_usize("BENCH_CLIENTS", 16);
+    let sizes: Vec<usize> = std::env::var("BENCH_SESSIONS")
+        .unwrap_or_else(|_| "100,500".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let rx = CallbackReceiver::start();
     let opts = ExecutorOptions::new()
         .callback_url(rx.url())
         .env("ANTHROPIC_API_KEY", "sk-bench")
         .env("LOG_LEVEL", "info")
-        .env("SESSION_EOF_GRACE_MS", "200")
+        .env("MAX_LIVE_PROCESSES", "0")
+        .env("SESSION_EOF_GRACE_MS", "500")
         .env("SESSION_TERM_GRACE_MS", "1000");
-    Executor::start(opts).await
-}
-
-struct Row(&'static str, String);
-
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    let n_tasks = env_usize("BENCH_TASKS", 200);
-    let clients = env_usize("BENCH_CLIENTS", 16);
-    let n_sessions = env_usize("BENCH_SESSIONS", 100);
-    let rx = Arc::new(CallbackReceiver::start());
-    let exec = start(&rx).await;
-    let mut rows = Vec::new();
-    let mut out = serde_json::Map::new();
-
-    // Idle memory.
-    let idle = rss_kib(exec.pid());
-    rows.push(Row("executor RSS idle", format!("{:.1} MiB", idle as f64 / 1024.0)));
-    out.insert("rss_idle_kib".into(), json!(idle));
-
-    // 1. Accept latency, sequential.
-    let mut lat = Vec::new();
-    for i in 0..n_tasks as i64 {
-        let t0 = Instant::now();
-        let (status, _) = exec.post_json("/api/tasks/execute", &task(1_000 + i, 1, "hi")).await;
-        lat.push(t0.elapsed());
-        assert!(status.is_success());
+    let exec = Executor::start(opts).await;
+    let started = SystemTime::now();
+    let mut b = Bench {
+        exec,
+        rx,
+        rows: Vec::new(),
+        json: serde_json::Map::new(),
+    };
+    let idle = rss_kib(b.exec.pid());
+    b.row(
+        "executor RSS idle",
+        format!("{:.1} MiB", idle as f64 / 1024.0),
+        json!({"kib": idle}),
+    );
+    b.accept(accept_n).await;
+    b.throughput(accept_n.max(500), clients).await;
+    b.health_under_load(accept_n.max(500), clients).await;
+    b.relay(50).await;
+    b.cancel(30).await;
+    for n in sizes {
+        b.sessions(n, idle).await;
     }
-    let lat = sorted_ms(lat);
-    rows.push(Row("accept latency p50 / p99", format!("{:.2} / {:.2} ms", percentile(&lat, 0.5), percentile(&lat, 0.99))));
-    out.insert("accept_ms".into(), json!({"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99)}));
-    rx.wait_for(Duration::from_secs(120), |cbs| cbs.iter().filter(|c| is_terminal(c)).count() >= n_tasks).await;
-    exec.delete("/api/tasks/sessions/close").await;
-
-    // 2. Throughput with concurrent clients, until every terminal callback arrived.
-    let before = rx.callbacks().iter().filter(|c| is_terminal(c)).count();
-    let t0 = Instant::now();
-    let per_client = n_tasks.div_ceil(clients);
-    let mut joins = Vec::new();
-    for c in 0..clients {
-        let client = exec.client();
-        let url = exec.url("/api/tasks/execute");
-        joins.push(tokio::spawn(async move {
-            for i in 0..per_client {
-                let id = 100_000 + (c * per_client + i) as i64;
-                let _ = client.post(&url).json(&task(id, 1, "hi")).send().await;
-            }
-        }));
-    }
-    for j in joins {
-        let _ = j.await;
-    }
-    let total = per_client * clients;
-    let got = rx
-        .wait_for(Duration::from_secs(300), |cbs| cbs.iter().filter(|c| is_terminal(c)).count() >= before + total)
-        .await;
-    let secs = t0.elapsed().as_secs_f64();
-    let finished = got.iter().filter(|c| is_terminal(c)).count() - before;
-    rows.push(Row("throughput (tasks/s, clients)", format!("{:.1} tasks/s with {clients} clients, {} unfinished", finished as f64 / secs, total - finished)));
-    out.insert("throughput".into(), json!({"tasks_per_s": finished as f64 / secs, "clients": clients, "unfinished": total - finished}));
-    exec.delete("/api/tasks/sessions/close").await;
-
-    // 3. Cancel latency: request → CANCELLED callback.
-    let mut cancel = Vec::new();
-    for i in 0..20i64 {
-        let id = 200_000 + i;
-        exec.post_json("/api/tasks/execute", &task(id, 1, "FAKE:sleep:60000\nhold")).await;
-        rx.wait_for(Duration::from_secs(30), |cbs| cbs.iter().any(|c| is_subtask(c, id, 1) && c["progress"] == 60)).await;
-        let t0 = Instant::now();
-        exec.post_json(&format!("/api/tasks/cancel?task_id={id}"), &json!({})).await;
-        rx.wait_terminal(id, 1, Duration::from_secs(30)).await;
-        cancel.push(t0.elapsed());
-    }
-    let cancel = sorted_ms(cancel);
-    rows.push(Row("cancel → CANCELLED callback p50 / p99", format!("{:.2} / {:.2} ms", percentile(&cancel, 0.5), percentile(&cancel, 0.99))));
-    out.insert("cancel_ms".into(), json!({"p50": percentile(&cancel, 0.5), "p99": percentile(&cancel, 0.99)}));
-    exec.delete("/api/tasks/sessions/close").await;
-
-    // 4./5. Memory with live sessions, and close-all.
-    for i in 0..n_sessions as i64 {
-        exec.post_json("/api/tasks/execute", &task(300_000 + i, 1, "hi")).await;
-    }
-    let live = n_sessions;
-    rx.wait_for(Duration::from_secs(120), |cbs| {
-        cbs.iter().filter(|c| is_terminal(c) && c["task_id"].as_i64().is_some_and(|t| t >= 300_000)).count() >= live
-    })
-    .await;
-    let (exe_rss, tree_rss) = (rss_kib(exec.pid()), tree_rss_kib(exec.pid()));
-    rows.push(Row("executor RSS with live sessions", format!("{:.1} MiB with {live} ({:.0} KiB/session over idle)", exe_rss as f64 / 1024.0, (exe_rss.saturating_sub(idle)) as f64 / live as f64)));
-    rows.push(Row("process tree RSS with live sessions", format!("{:.1} MiB", tree_rss as f64 / 1024.0)));
-    out.insert("rss_live".into(), json!({"sessions": live, "executor_kib": exe_rss, "tree_kib": tree_rss}));
-    let t0 = Instant::now();
-    let (_, body) = exec.delete("/api/tasks/sessions/close").await;
-    let close = t0.elapsed();
-    let left = processes_in(exec.workspace()).len();
-    rows.push(Row("close-all", format!("{:.1} ms for {} sessions, {left} processes left", close.as_secs_f64() * 1000.0, body["closed"])));
-    out.insert("close_all".into(), json!({"ms": close.as_secs_f64() * 1000.0, "sessions": body["closed"], "left": left}));
-
     println!("\n| metric | value |\n|---|---|");
-    for Row(k, v) in &rows {
+    for (k, v) in &b.rows {
         println!("| {k} | {v} |");
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-load.json");
-    let _ = std::fs::write(path, serde_json::to_string_pretty(&Value::Object(out)).unwrap_or_default());
-    println!("\nJSON: {path}");
+    let _ = std::fs::write(
+        path,
+        serde_json::to_string_pretty(&Value::Object(b.json)).unwrap_or_default(),
+    );
+    println!(
+        "\nJSON: {path} (run took {:.0} s)",
+        started.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    );
 }

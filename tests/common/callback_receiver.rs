@@ -32,6 +32,8 @@ pub struct ReceivedCallback {
     pub headers: Vec<(String, String)>,
     /// When it arrived (for ordering / retry back-off checks).
     pub at: Instant,
+    /// When it arrived, by the wall clock (to compare with times other processes wrote).
+    pub wall: std::time::SystemTime,
     /// The HTTP status the receiver answered with.
     pub status: u16,
 }
@@ -361,6 +363,7 @@ async fn handle(
         body: parsed.unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned())),
         headers: header_pairs(&headers),
         at: Instant::now(),
+        wall: std::time::SystemTime::now(),
         status,
     };
     state.attempts.lock().unwrap().push(record);

@@ -27,15 +27,7 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Path of the scriptable fake CLI (`tests/fake-claude`), a sibling of the executor binary.
 pub fn fake_claude_path() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_executor")).with_file_name("fake-claude");
-    if !path.exists() {
-        panic!(
-            "the fake Claude CLI is missing at {}: build it with cargo test --workspace \
-             (or cargo build -p fake-claude)",
-            path.display()
-        );
-    }
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_fake-claude"))
 }
 
 /// How to start the executor. Build with [`ExecutorOptions::new`] and the chained setters.

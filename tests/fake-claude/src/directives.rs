@@ -14,6 +14,9 @@ pub enum ReplyPart {
     Env(String),
     /// `FAKE:argv`: report the command line.
     Argv,
+    /// `FAKE:stamp`: the wall-clock time (µs since the Unix epoch) the reply is written, for
+    /// measuring how fast the executor relays a line as a callback.
+    Stamp,
 }
 
 /// Everything a user message asks of one turn.
@@ -96,6 +99,7 @@ impl Script {
             ("exit_after_result", Some(code)) => self.exit_after_result = Some(number(code)?),
             ("env", Some(var)) if !var.is_empty() => self.reply.push(ReplyPart::Env(var.into())),
             ("argv", None) => self.reply.push(ReplyPart::Argv),
+            ("stamp", None) => self.reply.push(ReplyPart::Stamp),
             _ => return Err("unknown directive or wrong argument".to_string()),
         }
         Ok(())

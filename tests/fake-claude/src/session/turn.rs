@@ -133,6 +133,13 @@ impl Session {
                 ReplyPart::Argv => {
                     serde_json::to_string(&self.argv).unwrap_or_else(|_| "[]".to_string())
                 }
+                ReplyPart::Stamp => {
+                    let micros = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_micros())
+                        .unwrap_or(0);
+                    format!("stamp {micros}")
+                }
             })
             .collect();
         parts.join("; ")

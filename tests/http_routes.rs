@@ -1,0 +1,771 @@
+//! The HTTP surface (contract §2): every route's success and error answers (health, OpenAPI,
+//! Swagger UI, 404/405, 400/413/422 on bad input, query validation), and start-up behaviour
+//! (`--version`, `--help`, port in use, workspace root, config file vs environment).
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn task(task_id: i64, subtask_id: i64, content: &str) -> Value {
+    json!({"task_id": task_id, "subtask_id": subtask_id, "agent_type": "claude_code", "content": content})
+}
+
+fn opts(rx: &CallbackReceiver) -> ExecutorOptions {
+    ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test")
+}
+
+async fn start(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Executor {
+    let mut o = opts(rx);
+    for (k, v) in extra {
+        o = o.env(*k, *v);
+    }
+    Executor::start(o).await
+}
+
+/// Asserts `body` is an error body: a JSON object whose `detail` is a string; returns it.
+fn detail<'a>(body: &'a Value, what: &str, exec: &Executor) -> &'a str {
+    assert!(
+        body.is_object(),
+        "{what}: error body must be a JSON object, got {body}\nexecutor output:\n{}",
+        exec.logs_tail(50)
+    );
+    body["detail"].as_str().unwrap_or_else(|| {
+        panic!(
+            "{what}: error body must have a string `detail`, got {body}\nexecutor output:\n{}",
+            exec.logs_tail(50)
+        )
+    })
+}
+
+/// The service still answers and still runs a task to COMPLETED.
+async fn assert_still_serves(exec: &Executor, rx: &CallbackReceiver, task_id: i64) {
+    let (status, body) = exec.get("/").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "health check after bad requests: {body}\n{}",
+        exec.logs_tail(50)
+    );
+    let (status, body) = exec
+        .post_json("/api/tasks/execute", &task(task_id, 1, "still alive?"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a valid task after bad requests: {body}\n{}",
+        exec.logs_tail(50)
+    );
+    let done = rx.wait_terminal(task_id, 1, WAIT).await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "a valid task after bad requests must complete: {}\n{}",
+        rx.dump(),
+        exec.logs_tail(50)
+    );
+}
+
+/// A client that does not follow redirects.
+fn no_redirect_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Success answers
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn health_check_answers_healthy() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let (status, body) = exec.get("/").await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", exec.logs_tail(50));
+    assert_eq!(
+        body,
+        json!({"status": "healthy", "service": "task_executor"}),
+        "{}",
+        exec.logs_tail(50)
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let (status, doc) = exec.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}\n{}", exec.logs_tail(50));
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "not an OpenAPI 3 document: {doc}"
+    );
+    let paths = doc["paths"]
+        .as_object()
+        .unwrap_or_else(|| panic!("`paths` must be an object: {doc}"));
+    for p in [
+        "/",
+        "/api/tasks/execute",
+        "/api/tasks/cancel",
+        "/api/tasks/sessions",
+        "/api/tasks/session",
+        "/api/tasks/claude/sessions",
+        "/api/tasks/sessions/close",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "OpenAPI paths lack {p}; have {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test]
+async fn docs_redirect_and_swagger_ui_are_served() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let client = no_redirect_client();
+
+    let resp = client.get(exec.url("/docs")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND, "GET /docs must redirect");
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(location, "/docs/index.html");
+
+    let resp = client
+        .get(exec.url("/docs/index.html"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ct = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("text/html"), "content-type {ct:?}");
+    let html = resp.text().await.unwrap();
+    assert!(
+        html.to_ascii_lowercase().contains("swagger"),
+        "index.html does not look like Swagger UI:\n{html}"
+    );
+
+    // Every script the page references must be served.
+    let scripts: Vec<String> = html
+        .split("<script src=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(|s| s.trim_start_matches("./").to_string())
+        .collect();
+    assert!(
+        scripts.iter().any(|s| s.contains("swagger-ui-bundle")),
+        "index.html references no swagger-ui-bundle script: {scripts:?}\n{html}"
+    );
+    for script in &scripts {
+        let resp = client
+            .get(exec.url(&format!("/docs/{script}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "GET /docs/{script} (referenced by index.html)"
+        );
+        assert!(
+            !resp.bytes().await.unwrap().is_empty(),
+            "/docs/{script} is empty"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 404 / 405
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unknown_path_is_a_json_404() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let client = exec.client();
+    for (method, path) in [
+        (reqwest::Method::GET, "/no/such/route"),
+        (reqwest::Method::POST, "/api/tasks/nope"),
+        (reqwest::Method::GET, "/api/tasks/execute/extra"),
+        (reqwest::Method::GET, "/docs/no-such-file.js"),
+    ] {
+        let resp = client
+            .request(method.clone(), exec.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        let body = common::executor_process::parse_body(&resp.bytes().await.unwrap());
+        detail(&body, &format!("{method} {path}"), &exec);
+    }
+}
+
+#[tokio::test]
+async fn wrong_method_on_a_known_path_is_a_json_405() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let client = exec.client();
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/tasks/execute"),
+        (reqwest::Method::PUT, "/api/tasks/sessions"),
+        (reqwest::Method::GET, "/api/tasks/cancel?task_id=1"),
+        (reqwest::Method::POST, "/api/tasks/session?task_id=1"),
+        (reqwest::Method::GET, "/api/tasks/sessions/close"),
+        (reqwest::Method::DELETE, "/"),
+    ] {
+        let resp = client
+            .request(method.clone(), exec.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}\n{}",
+            exec.logs_tail(20)
+        );
+        let body = common::executor_process::parse_body(&resp.bytes().await.unwrap());
+        detail(&body, &format!("{method} {path}"), &exec);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input on POST /api/tasks/execute
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn execute_body_that_is_not_json_is_400() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    for raw in [
+        &b"{not json"[..],
+        b"",
+        b"task_id=1&content=x",
+        b"{\"task_id\": 1,",
+    ] {
+        let (status, body) = exec
+            .post_raw("/api/tasks/execute", raw.to_vec(), Some("application/json"))
+            .await;
+        let shown = String::from_utf8_lossy(raw);
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "body {shown:?}: {body}\n{}",
+            exec.logs_tail(20)
+        );
+        detail(&body, &format!("body {shown:?}"), &exec);
+    }
+    assert!(
+        rx.callbacks().is_empty(),
+        "a rejected request must send no callback: {}",
+        rx.dump()
+    );
+    assert_still_serves(&exec, &rx, 40).await;
+}
+
+#[tokio::test]
+async fn execute_body_of_the_wrong_shape_is_422() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let cases: Vec<(&str, Value, Option<&str>)> = vec![
+        (
+            "a JSON array",
+            json!([{"task_id": 1, "content": "x"}]),
+            None,
+        ),
+        ("a JSON string", json!("hello"), None),
+        ("a JSON number", json!(42), None),
+        (
+            "task_id as a string",
+            json!({"task_id": "7", "subtask_id": 1, "agent_type": "claude_code", "content": "x"}),
+            Some("task_id"),
+        ),
+        (
+            "no task_id",
+            json!({"subtask_id": 1, "agent_type": "claude_code", "content": "x"}),
+            Some("task_id"),
+        ),
+        (
+            "no prompt nor content",
+            json!({"task_id": 7, "subtask_id": 1, "agent_type": "claude_code"}),
+            Some("prompt"),
+        ),
+        (
+            "bot as a string",
+            json!({"task_id": 7, "subtask_id": 1, "bot": "ClaudeCode", "prompt": "x"}),
+            Some("bot"),
+        ),
+        (
+            "bot as a number",
+            json!({"task_id": 7, "subtask_id": 1, "bot": 5, "prompt": "x"}),
+            Some("bot"),
+        ),
+        (
+            "bot as a list of non-objects",
+            json!({"task_id": 7, "subtask_id": 1, "bot": ["ClaudeCode"], "prompt": "x"}),
+            Some("bot"),
+        ),
+    ];
+    for (what, body, mention) in &cases {
+        let (status, answer) = exec.post_json("/api/tasks/execute", body).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{what} ({body}): {answer}\n{}",
+            exec.logs_tail(20)
+        );
+        let d = detail(&answer, what, &exec);
+        if let Some(field) = mention {
+            assert!(
+                d.contains(field),
+                "{what}: detail should name `{field}`: {d:?}"
+            );
+        }
+    }
+    assert!(
+        rx.callbacks().is_empty(),
+        "a rejected request must send no callback: {}",
+        rx.dump()
+    );
+    assert_still_serves(&exec, &rx, 41).await;
+}
+
+/// A valid task body padded to `size` bytes.
+fn padded_task(task_id: i64, size: usize) -> Vec<u8> {
+    let base = task(task_id, 1, "");
+    let overhead = base.to_string().len();
+    let body = task(task_id, 1, &"x".repeat(size.saturating_sub(overhead)));
+    let bytes = body.to_string().into_bytes();
+    assert!(bytes.len() >= size);
+    bytes
+}
+
+/// An HTTP/1.1 answer read off a raw socket.
+struct RawResponse {
+    status: u16,
+    body: Value,
+    text: String,
+}
+
+/// POSTs `chunks` with `Transfer-Encoding: chunked` over a plain TCP connection (reqwest is
+/// built without its `stream` feature here, so `Body::wrap_stream` is not available).
+async fn post_chunked(port: u16, path: &str, chunks: &[&[u8]]) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the executor");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for c in chunks {
+        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        req.extend_from_slice(c);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    sock.write_all(&req)
+        .await
+        .expect("send the chunked request");
+
+    let mut raw = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "no complete answer to the chunked POST within 10 s; got so far:\n{}",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("malformed HTTP answer:\n{text}"));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in:\n{text}"));
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body_text = if chunked {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    RawResponse {
+        status,
+        body: common::executor_process::parse_body(body_text.as_bytes()),
+        text,
+    }
+}
+
+#[tokio::test]
+async fn execute_body_over_the_limit_is_413_even_when_chunked() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[("MAX_BODY_BYTES", "1024")]).await;
+
+    // With a Content-Length.
+    let big = padded_task(50, 2048);
+    let (status, body) = exec
+        .post_raw("/api/tasks/execute", big.clone(), Some("application/json"))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "2 KB body with MAX_BODY_BYTES=1024: {body}\n{}",
+        exec.logs_tail(20)
+    );
+    detail(&body, "413 with content-length", &exec);
+
+    // Chunked, so the size is known only while reading.
+    let chunks: Vec<&[u8]> = big.chunks(256).collect();
+    let resp = post_chunked(exec.port(), "/api/tasks/execute", &chunks).await;
+    assert_eq!(
+        resp.status,
+        413,
+        "2 KB chunked body with MAX_BODY_BYTES=1024:\n{}\n{}",
+        resp.text,
+        exec.logs_tail(20)
+    );
+    detail(&resp.body, "413 chunked", &exec);
+
+    assert!(
+        rx.for_task(50).is_empty(),
+        "an oversized task must not run: {}",
+        rx.dump()
+    );
+
+    // A small chunked body is a normal request.
+    let small = task(51, 1, "chunked hello").to_string().into_bytes();
+    let (a, b) = small.split_at(small.len() / 2);
+    let resp = post_chunked(exec.port(), "/api/tasks/execute", &[a, b]).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "small chunked valid body:\n{}\n{}",
+        resp.text,
+        exec.logs_tail(20)
+    );
+    assert_eq!(resp.body["status"], "RUNNING", "{}", resp.text);
+    let done = rx.wait_terminal(51, 1, WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    assert_eq!(
+        done["result"]["value"],
+        "fake reply #1 to: chunked hello",
+        "{}",
+        rx.dump()
+    );
+
+    assert_still_serves(&exec, &rx, 52).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query routes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn task_id_query_is_required_and_must_be_an_integer() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let client = exec.client();
+    for (method, route) in [
+        (reqwest::Method::POST, "/api/tasks/cancel"),
+        (reqwest::Method::DELETE, "/api/tasks/session"),
+    ] {
+        for query in ["", "?task_id=abc", "?task_id=", "?task_id=1.5", "?other=1"] {
+            let path = format!("{route}{query}");
+            let resp = client
+                .request(method.clone(), exec.url(&path))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body = common::executor_process::parse_body(&resp.bytes().await.unwrap());
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{method} {path}: {body}\n{}",
+                exec.logs_tail(20)
+            );
+            let d = detail(&body, &format!("{method} {path}"), &exec);
+            assert!(d.contains("task_id"), "{method} {path}: detail {d:?}");
+        }
+    }
+    let (status, _) = exec.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the executor binary with `args` and `env` (nothing inherited but PATH) and waits at
+/// most 10 s for it to exit; returns (exit status, stdout + stderr).
+async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_executor"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", tmp.path())
+        .envs(env.iter().copied())
+        .current_dir(tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().expect("spawn the executor");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("executor {args:?} did not exit within 10 s"))
+        .expect("wait for the executor");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+#[tokio::test]
+async fn version_flag_prints_the_version() {
+    let (status, out) = run_binary(&["--version"], &[]).await;
+    assert!(status.success(), "--version exited {status}: {out}");
+    assert!(
+        out.contains(env!("CARGO_PKG_VERSION")),
+        "--version should print {}: {out}",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[tokio::test]
+async fn help_flag_documents_the_environment() {
+    let (status, out) = run_binary(&["--help"], &[]).await;
+    assert!(status.success(), "--help exited {status}: {out}");
+    assert!(out.contains("PORT"), "--help should mention PORT: {out}");
+}
+
+#[tokio::test]
+async fn port_already_in_use_fails_fast_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let started = Instant::now();
+    let result = Executor::try_start(
+        ExecutorOptions::new()
+            .env("PORT", port.to_string())
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .startup_timeout(Duration::from_secs(10)),
+    )
+    .await;
+    let failure = match result {
+        Ok(exec) => panic!(
+            "the executor started on port {port} although it is taken (listening on {}):\n{}",
+            exec.port(),
+            exec.logs_tail(50)
+        ),
+        Err(f) => f,
+    };
+    let status = failure
+        .status
+        .unwrap_or_else(|| panic!("the executor did not exit by itself: {failure:?}"));
+    assert!(!status.success(), "exit status {status}: {failure:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} to give up: {failure:?}",
+        started.elapsed()
+    );
+    let port_s = port.to_string();
+    assert!(
+        failure
+            .logs
+            .iter()
+            .any(|l| l.contains(&port_s) && l.contains("already in use")),
+        "no line mentions port {port} and \"already in use\": {failure:?}"
+    );
+    drop(taken);
+}
+
+#[tokio::test]
+async fn workspace_root_under_a_regular_file_stops_start_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let ws = file.join("ws");
+    let result = Executor::try_start(
+        ExecutorOptions::new()
+            .env("WORKSPACE_ROOT", ws.display().to_string())
+            .startup_timeout(Duration::from_secs(10)),
+    )
+    .await;
+    let failure = match result {
+        Ok(exec) => panic!(
+            "the executor started with WORKSPACE_ROOT={} under a file:\n{}",
+            ws.display(),
+            exec.logs_tail(50)
+        ),
+        Err(f) => f,
+    };
+    let status = failure
+        .status
+        .unwrap_or_else(|| panic!("the executor did not exit by itself: {failure:?}"));
+    assert!(!status.success(), "exit status {status}: {failure:?}");
+    assert!(
+        failure
+            .logs
+            .iter()
+            .any(|l| l.contains("Workspace directory does not exist")),
+        "no \"Workspace directory does not exist\" line: {failure:?}"
+    );
+}
+
+#[tokio::test]
+async fn missing_workspace_root_is_created() {
+    let rx = CallbackReceiver::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("not").join("yet");
+    assert!(!ws.exists());
+    let exec = Executor::start(opts(&rx).env("WORKSPACE_ROOT", ws.display().to_string())).await;
+    assert!(
+        ws.is_dir(),
+        "WORKSPACE_ROOT {} was not created\n{}",
+        ws.display(),
+        exec.logs_tail(50)
+    );
+    let (status, body) = exec
+        .post_json("/api/tasks/execute", &task(60, 1, "hi"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = rx.wait_terminal(60, 1, WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    assert!(
+        ws.join("60").is_dir(),
+        "the task should work in <WORKSPACE_ROOT>/60"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration precedence
+// ---------------------------------------------------------------------------------------------
+
+fn write_config(dir: &Path) -> String {
+    let path = dir.join("executor.toml");
+    std::fs::write(&path, "port = 1\nexecutor_name = \"from-file\"\n").unwrap();
+    path.display().to_string()
+}
+
+/// Runs one subtask and returns the distinct `executor_name`s its callbacks carried.
+async fn executor_names(exec: &Executor, rx: &CallbackReceiver, task_id: i64) -> Vec<Value> {
+    let (status, body) = exec
+        .post_json("/api/tasks/execute", &task(task_id, 1, "who are you"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = rx.wait_terminal(task_id, 1, WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    let mut names: Vec<Value> = rx
+        .for_subtask(task_id, 1)
+        .iter()
+        .map(|c| c["executor_name"].clone())
+        .collect();
+    names.dedup();
+    names
+}
+
+#[tokio::test]
+async fn config_file_is_read_and_environment_beats_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+
+    let rx = CallbackReceiver::start();
+    // The harness sets PORT=0, which must win over the file's `port = 1`.
+    let exec = Executor::start(opts(&rx).arg("--config").arg(config.clone())).await;
+    assert_ne!(
+        exec.port(),
+        1,
+        "env PORT=0 must beat the file's port = 1:\n{}",
+        exec.logs_tail(50)
+    );
+    assert_eq!(
+        executor_names(&exec, &rx, 70).await,
+        vec![json!("from-file")],
+        "callbacks must carry the file's executor_name: {}",
+        rx.dump()
+    );
+    drop(exec);
+
+    let rx = CallbackReceiver::start();
+    let exec = Executor::start(
+        opts(&rx)
+            .arg("--config")
+            .arg(config)
+            .env("EXECUTOR_NAME", "from-env"),
+    )
+    .await;
+    assert_eq!(
+        executor_names(&exec, &rx, 71).await,
+        vec![json!("from-env")],
+        "EXECUTOR_NAME must beat the file: {}",
+        rx.dump()
+    );
+}
+
+#[tokio::test]
+async fn shipped_default_config_loads() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
+    let result = Executor::try_start(
+        ExecutorOptions::new()
+            .arg("--config")
+            .arg(config)
+            .env("PORT", "0")
+            .startup_timeout(Duration::from_secs(10)),
+    )
+    .await;
+    let exec = match result {
+        Ok(e) => e,
+        Err(f) => panic!("the executor does not start with --config {config}: {f:?}"),
+    };
+    let (status, body) = exec.get("/").await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", exec.logs_tail(50));
+    assert_eq!(body["status"], "healthy");
+}
