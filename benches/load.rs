@@ -59,6 +59,46 @@ fn terminals(rx: &CallbackReceiver, from_task: i64) -> usize {
         .count()
 }
 
+/// Sequential `GET /` on one keep-alive connection until `stop`; returns each latency.
+fn probe_health(port: u16, stop: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut lat = Vec::new();
+    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return lat;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut reader = BufReader::new(stream.try_clone().expect("clone probe socket"));
+    let mut writer = stream;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        if writer
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            break;
+        }
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return lat;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            break;
+        }
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
 struct Bench {
     exec: Executor,
     rx: CallbackReceiver,
@@ -72,8 +112,10 @@ impl Bench {
         self.json.insert(k.to_string(), j);
     }
 
+    /// Ends the phase: closes its sessions and forgets its callbacks.
     async fn close_all(&self) {
         self.exec.delete("/api/tasks/sessions/close").await;
+        self.rx.clear();
     }
 
     async fn accept(&mut self, n: usize) {
@@ -89,7 +131,7 @@ impl Bench {
         }
         let (p50, p99) = stats(lat);
         self.row(
-            "accept latency p50 / p99",
+            "accept latency, new tasks (each starts a CLI) p50 / p99",
             format!("{p50:.2} / {p99:.2} ms ({n} sequential POSTs)"),
             json!({"p50_ms": p50, "p99_ms": p99}),
         );
@@ -98,6 +140,33 @@ impl Bench {
                 terminals(&self.rx, 1_000) >= n
             })
             .await;
+        self.close_all().await;
+    }
+
+    /// Accept latency of follow-up subtasks on one live session (no process to start).
+    async fn accept_follow_ups(&mut self, n: usize) {
+        let id = 50_000i64;
+        self.exec
+            .post_json("/api/tasks/execute", &task(id, 0, "warm up"))
+            .await;
+        self.rx.wait_terminal(id, 0, Duration::from_secs(30)).await;
+        let mut lat = Vec::new();
+        for i in 1..=n as i64 {
+            let t0 = Instant::now();
+            self.exec
+                .post_json("/api/tasks/execute", &task(id, i, "hi"))
+                .await;
+            lat.push(t0.elapsed());
+        }
+        self.rx
+            .wait_terminal(id, n as i64, Duration::from_secs(120))
+            .await;
+        let (p50, p99) = stats(lat);
+        self.row(
+            "accept latency, follow-ups on a live session p50 / p99",
+            format!("{p50:.2} / {p99:.2} ms ({n} sequential POSTs)"),
+            json!({"p50_ms": p50, "p99_ms": p99}),
+        );
         self.close_all().await;
     }
 
@@ -174,12 +243,19 @@ impl Bench {
                 }
             }));
         }
-        let mut lat = Vec::new();
-        while !joins.iter().all(|j| j.is_finished()) {
-            let t = Instant::now();
-            self.exec.get("/").await;
-            lat.push(t.elapsed());
+        // The probe runs on its own OS thread with a blocking keep-alive connection, so the
+        // load generator's runtime does not sit in the measured path.
+        let port = self.exec.port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = {
+            let stop = stop.clone();
+            std::thread::spawn(move || probe_health(port, &stop))
+        };
+        for j in joins {
+            let _ = j.await;
         }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let lat = probe.join().unwrap_or_default();
         let total = per_client * clients;
         self.rx
             .wait_for(Duration::from_secs(300), |_| {
@@ -328,14 +404,15 @@ async fn main() {
         format!("{:.1} MiB", idle as f64 / 1024.0),
         json!({"kib": idle}),
     );
+    for n in sizes {
+        b.sessions(n, idle).await;
+    }
     b.accept(accept_n).await;
+    b.accept_follow_ups(accept_n).await;
     b.throughput(accept_n.max(500), clients).await;
     b.health_under_load(accept_n.max(500), clients).await;
     b.relay(50).await;
     b.cancel(30).await;
-    for n in sizes {
-        b.sessions(n, idle).await;
-    }
     println!("\n| metric | value |\n|---|---|");
     for (k, v) in &b.rows {
         println!("| {k} | {v} |");

@@ -204,6 +204,12 @@ impl CallbackReceiver {
         }
     }
 
+    /// Forgets everything received so far (benchmarks use it between phases so that each
+    /// wait scans only the current phase's callbacks).
+    pub fn clear(&self) {
+        self.state.attempts.lock().unwrap().clear();
+    }
+
     /// Every request received, in order, accepted or not (see `ReceivedCallback::status`).
     pub fn attempts(&self) -> Vec<ReceivedCallback> {
         self.state.attempts.lock().unwrap().clone()

@@ -103,8 +103,13 @@ pub async fn launch(
             .filter(|s| is_session_id(s)),
     };
     spec.args = claude_args(&bot, resumed.as_deref(), mcp_path.as_deref());
-    let process = AgentProcess::spawn(&spec, sink).map_err(|source| AgentError::Spawn {
-        bin: spec.program.display().to_string(),
+    let bin = spec.program.display().to_string();
+    // fork/exec blocks the calling thread for a while; keep it off the async workers.
+    let spawned = tokio::task::spawn_blocking(move || AgentProcess::spawn(&spec, sink))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task failed: {e}"))));
+    let process = spawned.map_err(|source| AgentError::Spawn {
+        bin,
         version: PINNED_CLAUDE_CODE_VERSION,
         source,
     })?;
