@@ -13,43 +13,6 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(15);
 const CANCEL_MESSAGE: &str = "${{tasks.cancel_task}}";
 
-fn task(task_id: i64, subtask_id: i64, content: &str) -> Value {
-    json!({"task_id": task_id, "subtask_id": subtask_id, "agent_type": "claude_code", "content": content})
-}
-
-async fn start(rx: &CallbackReceiver) -> Executor {
-    Executor::start(
-        ExecutorOptions::new()
-            .callback_url(rx.url())
-            .env("ANTHROPIC_API_KEY", "sk-test"),
-    )
-    .await
-}
-
-async fn post(exec: &Executor, task_id: i64, subtask_id: i64, content: &str) {
-    let (status, body) = exec
-        .post_json("/api/tasks/execute", &task(task_id, subtask_id, content))
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "POST task {task_id}.{subtask_id}: {body}\n{}",
-        exec.logs_tail(50)
-    );
-    assert_eq!(body["status"], "RUNNING", "{body}");
-}
-
-async fn run(
-    exec: &Executor,
-    rx: &CallbackReceiver,
-    task_id: i64,
-    subtask_id: i64,
-    content: &str,
-) -> Value {
-    post(exec, task_id, subtask_id, content).await;
-    rx.wait_terminal(task_id, subtask_id, WAIT).await
-}
-
 async fn cancel(exec: &Executor, task_id: i64) -> (StatusCode, Value) {
     let client = exec.client();
     let resp = client
@@ -92,7 +55,7 @@ fn value_of(cb: &Value) -> &str {
 #[tokio::test]
 async fn cancel_of_an_unknown_task_is_400() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx).await;
+    let exec = start_fake(&rx, &[]).await;
     let (status, body) = cancel(&exec, 987).await;
     assert_eq!(
         status,
@@ -110,8 +73,8 @@ async fn cancel_of_an_unknown_task_is_400() {
 #[tokio::test]
 async fn cancel_of_a_running_subtask_sends_one_cancelled_and_keeps_the_process() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx).await;
-    post(&exec, 11, 1, "FAKE:sleep:30000").await;
+    let exec = start_fake(&rx, &[]).await;
+    post_task(&exec, 11, 1, "FAKE:sleep:30000").await;
     wait_working(&rx, 11, 1).await;
 
     let started = Instant::now();
@@ -131,7 +94,7 @@ async fn cancel_of_a_running_subtask_sends_one_cancelled_and_keeps_the_process()
 
     // The next subtask runs on the same process (its second turn), and once it has finished
     // every callback queued for subtask 1 has been delivered (one task's callbacks are in order).
-    let next = run(&exec, &rx, 11, 2, "after cancel").await;
+    let next = run_task(&exec, &rx, 11, 2, "after cancel").await;
     assert_eq!(next["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(
         value_of(&next),
@@ -161,8 +124,8 @@ async fn cancel_of_a_running_subtask_sends_one_cancelled_and_keeps_the_process()
 #[tokio::test]
 async fn cancel_of_an_idle_session_sends_nothing() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx).await;
-    let done = run(&exec, &rx, 21, 1, "hello").await;
+    let exec = start_fake(&rx, &[]).await;
+    let done = run_task(&exec, &rx, 21, 1, "hello").await;
     assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     let before = rx.for_subtask(21, 1).len();
 
@@ -176,7 +139,7 @@ async fn cancel_of_an_idle_session_sends_nothing() {
     );
 
     // Anything the cancel sent would arrive before the next subtask's callbacks.
-    let next = run(&exec, &rx, 21, 2, "still here").await;
+    let next = run_task(&exec, &rx, 21, 2, "still here").await;
     assert_eq!(next["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(
         value_of(&next),
@@ -200,10 +163,10 @@ async fn cancel_of_an_idle_session_sends_nothing() {
 #[tokio::test]
 async fn cancel_also_cancels_queued_subtasks_which_never_run() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx).await;
-    post(&exec, 31, 1, "FAKE:sleep:30000").await;
-    post(&exec, 31, 2, "two").await;
-    post(&exec, 31, 3, "three").await;
+    let exec = start_fake(&rx, &[]).await;
+    post_task(&exec, 31, 1, "FAKE:sleep:30000").await;
+    post_task(&exec, 31, 2, "two").await;
+    post_task(&exec, 31, 3, "three").await;
     wait_working(&rx, 31, 1).await;
 
     let (status, body) = cancel(&exec, 31).await;
@@ -218,7 +181,7 @@ async fn cancel_also_cancels_queued_subtasks_which_never_run() {
     }
 
     // A later subtask is the process's second turn: 2 and 3 never reached it.
-    let next = run(&exec, &rx, 31, 4, "four").await;
+    let next = run_task(&exec, &rx, 31, 4, "four").await;
     assert_eq!(next["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(
         value_of(&next),

@@ -16,26 +16,6 @@ fn task(task_id: i64, subtask_id: i64, prompt: &str) -> Value {
            "bot": [{"id": 1, "shell_type": "ClaudeCode"}], "prompt": prompt})
 }
 
-fn roles_and_texts(req: &Value) -> Vec<(String, String)> {
-    req["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let text = match &m["content"] {
-                Value::String(s) => s.clone(),
-                Value::Array(b) => b
-                    .iter()
-                    .filter_map(|x| x["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                _ => String::new(),
-            };
-            (m["role"].as_str().unwrap_or("").to_string(), text)
-        })
-        .collect()
-}
-
 async fn completed(rx: &CallbackReceiver, exec: &Executor, t: i64, s: i64) -> Value {
     let done = rx.wait_terminal(t, s, WAIT).await;
     assert_eq!(
@@ -118,7 +98,7 @@ async fn the_conversation_survives_an_executor_restart() {
         .await;
     completed(&rx, &exec, 2, 2).await;
     let last = mock.requests().into_iter().last().unwrap();
-    let history = roles_and_texts(&last);
+    let history = message_texts(&last);
     assert!(
         history
             .iter()
@@ -150,7 +130,7 @@ async fn new_session_starts_without_history() {
     exec.post_json("/api/tasks/execute", &fresh).await;
     completed(&rx, &exec, 3, 2).await;
     let last = mock.requests().into_iter().last().unwrap();
-    let history = roles_and_texts(&last);
+    let history = message_texts(&last);
     assert!(
         history.iter().all(|(r, _)| r != "assistant"),
         "no earlier answers: {history:?}"

@@ -28,21 +28,6 @@ const PAYLOAD_KEYS: &[&str] = &[
     "task_type",
 ];
 
-fn seed_task(task_id: i64, subtask_id: i64, content: &str) -> Value {
-    json!({"task_id": task_id, "subtask_id": subtask_id, "agent_type": "claude_code",
-           "task_title": "Task Title", "subtask_title": "Subtask Title", "content": content})
-}
-
-async fn start(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Executor {
-    let mut opts = ExecutorOptions::new()
-        .callback_url(rx.url())
-        .env("ANTHROPIC_API_KEY", "sk-test-key");
-    for (k, v) in extra {
-        opts = opts.env(*k, *v);
-    }
-    Executor::start(opts).await
-}
-
 fn value_of(cb: &Value) -> &str {
     cb["result"]["value"].as_str().unwrap_or("")
 }
@@ -50,10 +35,11 @@ fn value_of(cb: &Value) -> &str {
 #[tokio::test]
 async fn seed_body_runs_with_the_contract_sequence_and_payload() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[("EXECUTOR_NAME", "exec-test")]).await;
-    let (status, body) = exec
-        .post_json("/api/tasks/execute", &seed_task(1, 10, "hello"))
-        .await;
+    let exec = start_fake(&rx, &[("EXECUTOR_NAME", "exec-test")]).await;
+    let mut titled = seed_task(1, 10, "hello");
+    titled["task_title"] = json!("Task Title");
+    titled["subtask_title"] = json!("Subtask Title");
+    let (status, body) = exec.post_json("/api/tasks/execute", &titled).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
@@ -195,7 +181,7 @@ async fn wegent_body_maps_bot_settings_into_the_cli() {
 #[tokio::test]
 async fn follow_ups_continue_in_the_same_process_and_new_session_starts_fresh() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     for (sub, extra, want) in [
         (1, json!({}), "#1"),
         (2, json!({}), "#2"),
@@ -221,7 +207,7 @@ async fn follow_ups_continue_in_the_same_process_and_new_session_starts_fresh() 
 #[tokio::test]
 async fn unknown_agent_type_fails_naming_the_supported_types() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let task =
         json!({"task_id": 5, "subtask_id": 6, "bot": [{"shell_type": "Nope"}], "prompt": "x"});
     let (status, body) = exec.post_json("/api/tasks/execute", &task).await;
@@ -299,7 +285,7 @@ async fn without_callback_url_tasks_still_run_and_nothing_hangs() {
 #[tokio::test]
 async fn callbacks_are_retried_on_5xx_but_not_on_4xx() {
     let rx = CallbackReceiver::start();
-    let exec = start(
+    let exec = start_fake(
         &rx,
         &[
             ("CALLBACK_INITIAL_BACKOFF_MS", "20"),
@@ -350,7 +336,7 @@ async fn callbacks_are_retried_on_5xx_but_not_on_4xx() {
 #[tokio::test]
 async fn a_stalled_receiver_never_slows_the_http_routes() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     rx.hold();
     for sub in 1..=3 {
         let (status, body) = exec
@@ -377,7 +363,7 @@ async fn a_stalled_receiver_never_slows_the_http_routes() {
 #[tokio::test]
 async fn callbacks_stay_in_order_per_task_while_tasks_run_concurrently() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     for task in 20..24 {
         for sub in 1..=3 {
             let (status, _) = exec
@@ -434,7 +420,7 @@ async fn callbacks_stay_in_order_per_task_while_tasks_run_concurrently() {
 async fn task_info_runs_once_at_start_up() {
     let rx = CallbackReceiver::start();
     let task = seed_task(30, 300, "from TASK_INFO").to_string();
-    let exec = start(&rx, &[("TASK_INFO", &task)]).await;
+    let exec = start_fake(&rx, &[("TASK_INFO", &task)]).await;
     let done = rx.wait_terminal(30, 300, WAIT).await;
     assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(value_of(&done), "fake reply #1 to: from TASK_INFO");

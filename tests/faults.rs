@@ -12,20 +12,6 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn task(task_id: i64, subtask_id: i64, content: &str) -> Value {
-    json!({"task_id": task_id, "subtask_id": subtask_id, "agent_type": "claude_code", "content": content})
-}
-
-async fn start(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Executor {
-    let mut opts = ExecutorOptions::new()
-        .callback_url(rx.url())
-        .env("ANTHROPIC_API_KEY", "sk-test");
-    for (k, v) in extra {
-        opts = opts.env(*k, *v);
-    }
-    Executor::start(opts).await
-}
-
 /// Runs one subtask and returns its terminal callback, checking it is the only terminal one.
 async fn run(
     exec: &Executor,
@@ -35,7 +21,7 @@ async fn run(
     content: &str,
 ) -> Value {
     let (status, _) = exec
-        .post_json("/api/tasks/execute", &task(task_id, sub, content))
+        .post_json("/api/tasks/execute", &seed_task(task_id, sub, content))
         .await;
     assert_eq!(status, StatusCode::OK);
     let done = rx.wait_terminal(task_id, sub, WAIT).await;
@@ -60,7 +46,7 @@ fn message(cb: &Value) -> &str {
 #[tokio::test]
 async fn a_crash_mid_turn_fails_the_subtask_with_exit_code_and_stderr_then_recovers() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     assert_eq!(run(&exec, &rx, 1, 1, "before").await["status"], "COMPLETED");
     let crashed = run(&exec, &rx, 1, 2, "FAKE:crash:7\ncrash now").await;
     assert_eq!(
@@ -88,7 +74,7 @@ async fn a_crash_mid_turn_fails_the_subtask_with_exit_code_and_stderr_then_recov
 #[tokio::test]
 async fn a_turn_without_result_fails_instead_of_hanging() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let done = run(&exec, &rx, 2, 1, "FAKE:noresult\nhi").await;
     assert_eq!(done["status"], "FAILED");
     assert!(
@@ -101,7 +87,7 @@ async fn a_turn_without_result_fails_instead_of_hanging() {
 #[tokio::test]
 async fn error_results_fail_with_the_cli_message() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let api = run(
         &exec,
         &rx,
@@ -129,7 +115,7 @@ async fn error_results_fail_with_the_cli_message() {
 #[tokio::test]
 async fn an_oversized_stdout_line_fails_the_turn_without_eating_memory() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[("MAX_LINE_BYTES", "4096")]).await;
+    let exec = start_fake(&rx, &[("MAX_LINE_BYTES", "4096")]).await;
     let done = run(&exec, &rx, 4, 1, "FAKE:bigline:100000\nhi").await;
     assert_eq!(done["status"], "FAILED");
     assert!(message(&done).contains("longer than 4096 bytes"), "{done}");
@@ -139,7 +125,7 @@ async fn an_oversized_stdout_line_fails_the_turn_without_eating_memory() {
 #[tokio::test]
 async fn a_process_that_exits_after_its_result_is_replaced_for_the_next_subtask() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     assert_eq!(
         run(&exec, &rx, 5, 1, "FAKE:exit_after_result:0\nbye").await["status"],
         "COMPLETED"
@@ -180,7 +166,7 @@ async fn a_missing_cli_fails_with_install_instructions() {
 #[tokio::test]
 async fn sigterm_fails_running_subtasks_ends_all_processes_and_exits_zero() {
     let rx = CallbackReceiver::start();
-    let mut exec = start(
+    let mut exec = start_fake(
         &rx,
         &[
             ("SESSION_EOF_GRACE_MS", "200"),
@@ -189,8 +175,11 @@ async fn sigterm_fails_running_subtasks_ends_all_processes_and_exits_zero() {
     )
     .await;
     for t in 10..13 {
-        exec.post_json("/api/tasks/execute", &task(t, 1, "FAKE:sleep:60000\nlong"))
-            .await;
+        exec.post_json(
+            "/api/tasks/execute",
+            &seed_task(t, 1, "FAKE:sleep:60000\nlong"),
+        )
+        .await;
     }
     let ws = exec.workspace().to_path_buf();
     rx.wait_for(WAIT, |cbs| {
@@ -222,7 +211,7 @@ async fn sigterm_fails_running_subtasks_ends_all_processes_and_exits_zero() {
 #[tokio::test]
 async fn secrets_never_reach_logs_callbacks_listings_or_command_lines() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[("ANTHROPIC_API_KEY", "sk-ant-EXECMARKER-123")]).await;
+    let exec = start_fake(&rx, &[("ANTHROPIC_API_KEY", "sk-ant-EXECMARKER-123")]).await;
     let body = json!({"task_id": 40, "subtask_id": 1, "prompt": "FAKE:sleep:400\nhi",
         "bot": [{"shell_type": "ClaudeCode", "agent_config": {"env": {"model": "claude", "model_id": "m",
                  "api_key": "sk-ant-TASKMARKER-456"}}}]});
@@ -253,7 +242,7 @@ async fn secrets_never_reach_logs_callbacks_listings_or_command_lines() {
 #[tokio::test]
 async fn garbage_lines_and_a_10_mb_line_within_the_limit_are_survived() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let noisy = run(&exec, &rx, 50, 1, "FAKE:garbage\nstill fine").await;
     assert_eq!(noisy["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(noisy["result"]["value"], "fake reply #1 to: still fine");

@@ -20,27 +20,6 @@ fn task(task_id: i64, subtask_id: i64, prompt: &str) -> Value {
            "prompt": prompt})
 }
 
-fn texts_of(messages: &Value) -> Vec<(String, String)> {
-    messages
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            let role = m["role"].as_str().unwrap_or("").to_string();
-            let text = match &m["content"] {
-                Value::String(s) => s.clone(),
-                Value::Array(blocks) => blocks
-                    .iter()
-                    .filter_map(|b| b["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                _ => String::new(),
-            };
-            (role, text)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn real_cli_completes_and_the_follow_up_sees_the_history() {
     let mock = MockAnthropic::start();
@@ -100,7 +79,7 @@ async fn real_cli_completes_and_the_follow_up_sees_the_history() {
         .into_iter()
         .last()
         .expect("the mock saw requests");
-    let history = texts_of(&last["messages"]);
+    let history = message_texts(&last["messages"]);
     assert!(
         history
             .iter()

@@ -13,45 +13,6 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn task(task_id: i64, subtask_id: i64, content: &str) -> Value {
-    json!({"task_id": task_id, "subtask_id": subtask_id, "agent_type": "claude_code", "content": content})
-}
-
-async fn start(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Executor {
-    let mut opts = ExecutorOptions::new()
-        .callback_url(rx.url())
-        .env("ANTHROPIC_API_KEY", "sk-test");
-    for (k, v) in extra {
-        opts = opts.env(*k, *v);
-    }
-    Executor::start(opts).await
-}
-
-async fn post(exec: &Executor, task_id: i64, subtask_id: i64, content: &str) {
-    let (status, body) = exec
-        .post_json("/api/tasks/execute", &task(task_id, subtask_id, content))
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "POST task {task_id}.{subtask_id}: {body}\n{}",
-        exec.logs_tail(50)
-    );
-    assert_eq!(body["status"], "RUNNING", "{body}");
-}
-
-/// Runs one subtask to its end and returns the terminal callback.
-async fn run(
-    exec: &Executor,
-    rx: &CallbackReceiver,
-    task_id: i64,
-    subtask_id: i64,
-    content: &str,
-) -> Value {
-    post(exec, task_id, subtask_id, content).await;
-    rx.wait_terminal(task_id, subtask_id, WAIT).await
-}
-
 /// Waits for the callback that says the subtask's user message went to a live CLI process
 /// (RUNNING, progress 60).
 async fn wait_sent(rx: &CallbackReceiver, task_id: i64, subtask_id: i64) {
@@ -116,7 +77,7 @@ fn terminals(rx: &CallbackReceiver, task_id: i64, subtask_id: i64) -> Vec<String
 #[tokio::test]
 async fn listing_shows_every_session_with_its_fields() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let before = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -125,7 +86,7 @@ async fn listing_shows_every_session_with_its_fields() {
     assert_eq!(empty, json!({"total": 0, "sessions": []}));
 
     for t in [101, 102] {
-        let done = run(&exec, &rx, t, 1, "hello").await;
+        let done = run_task(&exec, &rx, t, 1, "hello").await;
         assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     }
     let listing = wait_listing(&exec, "two idle sessions", |l| {
@@ -166,8 +127,8 @@ async fn listing_shows_every_session_with_its_fields() {
 #[tokio::test]
 async fn listing_shows_a_running_subtask_and_its_queue() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
-    post(&exec, 201, 7, "FAKE:sleep:30000").await;
+    let exec = start_fake(&rx, &[]).await;
+    post_task(&exec, 201, 7, "FAKE:sleep:30000").await;
     let listing = wait_listing(&exec, "task 201 running subtask 7", |l| {
         row(l, 201).is_some_and(|r| r["status"] == "running")
     })
@@ -177,8 +138,8 @@ async fn listing_shows_a_running_subtask_and_its_queue() {
     assert_eq!(r["agent_type"], "ClaudeCode", "{r}");
     assert_eq!(r["completed_subtasks"], 0, "{r}");
 
-    post(&exec, 201, 8, "second").await;
-    post(&exec, 201, 9, "third").await;
+    post_task(&exec, 201, 8, "second").await;
+    post_task(&exec, 201, 9, "third").await;
     let listing = wait_listing(&exec, "two subtasks queued behind 7", |l| {
         row(l, 201).is_some_and(|r| r["queued"] == 2)
     })
@@ -192,11 +153,11 @@ async fn listing_shows_a_running_subtask_and_its_queue() {
 #[tokio::test]
 async fn delete_session_ends_its_processes_and_forgets_it() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let dir101 = exec.workspace().join("101");
     let dir102 = exec.workspace().join("102");
     for t in [101, 102] {
-        let done = run(&exec, &rx, t, 1, "hello").await;
+        let done = run_task(&exec, &rx, t, 1, "hello").await;
         assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
         assert_eq!(value_of(&done), "fake reply #1 to: hello");
     }
@@ -245,7 +206,7 @@ async fn delete_session_ends_its_processes_and_forgets_it() {
     );
 
     // The task can be used again, on a fresh process.
-    let done = run(&exec, &rx, 101, 2, "back again").await;
+    let done = run_task(&exec, &rx, 101, 2, "back again").await;
     assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(
         value_of(&done),
@@ -260,7 +221,7 @@ async fn delete_session_ends_its_processes_and_forgets_it() {
 #[tokio::test]
 async fn deleting_a_session_fails_its_running_subtask_exactly_once() {
     let rx = CallbackReceiver::start();
-    let exec = start(
+    let exec = start_fake(
         &rx,
         &[
             ("SESSION_TERM_GRACE_MS", "500"),
@@ -268,7 +229,7 @@ async fn deleting_a_session_fails_its_running_subtask_exactly_once() {
         ],
     )
     .await;
-    post(&exec, 301, 1, "FAKE:sleep:30000").await;
+    post_task(&exec, 301, 1, "FAKE:sleep:30000").await;
     wait_sent(&rx, 301, 1).await;
 
     let (status, body) = exec.delete("/api/tasks/session?task_id=301").await;
@@ -289,7 +250,7 @@ async fn deleting_a_session_fails_its_running_subtask_exactly_once() {
 
     // Give any late callback for subtask 1 a chance: callbacks of one task are delivered in
     // order, so once subtask 2 has finished nothing queued before it can still be on its way.
-    let next = run(&exec, &rx, 301, 2, "after delete").await;
+    let next = run_task(&exec, &rx, 301, 2, "after delete").await;
     assert_eq!(next["status"], "COMPLETED", "{}", rx.dump());
 
     assert_eq!(
@@ -311,9 +272,9 @@ async fn deleting_a_session_fails_its_running_subtask_exactly_once() {
 async fn six_busy_sessions(exec: &Executor, rx: &CallbackReceiver) -> Vec<i64> {
     let ids: Vec<i64> = (501..=506).collect();
     for &t in &ids[..5] {
-        post(exec, t, 1, "FAKE:sleep:30000").await;
+        post_task(exec, t, 1, "FAKE:sleep:30000").await;
     }
-    post(exec, ids[5], 1, "FAKE:ignore_sigterm\nFAKE:sleep:30000").await;
+    post_task(exec, ids[5], 1, "FAKE:ignore_sigterm\nFAKE:sleep:30000").await;
     for &t in &ids {
         wait_sent(rx, t, 1).await;
     }
@@ -385,7 +346,7 @@ async fn assert_all_closed(
 #[tokio::test]
 async fn closing_all_claude_sessions_leaves_no_process_or_zombie() {
     let rx = CallbackReceiver::start();
-    let exec = start(
+    let exec = start_fake(
         &rx,
         &[
             ("SESSION_TERM_GRACE_MS", "500"),
@@ -411,7 +372,7 @@ async fn closing_all_claude_sessions_leaves_no_process_or_zombie() {
 #[tokio::test]
 async fn closing_all_sessions_leaves_no_process_or_zombie() {
     let rx = CallbackReceiver::start();
-    let exec = start(
+    let exec = start_fake(
         &rx,
         &[
             ("SESSION_TERM_GRACE_MS", "500"),
@@ -437,9 +398,9 @@ async fn closing_all_sessions_leaves_no_process_or_zombie() {
 #[tokio::test]
 async fn idle_sessions_are_closed_too() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     for t in [601, 602] {
-        let done = run(&exec, &rx, t, 1, "hello").await;
+        let done = run_task(&exec, &rx, t, 1, "hello").await;
         assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     }
     let (status, body) = exec.delete("/api/tasks/sessions/close").await;
@@ -466,10 +427,10 @@ async fn idle_sessions_are_closed_too() {
 #[tokio::test]
 async fn subtasks_of_a_busy_task_wait_in_order_on_the_same_process() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
-    post(&exec, 401, 1, "one\nFAKE:sleep:300").await;
-    post(&exec, 401, 2, "two").await;
-    post(&exec, 401, 3, "three").await;
+    let exec = start_fake(&rx, &[]).await;
+    post_task(&exec, 401, 1, "one\nFAKE:sleep:300").await;
+    post_task(&exec, 401, 2, "two").await;
+    post_task(&exec, 401, 3, "three").await;
     rx.wait_terminal(401, 3, WAIT).await;
 
     let cbs = rx.for_task(401);

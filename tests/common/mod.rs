@@ -15,6 +15,7 @@ pub mod executor_process;
 pub mod mock_anthropic;
 pub mod procs;
 mod server;
+pub mod tasks;
 
 pub use callback_receiver::{
     is_subtask, is_task, is_terminal, json_i64, CallbackReceiver, ReceivedCallback,
@@ -28,6 +29,7 @@ pub use procs::{
     children_of, descendants_of, describe, is_alive, process_state, processes_in,
     zombie_children_of,
 };
+pub use tasks::{message_texts, post_task, run_task, seed_task, start_fake, FAKE_WAIT};
 
 use std::time::Duration;
 
