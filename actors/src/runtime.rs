@@ -30,6 +30,12 @@ impl Runtime {
     /// Starts the callback relay and the supervisor.
     pub async fn start(cfg: RuntimeConfig) -> Result<Self, SupervisorError> {
         let cfg = Arc::new(cfg);
+        match crate::agent::family::become_subreaper() {
+            Ok(()) => crate::agent::family::start_reaper(),
+            Err(e) => tracing::warn!(
+                "cannot become a child subreaper ({e}); orphaned tool processes may escape"
+            ),
+        }
         let unavailable = |e: ractor::SpawnErr| SupervisorError::Unavailable(e.to_string());
         let (callbacks, _) = Actor::spawn(None, CallbackRelay, cfg.callback.clone())
             .await

@@ -245,6 +245,7 @@ impl ClaudeState {
                 env,
                 cwd: self.cwd.clone(),
                 max_line_bytes: cfg.claude.max_line_bytes,
+                marker: super::family::new_marker(self.args.task_id),
             },
             config_dir,
             mcp_servers: spec.bot.mcp_servers.clone(),

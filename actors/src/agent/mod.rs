@@ -4,6 +4,7 @@ pub mod claude_code;
 pub mod claude_env;
 pub mod claude_spawn;
 pub mod claude_turn;
+pub mod family;
 pub mod process;
 pub mod prompt;
 

@@ -18,7 +18,11 @@ use tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
+use super::family;
 use crate::config::StopConfig;
+
+/// After SIGKILL, how long to wait for the killed processes to be gone (dead or zombie).
+const KILL_SETTLE: Duration = Duration::from_secs(2);
 
 /// How many stderr lines are kept for error messages.
 const STDERR_TAIL_LINES: usize = 20;
@@ -70,11 +74,14 @@ pub struct SpawnSpec {
     pub cwd: PathBuf,
     /// Longest stdout line accepted.
     pub max_line_bytes: usize,
+    /// Unique tag put in the environment of the process (and so of its descendants).
+    pub marker: String,
 }
 
 /// A running agent subprocess; see the module docs.
 pub struct AgentProcess {
     pid: u32,
+    marker: String,
     stdin: Option<mpsc::UnboundedSender<String>>,
     exit: watch::Receiver<Option<ExitInfo>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
@@ -87,17 +94,24 @@ impl AgentProcess {
         spec: &SpawnSpec,
         sink: impl Fn(ProcessEvent) -> bool + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let mut child = Command::new(&spec.program)
-            .args(&spec.args)
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
             .env_clear()
             .envs(&spec.env)
+            .env(family::MARKER_ENV, &spec.marker)
             .current_dir(&spec.cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        let mut child = {
+            // Registered before anyone can see it exit: the orphan reaper must never take it.
+            let mut managed = family::managed();
+            let child = cmd.spawn()?;
+            managed.insert(child.id().unwrap_or(0));
+            child
+        };
         let pid = child.id().unwrap_or(0);
         let (stdout, stderr, stdin) =
             (child.stdout.take(), child.stderr.take(), child.stdin.take());
@@ -140,11 +154,13 @@ impl AgentProcess {
                     signal: None,
                 },
             };
+            family::unregister(pid);
             let _ = exit_tx.send(Some(info));
             reaper_sink(ProcessEvent::Exited(info));
         });
         Ok(Self {
             pid,
+            marker: spec.marker.clone(),
             stdin: Some(stdin_tx),
             exit,
             stderr_tail,
@@ -175,21 +191,49 @@ impl AgentProcess {
         self.exit.borrow().is_some()
     }
 
-    /// Ends the process and its group: close stdin, wait `eof_grace`, SIGTERM the group, wait
-    /// `term_grace`, SIGKILL the group, and wait for the reaper. Returns how it ended.
+    /// Ends the process and every descendant: close stdin, wait `eof_grace`, SIGTERM the
+    /// family, wait `term_grace`, SIGKILL the family (group, process tree, marked processes),
+    /// and wait for the reaper. Returns how the agent process ended.
     pub async fn terminate(&mut self, stop: StopConfig) -> Option<ExitInfo> {
+        let tree = self.family_snapshot().await;
         self.stdin = None;
-        if let Some(info) = self.wait_exit(stop.eof_grace).await {
-            self.kill_group(libc::SIGKILL);
-            return Some(info);
+        let exited = match self.wait_exit(stop.eof_grace).await {
+            Some(info) => Some(info),
+            None => {
+                self.kill_family(libc::SIGTERM, tree.clone()).await;
+                self.wait_exit(stop.term_grace).await
+            }
+        };
+        // Survivors (tools that ignore SIGTERM, daemons) are killed whatever the CLI did.
+        self.kill_family(libc::SIGKILL, tree).await;
+        match exited {
+            Some(info) => Some(info),
+            None => self.wait_exit(Duration::from_secs(5)).await,
         }
-        self.kill_group(libc::SIGTERM);
-        if let Some(info) = self.wait_exit(stop.term_grace).await {
-            self.kill_group(libc::SIGKILL);
-            return Some(info);
-        }
-        self.kill_group(libc::SIGKILL);
-        self.wait_exit(Duration::from_secs(5)).await
+    }
+
+    /// The agent's process tree now (a tool's parent may exit later, orphaning it).
+    async fn family_snapshot(&self) -> Vec<u32> {
+        let pid = self.pid;
+        tokio::task::spawn_blocking(move || family::descendants(pid))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Signals the group, the known tree and every process carrying this agent's marker.
+    async fn kill_family(&self, sig: i32, tree: Vec<u32>) {
+        self.kill_group(sig);
+        let (pid, marker) = (self.pid, self.marker.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut all = tree;
+            all.extend(family::descendants(pid));
+            all.extend(family::marked(&marker));
+            family::signal_all(&all, sig);
+            if sig == libc::SIGKILL {
+                family::wait_gone(&all, KILL_SETTLE);
+            }
+        })
+        .await;
     }
 
     /// Sends `sig` to the whole process group (a no-op for an unknown pid).
@@ -216,6 +260,15 @@ impl AgentProcess {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill_group(libc::SIGKILL);
+        // Processes that left the group (own sessions, daemons) are found by their marker.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (pid, marker) = (self.pid, std::mem::take(&mut self.marker));
+            rt.spawn_blocking(move || {
+                let mut all = family::descendants(pid);
+                all.extend(family::marked(&marker));
+                family::signal_all(&all, libc::SIGKILL);
+            });
+        }
         for t in &self.tasks {
             t.abort();
         }

@@ -44,6 +44,9 @@ pub struct Script {
     pub garbage: bool,
     /// `FAKE:spawn_orphan`.
     pub spawn_orphan: bool,
+    /// `FAKE:spawn_daemon`: a double-forked `sleep` in its own session that ignores SIGTERM and
+    /// is re-parented away from this process at once.
+    pub spawn_daemon: bool,
     /// `FAKE:ignore_sigterm`.
     pub ignore_sigterm: bool,
     /// `FAKE:exit_after_result:<code>`.
@@ -95,6 +98,7 @@ impl Script {
             ("bigline", Some(bytes)) => self.bigline = Some(number(bytes)?),
             ("garbage", None) => self.garbage = true,
             ("spawn_orphan", None) => self.spawn_orphan = true,
+            ("spawn_daemon", None) => self.spawn_daemon = true,
             ("ignore_sigterm", None) => self.ignore_sigterm = true,
             ("exit_after_result", Some(code)) => self.exit_after_result = Some(number(code)?),
             ("env", Some(var)) if !var.is_empty() => self.reply.push(ReplyPart::Env(var.into())),

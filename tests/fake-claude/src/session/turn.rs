@@ -29,6 +29,9 @@ impl Session {
         if script.spawn_orphan {
             spawn_orphan();
         }
+        if script.spawn_daemon {
+            spawn_daemon();
+        }
         if let Some(ms) = script.sleep_ms {
             if self.serve_for(ms)? == Flow::Interrupted {
                 return self.abort(start);
@@ -158,6 +161,20 @@ fn ignore_sigterm() {
 
 /// Spawns `sleep 600` in its own session, ignoring SIGTERM, in our cwd and
 /// with stdio detached (so it does not hold the executor's pipes open).
+/// Double fork through `sh`: the `sleep` ends up with no parent of ours, in its own session,
+/// ignoring SIGTERM — the hardest kind of leftover for a supervisor to find.
+fn spawn_daemon() {
+    let script = "(trap '' TERM; exec setsid sleep 600) </dev/null >/dev/null 2>&1 &";
+    match Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .status()
+    {
+        Ok(_) => eprintln!("fake-claude: spawned a daemon"),
+        Err(e) => eprintln!("fake-claude: cannot spawn a daemon: {e}"),
+    }
+}
+
 fn spawn_orphan() {
     let mut cmd = Command::new("sleep");
     cmd.arg("600")

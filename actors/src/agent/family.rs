@@ -1,0 +1,180 @@
+//! Every process an agent started — found and ended, whatever it did to escape.
+//!
+//! Claude Code's Bash tool starts commands in their own sessions and process groups, and a tool
+//! may daemonise, so killing the CLI's process group is not enough. Three mechanisms cover it:
+//! each agent process gets a unique marker in its environment (inherited by every descendant
+//! that keeps its environment), the process tree below the agent is walked through `/proc`, and
+//! the executor is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so orphans are re-parented to
+//! it — where [`reap_adopted`] collects them so that no zombie accumulates.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+/// Environment variable carrying an agent process's marker to all its descendants.
+pub const MARKER_ENV: &str = "EXECUTOR_AGENT_MARKER";
+
+static NEXT_MARKER: AtomicU64 = AtomicU64::new(1);
+
+/// Pids whose exit status belongs to a tokio `Child` (never reaped here).
+static MANAGED: LazyLock<Mutex<HashSet<u32>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// A marker unique to this executor process and this agent process.
+pub fn new_marker(task_id: i64) -> String {
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        task_id,
+        NEXT_MARKER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Makes the executor adopt orphaned descendants instead of init (Linux only).
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Locks the registry of managed pids; spawning holds it until the new pid is registered so
+/// that [`reap_adopted`] can never take an exit status tokio is waiting for.
+pub fn managed() -> MutexGuard<'static, HashSet<u32>> {
+    MANAGED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets a pid once tokio has reaped it.
+pub fn unregister(pid: u32) {
+    managed().remove(&pid);
+}
+
+/// `(pid, ppid, state)` of every process, from `/proc/<pid>/stat`.
+fn process_table() -> Vec<(u32, u32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let ppid = fields.next()?.parse().ok()?;
+            Some((pid, ppid, state))
+        })
+        .collect()
+}
+
+/// Every living descendant of `root` (children, grandchildren, ...).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let table = process_table();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (pid, ppid, state) in &table {
+        if *state != 'Z' {
+            children.entry(*ppid).or_default().push(*pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for c in children.get(&p).into_iter().flatten() {
+            out.push(*c);
+            stack.push(*c);
+        }
+    }
+    out
+}
+
+/// Living processes whose environment carries `marker`.
+pub fn marked(marker: &str) -> Vec<u32> {
+    let needle = format!("{MARKER_ENV}={marker}\0");
+    process_table()
+        .into_iter()
+        .filter(|(_, _, state)| *state != 'Z')
+        .filter(|(pid, _, _)| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// Sends `sig` to each pid (errors such as "already gone" are ignored).
+pub fn signal_all(pids: &[u32], sig: i32) {
+    for pid in pids {
+        if let Ok(p) = i32::try_from(*pid) {
+            if p > 1 && p != std::process::id() as i32 {
+                // SAFETY: kill(2) on a pid; no memory is shared.
+                unsafe {
+                    libc::kill(p, sig);
+                }
+            }
+        }
+    }
+}
+
+/// Waits (polling `/proc`) until none of `pids` is alive — gone or a zombie — or `limit` passes.
+pub fn wait_gone(pids: &[u32], limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rfind(')').and_then(|i| s[i + 2..].chars().next()))
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    };
+    while pids.iter().any(alive) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Reaps zombie children of the executor that tokio does not manage (adopted orphans).
+/// Returns how many were reaped.
+pub fn reap_adopted() -> usize {
+    let me = std::process::id();
+    let guard = managed();
+    let mut n = 0;
+    for (pid, ppid, state) in process_table() {
+        if ppid == me && state == 'Z' && !guard.contains(&pid) {
+            if let Ok(p) = i32::try_from(pid) {
+                let mut status = 0;
+                // SAFETY: waitpid on one specific child pid that no one else waits for.
+                if unsafe { libc::waitpid(p, &mut status, libc::WNOHANG) } == p {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Runs [`reap_adopted`] on every SIGCHLD (and once a second as a backstop) for the life of
+/// the runtime.
+pub fn start_reaper() {
+    tokio::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut sigchld = signal(SignalKind::child()).ok();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            match sigchld.as_mut() {
+                Some(s) => {
+                    tokio::select! {
+                        _ = s.recv() => {}
+                        _ = tick.tick() => {}
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
+            if let Ok(n) = tokio::task::spawn_blocking(reap_adopted).await {
+                if n > 0 {
+                    tracing::debug!("reaped {n} adopted orphan process(es)");
+                }
+            }
+        }
+    });
+}
