@@ -79,7 +79,7 @@ async fn real_cli_completes_and_the_follow_up_sees_the_history() {
         .into_iter()
         .last()
         .expect("the mock saw requests");
-    let history = message_texts(&last["messages"]);
+    let history = message_texts(&last);
     assert!(
         history
             .iter()
