@@ -41,6 +41,14 @@ pub const DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS: u64 = 1800;
 /// `MAX_LIVE_PROCESSES`: most agent processes alive at once (0 = no cap); over it the least
 /// recently used idle sessions are suspended.
 pub const DEFAULT_MAX_LIVE_PROCESSES: usize = 64;
+/// `WATCHDOG_SILENCE_SECS`: a turn with no CLI output this long and no tool running is hung.
+pub const DEFAULT_WATCHDOG_SILENCE_SECS: u64 = 600;
+/// `WATCHDOG_TOOL_SECS`: a tool call may run this long without output.
+pub const DEFAULT_WATCHDOG_TOOL_SECS: u64 = 3600;
+/// `TURN_TIMEOUT_SECS`: longest one subtask may run (0 = no limit).
+pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 0;
+/// `MAX_SESSIONS`: most sessions at once; a new task over it gets 429 (0 = no cap).
+pub const DEFAULT_MAX_SESSIONS: usize = 1000;
 /// `MAX_LINE_BYTES`: longest stdout line accepted from the CLI (16 MiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// `SHUTDOWN_GRACE_SECS`: time SIGTERM gives callbacks to flush (fits Kubernetes' 30 s).
@@ -113,6 +121,18 @@ pub struct Cli {
     /// Seconds a cancelled turn has to end before the CLI is killed [default: 10].
     #[arg(long, env = "CLAUDE_INTERRUPT_TIMEOUT_SECS")]
     pub claude_interrupt_timeout_secs: Option<u64>,
+    /// Seconds without CLI output (no tool running) before a turn counts as hung; 0 = off [default: 600].
+    #[arg(long, env = "WATCHDOG_SILENCE_SECS")]
+    pub watchdog_silence_secs: Option<u64>,
+    /// Seconds a tool may run without output; 0 = off [default: 3600].
+    #[arg(long, env = "WATCHDOG_TOOL_SECS")]
+    pub watchdog_tool_secs: Option<u64>,
+    /// Longest a subtask may run in seconds; 0 = no limit [default: 0].
+    #[arg(long, env = "TURN_TIMEOUT_SECS")]
+    pub turn_timeout_secs: Option<u64>,
+    /// Most sessions at once (new tasks over it get 429); 0 = no cap [default: 1000].
+    #[arg(long, env = "MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
     /// Most agent processes alive at once; 0 = no cap [default: 64].
     #[arg(long, env = "MAX_LIVE_PROCESSES")]
     pub max_live_processes: Option<usize>,
@@ -150,6 +170,10 @@ pub struct FileConfig {
     claude_interrupt_timeout_secs: Option<u64>,
     claude_idle_timeout_secs: Option<u64>,
     max_live_processes: Option<usize>,
+    watchdog_silence_secs: Option<u64>,
+    watchdog_tool_secs: Option<u64>,
+    turn_timeout_secs: Option<u64>,
+    max_sessions: Option<usize>,
     max_line_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
 }
@@ -211,7 +235,10 @@ impl Settings {
             file.max_live_processes,
             DEFAULT_MAX_LIVE_PROCESSES,
         );
+        let secs = |v: u64| (v > 0).then(|| Duration::from_secs(v));
+        let max_sessions = pick(cli.max_sessions, file.max_sessions, DEFAULT_MAX_SESSIONS);
         let runtime = RuntimeConfig {
+            max_sessions: (max_sessions > 0).then_some(max_sessions),
             max_live_processes: (max_live > 0).then_some(max_live),
             workspace_root,
             executor_name: non_empty(cli.executor_name).or(file.executor_name),
@@ -243,6 +270,21 @@ impl Settings {
                 )),
             },
             claude: ClaudeConfig {
+                silence_timeout: secs(pick(
+                    cli.watchdog_silence_secs,
+                    file.watchdog_silence_secs,
+                    DEFAULT_WATCHDOG_SILENCE_SECS,
+                )),
+                tool_timeout: secs(pick(
+                    cli.watchdog_tool_secs,
+                    file.watchdog_tool_secs,
+                    DEFAULT_WATCHDOG_TOOL_SECS,
+                )),
+                turn_timeout: secs(pick(
+                    cli.turn_timeout_secs,
+                    file.turn_timeout_secs,
+                    DEFAULT_TURN_TIMEOUT_SECS,
+                )),
                 bin: resolve_claude_bin(cli.claude_bin.or(file.claude_bin)),
                 init_timeout: Duration::from_secs(pick(
                     cli.claude_init_timeout_secs,

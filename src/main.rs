@@ -83,7 +83,13 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let service = http::service(runtime.clone(), settings.max_body_bytes);
     warp::serve(service)
         .incoming(listener)
-        .graceful(shutdown::signal())
+        .graceful({
+            let runtime = runtime.clone();
+            async move {
+                shutdown::signal().await;
+                runtime.begin_shutdown();
+            }
+        })
         .run()
         .await;
     tracing::info!("Shutting down: closing sessions and flushing callbacks");

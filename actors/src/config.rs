@@ -64,6 +64,12 @@ pub struct ClaudeConfig {
     /// An idle CLI process (250–400 MB each) is ended after this long; the next subtask
     /// resumes the conversation. `None` keeps it alive.
     pub idle_timeout: Option<Duration>,
+    /// Watchdog: a turn with no output for this long and no tool running is hung.
+    pub silence_timeout: Option<Duration>,
+    /// Watchdog: a tool may run without output for this long.
+    pub tool_timeout: Option<Duration>,
+    /// Longest a turn may take in all.
+    pub turn_timeout: Option<Duration>,
 }
 
 /// How a session's processes are ended.
@@ -106,6 +112,8 @@ pub struct RuntimeConfig {
     /// Most agent processes alive at once; over it, the least recently used idle ones are
     /// suspended. `None` = no cap.
     pub max_live_processes: Option<usize>,
+    /// Most sessions at once; a task that needs a new session over it is refused (429).
+    pub max_sessions: Option<usize>,
 }
 
 impl RuntimeConfig {
@@ -131,12 +139,16 @@ impl RuntimeConfig {
                 max_line_bytes: 16 * 1024 * 1024,
                 interrupt_timeout: Duration::from_secs(10),
                 idle_timeout: None,
+                silence_timeout: None,
+                tool_timeout: None,
+                turn_timeout: None,
             },
             stop: StopConfig {
                 eof_grace: Duration::from_millis(500),
                 term_grace: Duration::from_secs(2),
             },
             max_live_processes: None,
+            max_sessions: None,
         }
     }
 }

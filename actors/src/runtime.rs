@@ -24,6 +24,7 @@ pub struct Runtime {
     callbacks: ActorRef<CallbackMsg>,
     index: SessionIndex,
     cfg: Arc<RuntimeConfig>,
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Runtime {
@@ -54,7 +55,19 @@ impl Runtime {
             callbacks,
             index,
             cfg,
+            shutting_down: Arc::default(),
         })
+    }
+
+    /// From now on new tasks are refused (503): called when a shutdown signal arrives.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True once [`Runtime::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The read-only session view.

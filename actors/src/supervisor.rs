@@ -27,6 +27,8 @@ pub enum ExecuteOutcome {
     Running,
     /// Refused; a `FAILED` callback with this message was sent.
     Failed(String),
+    /// Not accepted: the session cap is reached; nothing was sent, the client should retry.
+    AtCapacity(usize),
 }
 
 /// What a cancel request came to.
@@ -212,6 +214,11 @@ impl Actor for Supervisor {
 
 impl SupervisorState {
     async fn execute(&mut self, me: &ActorRef<SupervisorMsg>, spec: TaskSpec) -> ExecuteOutcome {
+        if let Some(cap) = self.args.cfg.max_sessions {
+            if !self.sessions.contains_key(&spec.task_id) && self.sessions.len() >= cap {
+                return ExecuteOutcome::AtCapacity(cap);
+            }
+        }
         let ctx = SubtaskContext::new(&spec, &self.args.cfg);
         self.emit(ctx.payload(50, TaskStatus::Running, STARTED_MESSAGE, None));
         if let AgentKind::Unsupported(name) = &spec.agent {

@@ -9,6 +9,9 @@ use warp::http::StatusCode;
 use warp::reject::Reject;
 use warp::Rejection;
 
+/// Seconds a client is told to wait when the session cap is reached.
+const RETRY_AFTER_SECS: &str = "5";
+
 /// An API error; each variant has one status.
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -30,6 +33,9 @@ pub enum ApiError {
     /// The runtime is stopping or unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// The session cap is reached (429 with `Retry-After`).
+    #[error("The executor runs its maximum of {0} sessions; retry later or close sessions")]
+    AtCapacity(usize),
 }
 
 impl Reject for ApiError {}
@@ -44,6 +50,7 @@ impl ApiError {
             Self::NoSessionToCancel(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AtCapacity(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -71,7 +78,14 @@ use warp::Reply;
 /// Turns any rejection (ours or warp's) into a JSON error with the right status.
 pub async fn recover(rej: Rejection) -> Result<warp::reply::Response, Infallible> {
     if let Some(e) = rej.find::<ApiError>() {
-        return Ok(reply(e.status(), e.to_string()));
+        let mut resp = reply(e.status(), e.to_string());
+        if let ApiError::AtCapacity(_) = e {
+            resp.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        return Ok(resp);
     }
     let (status, detail) = if rej.is_not_found() {
         (StatusCode::NOT_FOUND, "Not Found".to_string())

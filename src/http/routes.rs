@@ -101,8 +101,15 @@ pub fn health() -> Value {
 #[utoipa::path(post, path = "/api/tasks/execute", request_body(content = crate::http::docs::TaskRequest),
     responses((status = 200, body = TaskResponse), (status = 400, body = super::error::ErrorBody, description = "Not JSON"),
               (status = 413, body = super::error::ErrorBody, description = "Body over the limit"),
-              (status = 422, body = super::error::ErrorBody, description = "Wrong shape or types")))]
+              (status = 422, body = super::error::ErrorBody, description = "Wrong shape or types"),
+              (status = 429, body = super::error::ErrorBody, description = "Session cap reached; see Retry-After"),
+              (status = 503, body = super::error::ErrorBody, description = "Shutting down")))]
 pub async fn execute(body: Value, rt: Runtime) -> Result<warp::reply::Response, Rejection> {
+    if rt.is_shutting_down() {
+        return Err(warp::reject::custom(ApiError::Unavailable(
+            "the executor is shutting down; send the task to another executor".into(),
+        )));
+    }
     let spec = TaskSpec::from_value(&body)
         .map_err(|e| warp::reject::custom(ApiError::Unprocessable(e.to_string())))?;
     let (task_id, subtask_id) = (spec.task_id, spec.subtask_id);
@@ -117,6 +124,9 @@ pub async fn execute(body: Value, rt: Runtime) -> Result<warp::reply::Response, 
     let (status, progress) = match outcome {
         ExecuteOutcome::Running => ("RUNNING", 50),
         ExecuteOutcome::Failed(_) => ("FAILED", 0),
+        ExecuteOutcome::AtCapacity(cap) => {
+            return Err(warp::reject::custom(ApiError::AtCapacity(cap)));
+        }
     };
     let resp = TaskResponse {
         task_id,

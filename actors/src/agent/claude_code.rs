@@ -5,7 +5,7 @@
 //! too (and an executor restart, since transcripts live in the task's own config directory).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{json, Value};
@@ -24,6 +24,10 @@ use crate::task::TaskSpec;
 /// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
 /// process counts as gone anyway.
 const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Bounds of the watchdog's check interval (a quarter of the shortest limit).
+const WATCHDOG_MIN_TICK: Duration = Duration::from_millis(100);
+const WATCHDOG_MAX_TICK: Duration = Duration::from_secs(5);
 
 /// What the CLI says when `--resume` names a conversation it does not have.
 const NO_CONVERSATION: &str = "No conversation found";
@@ -65,6 +69,13 @@ pub enum AgentMsg {
     },
     /// End the process now if no turn runs (asked by the session for the live-process cap).
     Suspend,
+    /// Time to check the running turn (`turn` = the process's turn count when armed).
+    Watchdog {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// Which turn of that process.
+        turn: u32,
+    },
     /// The idle time after turn number `turns` of process `gen` passed.
     IdleDeadline {
         /// Generation of the process this is about.
@@ -94,6 +105,8 @@ pub struct ClaudeState {
     claude_session: Option<String>,
     resumed_with: Option<String>,
     next_resume: Resume,
+    last_output: Instant,
+    turn_started: Instant,
 }
 
 impl Actor for ClaudeCodeAgent {
@@ -123,6 +136,8 @@ impl Actor for ClaudeCodeAgent {
             claude_session: None,
             resumed_with: None,
             next_resume: Resume::FromFile,
+            last_output: Instant::now(),
+            turn_started: Instant::now(),
         })
     }
 
@@ -161,6 +176,9 @@ impl Actor for ClaudeCodeAgent {
                 st.suspend("idle")
             }
             AgentMsg::Suspend => st.suspend("over the live-process cap"),
+            AgentMsg::Watchdog { gen, turn } if gen == st.gen && turn == st.turns_in_process => {
+                st.watchdog(&me)
+            }
             _ => {} // events of a retired process, or deadlines that no longer apply
         }
         Ok(())
@@ -212,7 +230,7 @@ impl ClaudeState {
         }
         self.spec = Some(req.spec);
         if self.ready {
-            self.send_turn();
+            self.send_turn(me);
         } else if !self.spawning && self.proc.is_none() {
             self.start_spawn(me);
         }
@@ -300,7 +318,7 @@ impl ClaudeState {
         }
     }
 
-    fn send_turn(&mut self) {
+    fn send_turn(&mut self, me: &ActorRef<AgentMsg>) {
         let first = self.turns_in_process == 0;
         let (Some(turn), Some(proc), Some(spec)) =
             (self.turn.as_mut(), self.proc.as_ref(), self.spec.as_ref())
@@ -315,6 +333,9 @@ impl ClaudeState {
         let p = turn.running(60, INIT_MESSAGE);
         self.turns_in_process += 1;
         self.emit(p);
+        self.last_output = Instant::now();
+        self.turn_started = self.last_output;
+        self.arm_watchdog(me);
     }
 
     fn on_event(&mut self, me: &ActorRef<AgentMsg>, event: ProcessEvent) {
@@ -339,6 +360,7 @@ impl ClaudeState {
     }
 
     fn on_line(&mut self, me: &ActorRef<AgentMsg>, line: &str) {
+        self.last_output = Instant::now();
         if !line.trim_start().starts_with('{') {
             return;
         }
@@ -350,7 +372,7 @@ impl ClaudeState {
             return;
         };
         match msg.get("type").and_then(Value::as_str) {
-            Some("control_response") => return self.on_control_response(&msg),
+            Some("control_response") => return self.on_control_response(me, &msg),
             Some("control_request") => return self.answer_control_request(&msg),
             Some("result") if self.resume_failed(&msg) => return self.fall_back_to_fresh(me),
             _ => {}
@@ -374,14 +396,14 @@ impl ClaudeState {
         }
     }
 
-    fn on_control_response(&mut self, msg: &Value) {
+    fn on_control_response(&mut self, me: &ActorRef<AgentMsg>, msg: &Value) {
         let id = msg
             .pointer("/response/request_id")
             .and_then(Value::as_str)
             .unwrap_or("");
         if id == format!("req_init_{}", self.gen) && !self.ready {
             self.ready = true;
-            self.send_turn();
+            self.send_turn(me);
         }
     }
 
@@ -548,6 +570,55 @@ impl ClaudeState {
         );
         self.retire_process();
         self.tell_session(ProcessState::Suspended);
+    }
+
+    fn arm_watchdog(&self, me: &ActorRef<AgentMsg>) {
+        let c = &self.args.cfg.claude;
+        let Some(shortest) = [c.silence_timeout, c.tool_timeout, c.turn_timeout]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            return;
+        };
+        let tick = (shortest / 4).clamp(WATCHDOG_MIN_TICK, WATCHDOG_MAX_TICK);
+        let (gen, turn) = (self.gen, self.turns_in_process);
+        me.send_after(tick, move || AgentMsg::Watchdog { gen, turn });
+    }
+
+    /// Tells a running tool (silence is normal) from a hung CLI, and enforces the turn limit;
+    /// either failure ends the turn with its own reason and ends the process.
+    fn watchdog(&mut self, me: &ActorRef<AgentMsg>) {
+        let Some(turn) = self.turn.as_ref().filter(|t| t.sent && !t.cancelled) else {
+            return;
+        };
+        let c = &self.args.cfg.claude;
+        let (silent, age) = (self.last_output.elapsed(), self.turn_started.elapsed());
+        let verdict = if c.turn_timeout.is_some_and(|limit| age > limit) {
+            Some(format!(
+                "the turn exceeded its time limit of {} s (TURN_TIMEOUT_SECS)",
+                age.as_secs()
+            ))
+        } else if turn.tool_open() {
+            c.tool_timeout.filter(|limit| silent > *limit).map(|limit| {
+                format!(
+                    "a tool ran for {} s without output (limit {} s, WATCHDOG_TOOL_SECS)",
+                    silent.as_secs(),
+                    limit.as_secs()
+                )
+            })
+        } else {
+            c.silence_timeout.filter(|limit| silent > *limit).map(|limit| {
+                format!("Claude Code CLI gave no output for {} s with no tool running; it looks hung (limit {} s, WATCHDOG_SILENCE_SECS)", silent.as_secs(), limit.as_secs())
+            })
+        };
+        match verdict {
+            Some(reason) => {
+                self.fail_turn(&reason);
+                self.discard_process();
+            }
+            None => self.arm_watchdog(me),
+        }
     }
 
     fn arm_idle_timer(&self, me: &ActorRef<AgentMsg>) {

@@ -41,6 +41,7 @@ pub struct Turn {
     pub saw_output: bool,
     /// True once the turn was re-sent to a new process (done at most once).
     pub retried: bool,
+    open_tools: std::collections::HashSet<String>,
     thinking: Vec<Value>,
 }
 
@@ -54,6 +55,7 @@ impl Turn {
             cancelled: false,
             saw_output: false,
             retried: false,
+            open_tools: std::collections::HashSet::new(),
             thinking: Vec::new(),
         }
     }
@@ -96,6 +98,7 @@ impl Turn {
     /// Interprets one message from the CLI's stdout.
     pub fn on_message(&mut self, msg: &Value) -> LineOutcome {
         self.saw_output = true;
+        self.track_tools(msg);
         match msg.get("type").and_then(Value::as_str) {
             Some("system") => self.progress("thinking.system_message_received", msg.clone()),
             Some("assistant") => {
@@ -104,6 +107,33 @@ impl Turn {
             Some("user") => self.progress("thinking.user_message_received", message_details(msg)),
             Some("result") => self.finish(msg),
             _ => LineOutcome::Ignore,
+        }
+    }
+
+    /// True while a tool the model called has not returned (long silence is normal then).
+    pub fn tool_open(&self) -> bool {
+        !self.open_tools.is_empty()
+    }
+
+    fn track_tools(&mut self, msg: &Value) {
+        let blocks = msg.pointer("/message/content").and_then(Value::as_array);
+        for b in blocks.into_iter().flatten() {
+            match (
+                b.get("type").and_then(Value::as_str),
+                msg.get("type").and_then(Value::as_str),
+            ) {
+                (Some("tool_use"), Some("assistant")) => {
+                    if let Some(id) = b.get("id").and_then(Value::as_str) {
+                        self.open_tools.insert(id.to_string());
+                    }
+                }
+                (Some("tool_result"), Some("user")) => {
+                    if let Some(id) = b.get("tool_use_id").and_then(Value::as_str) {
+                        self.open_tools.remove(id);
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -338,6 +368,15 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(text.len() < MAX_DETAIL_CHARS + 100 && text.ends_with("bytes truncated]"));
+    }
+
+    #[test]
+    fn open_tools_are_tracked() {
+        let mut t = turn();
+        t.on_message(&json!({"type": "assistant", "message": {"content": [{"type": "tool_use", "id": "t1", "name": "Bash"}]}}));
+        assert!(t.tool_open());
+        t.on_message(&json!({"type": "user", "message": {"content": [{"type": "tool_result", "tool_use_id": "t1"}]}}));
+        assert!(!t.tool_open());
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Script {
     pub error_subtype: Option<String>,
     /// `FAKE:tool`.
     pub tool: bool,
+    /// `FAKE:open_tool`: a Bash `tool_use` before the sleep and its result after it, so the
+    /// silence happens while a tool runs.
+    pub open_tool: bool,
     /// `FAKE:lines:<count>`.
     pub lines: usize,
     /// `FAKE:bigline:<bytes>`.
@@ -94,6 +97,7 @@ impl Script {
                 self.error_subtype = Some(sub.to_string())
             }
             ("tool", None) => self.tool = true,
+            ("open_tool", None) => self.open_tool = true,
             ("lines", Some(count)) => self.lines = number(count)?,
             ("bigline", Some(bytes)) => self.bigline = Some(number(bytes)?),
             ("garbage", None) => self.garbage = true,

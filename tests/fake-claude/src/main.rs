@@ -40,6 +40,7 @@
 //! | `FAKE:lines:<count>`          | add `<count>` assistant lines `chunk <i>` before the reply    |
 //! | `FAKE:stamp`                  | reply `stamp <µs since the epoch>`, taken as the line is written |
 //! | `FAKE:spawn_daemon`           | double-fork a SIGTERM-ignoring `sleep 600` in its own session (re-parented at once) |
+//! | `FAKE:open_tool`              | a Bash `tool_use` before the sleep, its `tool_result` after it |
 //! | `FAKE:garbage`                | add a non-JSON line, a broken JSON line, an empty line and an unknown message type |
 //! | `FAKE:bigline:<bytes>`        | add one assistant line whose text is `<bytes>` `x` characters |
 //! | `FAKE:spawn_orphan`           | spawn a setsid'd, SIGTERM-ignoring `sleep 600`; pid on stderr |

@@ -32,10 +32,20 @@ impl Session {
         if script.spawn_daemon {
             spawn_daemon();
         }
+        if script.open_tool {
+            let tool_use = json!([{"type": "tool_use", "id": "toolu_fake_open", "name": "Bash",
+                                   "input": {"command": "sleep"}}]);
+            emit(&self.msgs.assistant(&format!("msg_fake_{n}_open"), tool_use))?;
+        }
         if let Some(ms) = script.sleep_ms {
             if self.serve_for(ms)? == Flow::Interrupted {
                 return self.abort(start);
             }
+        }
+        if script.open_tool {
+            let result = json!([{"type": "tool_result", "tool_use_id": "toolu_fake_open",
+                                 "content": "done", "is_error": false}]);
+            emit(&self.msgs.user(result))?;
         }
         if let Some(code) = script.crash {
             eprintln!("fake-claude: simulated crash");

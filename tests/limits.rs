@@ -1,0 +1,99 @@
+//! Limits: the liveness watchdog tells a running tool from a hung CLI, the turn time limit, the
+//! session cap (429 with Retry-After), and refusing new tasks while shutting down.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_cli_with_no_tool_running_is_declared_hung() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("WATCHDOG_SILENCE_SECS", "1")]).await;
+    let done = run_task(&exec, &rx, 1, 1, "FAKE:sleep:30000\nsilence").await;
+    assert_eq!(done["status"], "FAILED");
+    let msg = done["error_message"].as_str().unwrap_or("");
+    assert!(msg.contains("no output") && msg.contains("hung"), "{msg}");
+    let dir = exec.workspace().join("1");
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_in(&dir).is_empty()).await,
+        "the hung CLI is ended"
+    );
+    let next = run_task(&exec, &rx, 1, 2, "fine").await;
+    assert_eq!(
+        next["status"],
+        "COMPLETED",
+        "the task stays usable: {}",
+        rx.dump()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silence_while_a_tool_runs_is_normal() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("WATCHDOG_SILENCE_SECS", "1")]).await;
+    let done = run_task(
+        &exec,
+        &rx,
+        2,
+        1,
+        "FAKE:open_tool\nFAKE:sleep:2500\nbusy tool",
+    )
+    .await;
+    assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_over_its_time_limit_fails_with_that_reason() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("TURN_TIMEOUT_SECS", "1")]).await;
+    let done = run_task(&exec, &rx, 3, 1, "FAKE:open_tool\nFAKE:sleep:30000\nlong").await;
+    assert_eq!(done["status"], "FAILED");
+    assert!(
+        done["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("time limit"),
+        "{done}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_session_cap_new_tasks_get_429_with_retry_after() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("MAX_SESSIONS", "2")]).await;
+    post_task(&exec, 4, 1, "FAKE:sleep:30000\nbusy").await;
+    post_task(&exec, 5, 1, "FAKE:sleep:30000\nbusy").await;
+    let resp = exec
+        .client()
+        .post(exec.url("/api/tasks/execute"))
+        .json(&seed_task(6, 1, "one too many"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("maximum of 2 sessions"),
+        "{body}"
+    );
+    assert!(
+        rx.for_task(6).is_empty(),
+        "a refused task sends no callback"
+    );
+    // A follow-up for an existing session is still accepted.
+    post_task(&exec, 4, 2, "queued").await;
+    exec.delete("/api/tasks/session?task_id=5").await;
+    post_task(&exec, 6, 1, "now there is room").await;
+}
