@@ -49,6 +49,10 @@ pub const DEFAULT_WATCHDOG_TOOL_SECS: u64 = 3600;
 pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 0;
 /// `MAX_SESSIONS`: most sessions at once; a new task over it gets 429 (0 = no cap).
 pub const DEFAULT_MAX_SESSIONS: usize = 1000;
+/// `BODY_TIMEOUT_SECS`: time a client has to send a request body (408 after it).
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+/// Default spool folder for undelivered callbacks, inside `WORKSPACE_ROOT`.
+pub const DEFAULT_SPOOL_DIR_NAME: &str = ".callback-spool";
 /// `MAX_LINE_BYTES`: longest stdout line accepted from the CLI (16 MiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// `SHUTDOWN_GRACE_SECS`: time SIGTERM gives callbacks to flush (fits Kubernetes' 30 s).
@@ -91,6 +95,12 @@ pub struct Cli {
     /// Install the pinned Claude Code CLI into ./.tools/claude-code (npm) if it is missing.
     #[arg(long)]
     pub install_claude: bool,
+    /// Where undelivered callbacks are kept across restarts [default: WORKSPACE_ROOT/.callback-spool].
+    #[arg(long, env = "CALLBACK_SPOOL_DIR")]
+    pub callback_spool_dir: Option<PathBuf>,
+    /// Seconds a client has to send a request body [default: 30].
+    #[arg(long, env = "BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: Option<u64>,
     /// Largest request body in bytes [default: 10485760].
     #[arg(long, env = "MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
@@ -174,6 +184,8 @@ pub struct FileConfig {
     watchdog_tool_secs: Option<u64>,
     turn_timeout_secs: Option<u64>,
     max_sessions: Option<usize>,
+    body_timeout_secs: Option<u64>,
+    callback_spool_dir: Option<PathBuf>,
     max_line_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
 }
@@ -187,6 +199,8 @@ pub struct Settings {
     pub port: u16,
     /// Largest request body.
     pub max_body_bytes: u64,
+    /// Time to receive a request body.
+    pub body_timeout: Duration,
     /// Log level filter.
     pub log_level: String,
     /// Time to flush callbacks at shutdown.
@@ -240,13 +254,18 @@ impl Settings {
         let runtime = RuntimeConfig {
             max_sessions: (max_sessions > 0).then_some(max_sessions),
             max_live_processes: (max_live > 0).then_some(max_live),
-            workspace_root,
+            workspace_root: workspace_root.clone(),
             executor_name: non_empty(cli.executor_name).or(file.executor_name),
             executor_namespace: non_empty(cli.executor_namespace).or(file.executor_namespace),
             executor_env,
             anthropic_api_key: Secret::non_empty(std::env::var("ANTHROPIC_API_KEY").ok()),
             anthropic_auth_token: Secret::non_empty(std::env::var("ANTHROPIC_AUTH_TOKEN").ok()),
             callback: CallbackConfig {
+                spool_dir: cli
+                    .callback_spool_dir
+                    .or(file.callback_spool_dir)
+                    .map(|d| std::path::absolute(&d).unwrap_or(d))
+                    .unwrap_or_else(|| workspace_root.join(DEFAULT_SPOOL_DIR_NAME)),
                 url: non_empty(cli.callback_url).or(non_empty(file.callback_url)),
                 timeout: Duration::from_secs(pick(
                     cli.callback_timeout_secs,
@@ -329,6 +348,11 @@ impl Settings {
                 DEFAULT_BIND.parse().context("default bind address")?,
             ),
             port: pick(cli.port, file.port, DEFAULT_PORT),
+            body_timeout: Duration::from_secs(pick(
+                cli.body_timeout_secs,
+                file.body_timeout_secs,
+                DEFAULT_BODY_TIMEOUT_SECS,
+            )),
             max_body_bytes: pick(
                 cli.max_body_bytes,
                 file.max_body_bytes,

@@ -80,7 +80,13 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         "Task executor {} listening on http://{local}",
         env!("CARGO_PKG_VERSION")
     );
-    let service = http::service(runtime.clone(), settings.max_body_bytes);
+    let service = http::service(
+        runtime.clone(),
+        http::body::BodyLimits {
+            max_bytes: settings.max_body_bytes,
+            timeout: settings.body_timeout,
+        },
+    );
     warp::serve(service)
         .incoming(listener)
         .graceful({

@@ -48,6 +48,8 @@ pub struct CallbackConfig {
     pub initial_backoff: Duration,
     /// Upper bound of one retry delay.
     pub max_backoff: Duration,
+    /// Where undelivered events are kept (survives restarts).
+    pub spool_dir: PathBuf,
 }
 
 /// How the Claude Code CLI is run and stopped.
@@ -132,6 +134,7 @@ impl RuntimeConfig {
                 max_retries: 10,
                 initial_backoff: Duration::from_millis(500),
                 max_backoff: Duration::from_secs(30),
+                spool_dir: std::env::temp_dir().join("executor-spool"),
             },
             claude: ClaudeConfig {
                 bin: PathBuf::from("claude"),

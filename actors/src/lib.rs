@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod callback;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod index;
 pub mod mask;
@@ -17,5 +18,6 @@ pub mod mcp;
 pub mod payload;
 pub mod runtime;
 pub mod session;
+pub mod spool;
 pub mod supervisor;
 pub mod task;

@@ -106,11 +106,6 @@ impl Runtime {
         .map_err(|e| SupervisorError::Unavailable(e.to_string()))
     }
 
-    /// Events waiting for delivery.
-    pub async fn pending_callbacks(&self) -> usize {
-        ractor::call_t!(self.callbacks, CallbackMsg::Pending, 2_000).unwrap_or(0)
-    }
-
     /// Graceful stop: close every session (their running subtasks get `FAILED` with
     /// `reason`), then give queued callbacks until `flush_deadline` to go out.
     pub async fn shutdown(&self, reason: &str, flush_deadline: Duration) {

@@ -9,16 +9,32 @@ use warp::Filter;
 
 use super::error::ApiError;
 
+/// What a request body may be.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body (413 over it).
+    pub max_bytes: u64,
+    /// Longest a client may take to send it (408 after it; slow-body protection).
+    pub timeout: std::time::Duration,
+}
+
 /// A filter yielding the body parsed as JSON (any JSON value; shape checks come later).
-pub fn json_body(limit: u64) -> impl Filter<Extract = (Value,), Error = warp::Rejection> + Clone {
+pub fn json_body(
+    limits: BodyLimits,
+) -> impl Filter<Extract = (Value,), Error = warp::Rejection> + Clone {
+    let BodyLimits {
+        max_bytes: limit,
+        timeout,
+    } = limits;
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .and_then(move |len: Option<u64>, body| async move {
             if len.is_some_and(|n| n > limit) {
                 return Err(warp::reject::custom(ApiError::PayloadTooLarge(limit)));
             }
-            let bytes = read_capped(body, limit)
+            let bytes = tokio::time::timeout(timeout, read_capped(body, limit))
                 .await
+                .map_err(|_| warp::reject::custom(ApiError::BodyTimeout(timeout.as_secs())))?
                 .map_err(warp::reject::custom)?;
             serde_json::from_slice::<Value>(&bytes)
                 .map_err(|e| warp::reject::custom(ApiError::InvalidJson(e.to_string())))

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The runtime is stopping or unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// The body did not arrive in time.
+    #[error("The request body was not received within {0} s")]
+    BodyTimeout(u64),
     /// The session cap is reached (429 with `Retry-After`).
     #[error("The executor runs its maximum of {0} sessions; retry later or close sessions")]
     AtCapacity(usize),
@@ -51,6 +54,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::AtCapacity(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }

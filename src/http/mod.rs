@@ -11,7 +11,7 @@ use warp::{Filter, Reply};
 /// The whole HTTP surface: API routes, docs, error mapping and a log line per request.
 pub fn service(
     rt: Runtime,
-    max_body: u64,
+    limits: body::BodyLimits,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let log = warp::log::custom(|info| {
         if info.path() != "/" {
@@ -24,7 +24,7 @@ pub fn service(
             );
         }
     });
-    routes::api(rt, max_body)
+    routes::api(rt, limits)
         .or(docs::routes())
         .unify()
         .recover(error::recover)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use warp::{Filter, Rejection, Reply};
 
-use super::body::{json_body, task_id_query};
+use super::body::{json_body, task_id_query, BodyLimits};
 use super::error::ApiError;
 
 /// Answer of `POST /api/tasks/execute` (contract §2.3).
@@ -44,14 +44,14 @@ fn with_rt(
 /// Every API route (paths first, then methods, so an unknown path is 404 and not 405).
 pub fn api(
     rt: Runtime,
-    max_body: u64,
+    limits: BodyLimits,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let health = warp::path::end()
         .and(warp::get())
         .map(|| warp::reply::json(&health()).into_response());
     let execute = warp::path!("api" / "tasks" / "execute")
         .and(warp::post())
-        .and(json_body(max_body))
+        .and(json_body(limits))
         .and(with_rt(rt.clone()))
         .and_then(execute);
     let cancel = warp::path!("api" / "tasks" / "cancel")

@@ -1,0 +1,108 @@
+//! One callback POST with retries: exponential backoff with jitter and a cap, retried on
+//! connection errors and non-2xx/non-4xx answers; a 4xx is final; any 2xx counts as delivered.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::config::CallbackConfig;
+
+/// Header carrying an event's position within its subtask, so a receiver can drop a duplicate
+/// (after a crash between a delivery and its acknowledgement).
+pub const SEQUENCE_HEADER: &str = "x-callback-sequence";
+
+/// What one POST attempt came to.
+enum Attempt {
+    Delivered,
+    Rejected(reqwest::StatusCode),
+    Retry(String),
+}
+
+async fn attempt(client: &reqwest::Client, url: &str, body: &[u8], seq: u64) -> Attempt {
+    let res = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header(SEQUENCE_HEADER, seq)
+        .body(body.to_vec())
+        .send()
+        .await;
+    match res {
+        Ok(r) if r.status().is_success() => Attempt::Delivered,
+        Ok(r) if r.status().is_client_error() => Attempt::Rejected(r.status()),
+        Ok(r) => Attempt::Retry(format!("HTTP {}", r.status())),
+        Err(e) => Attempt::Retry(without_url(&e)),
+    }
+}
+
+/// reqwest errors print the URL; the callback URL may carry a token in its query.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<callback url>");
+    }
+    s
+}
+
+/// Delivers one event; returns when it was delivered, rejected, or retries ran out.
+pub async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    seq: u64,
+    cfg: &CallbackConfig,
+    task_id: i64,
+) {
+    let attempts = cfg.max_retries + 1;
+    for n in 1..=attempts {
+        match attempt(client, url, body, seq).await {
+            Attempt::Delivered => return,
+            Attempt::Rejected(status) => {
+                tracing::error!("[CALLBACK_FAIL] task_id={task_id}: receiver rejected the callback with {status}; not retrying");
+                return;
+            }
+            Attempt::Retry(why) if n < attempts => {
+                let delay = backoff(cfg, n);
+                tracing::warn!(
+                    "Callback for task {task_id} failed (attempt {n}/{attempts}): {why}. Retrying in {:.1} seconds...",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Attempt::Retry(why) => {
+                tracing::error!(
+                    "[CALLBACK_FAIL] task_id={task_id}: giving up after {attempts} attempts: {why}"
+                );
+            }
+        }
+    }
+}
+
+/// `initial * 2^(n-1)`, capped, then scaled by a random factor in [0.5, 1.0] (jitter).
+pub fn backoff(cfg: &CallbackConfig, n: u32) -> Duration {
+    let exp = cfg.initial_backoff.saturating_mul(
+        1u32.checked_shl(n.saturating_sub(1).min(20))
+            .unwrap_or(u32::MAX),
+    );
+    let capped = exp.min(cfg.max_backoff);
+    capped.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cfg = CallbackConfig {
+            url: None,
+            timeout: Duration::from_secs(1),
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            spool_dir: std::path::PathBuf::from("/tmp"),
+        };
+        assert!(backoff(&cfg, 1) <= Duration::from_millis(100));
+        assert!(backoff(&cfg, 3) >= Duration::from_millis(200));
+        assert!(backoff(&cfg, 30) <= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,438 @@
+//! Property tests of the pure parts that read untrusted input: the task dict reader
+//! (`TaskSpec::from_value`), the stream-json turn parser (`Turn::on_message`) and secret masking
+//! (`mask_str`). Each property runs proptest's default 256 cases on trees of bounded depth.
+
+use actors::agent::claude_turn::{LineOutcome, Turn};
+use actors::mask::mask_str;
+use actors::payload::{CallbackPayload, SubtaskContext, TaskStatus};
+use actors::task::TaskSpec;
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+// ------------------------------------------------------------------------------------------
+// Generators
+// ------------------------------------------------------------------------------------------
+
+/// Keys the readers look at, mixed with random ones so that every branch is reached.
+const KEYS: &[&str] = &[
+    "task_id",
+    "subtask_id",
+    "prompt",
+    "content",
+    "bot",
+    "type",
+    "agent_type",
+    "shell_type",
+    "task_title",
+    "subtask_title",
+    "new_session",
+    "system_prompt",
+    "agent_config",
+    "model",
+    "mcp_servers",
+    "mcpServers",
+    "allowed_tools",
+    "disallowed_tools",
+    "max_turns",
+    "id",
+    "user_selected_skills",
+    "git_url",
+    "repo_url",
+    "branch",
+    "branch_name",
+    "message",
+    "subtype",
+    "is_error",
+    "result",
+    "errors",
+    "tool_use",
+    "tool_use_id",
+    "session_id",
+    "env",
+    "api_key",
+];
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(KEYS).prop_map(str::to_string),
+        1 => ".{0,8}",
+    ]
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => ".{0,16}",
+        1 => prop::sample::select(&[
+            "${{task_id}}", "${{bot.0.mcp_servers}}", "${{ prompt }}", "${{}}", "claude_code",
+            "ClaudeCode", "result", "assistant", "user", "system", "success", "error_max_turns",
+            "sk-ant-api03-AAAAAAAAAAAAAAAAAAAAAAAA", "\u{0}", "",
+        ][..]).prop_map(str::to_string),
+    ]
+}
+
+fn number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-3i64..3).prop_map(Value::from),
+        any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+            .map(Value::Number)),
+    ]
+}
+
+/// Any JSON value, at most `depth` levels of arrays/objects deep.
+fn json_tree(depth: u32) -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        number(),
+        text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(depth, 48, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::vec((key(), inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// An object holding a random subset of `keys`, each with a value of a random type.
+fn object_with(keys: &'static [&'static str], value: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+    prop::collection::vec(prop::option::of(value), keys.len())
+        .prop_map(move |vals| {
+            let m: Map<String, Value> = keys
+                .iter()
+                .zip(vals)
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                .collect();
+            Value::Object(m)
+        })
+        .boxed()
+}
+
+/// Task dicts whose known fields hold values of random types (a bot list among them).
+fn task_like() -> impl Strategy<Value = Value> {
+    const BOT_KEYS: &[&str] = &[
+        "id",
+        "shell_type",
+        "system_prompt",
+        "model",
+        "agent_config",
+        "mcp_servers",
+        "mcpServers",
+        "allowed_tools",
+        "disallowed_tools",
+        "max_turns",
+        "max_thinking_tokens",
+    ];
+    const TASK_KEYS: &[&str] = &[
+        "task_id",
+        "subtask_id",
+        "prompt",
+        "content",
+        "type",
+        "agent_type",
+        "task_title",
+        "subtask_title",
+        "new_session",
+        "user_selected_skills",
+        "git_url",
+        "repo_url",
+        "branch_name",
+        "branch",
+    ];
+    let bot = object_with(BOT_KEYS, json_tree(2).boxed());
+    let bots = prop_oneof![
+        json_tree(3),
+        prop::collection::vec(bot.clone(), 0..3).prop_map(Value::Array),
+        bot,
+    ];
+    (
+        object_with(TASK_KEYS, json_tree(2).boxed()),
+        prop::option::of(bots),
+    )
+        .prop_map(|(mut t, b)| {
+            if let (Some(b), Some(o)) = (b, t.as_object_mut()) {
+                o.insert("bot".into(), b);
+            }
+            t
+        })
+}
+
+/// Messages shaped like the CLI's stream-json output, with fields of random types.
+fn stream_message() -> impl Strategy<Value = Value> {
+    let kind = prop_oneof![
+        prop::sample::select(
+            &[
+                "system",
+                "assistant",
+                "user",
+                "result",
+                "stream_event",
+                "control_response"
+            ][..]
+        )
+        .prop_map(Value::from),
+        json_tree(1),
+    ];
+    let block = (
+        prop::sample::select(&["tool_use", "tool_result", "text", "thinking"][..]),
+        prop::sample::select(&["t1", "t2", "t3"][..]),
+        json_tree(1),
+    )
+        .prop_map(|(t, id, x)| json!({"type": t, "id": id, "tool_use_id": id, "text": x}));
+    let content = prop_oneof![
+        prop::collection::vec(block, 0..4).prop_map(Value::Array),
+        json_tree(2)
+    ];
+    let subtype = prop_oneof![
+        prop::sample::select(
+            &[
+                "success",
+                "error_max_turns",
+                "error_during_execution",
+                "init"
+            ][..]
+        )
+        .prop_map(Value::from),
+        json_tree(1),
+    ];
+    (kind, content, subtype, json_tree(1), json_tree(1), json_tree(2)).prop_map(
+        |(kind, content, subtype, is_error, result, errors)| {
+            json!({"type": kind, "subtype": subtype, "is_error": is_error, "result": result,
+                   "errors": errors, "session_id": "s", "message": {"role": "assistant", "content": content}})
+        },
+    )
+}
+
+/// A stdout line: a serialised message, possibly damaged, or arbitrary text.
+fn stream_line() -> impl Strategy<Value = String> {
+    prop_oneof![
+        stream_message().prop_map(|m| m.to_string()),
+        (stream_message(), any::<prop::sample::Index>(), ".{0,3}").prop_map(|(m, at, junk)| {
+            let s = m.to_string();
+            let cut = (0..=at.index(s.len() + 1).min(s.len()))
+                .rev()
+                .find(|i| s.is_char_boundary(*i));
+            format!("{}{junk}", &s[..cut.unwrap_or(0)])
+        }),
+        r#"[{}\[\]":,0-9a-z \\]{0,40}"#,
+        ".{0,40}",
+    ]
+}
+
+fn ctx() -> SubtaskContext {
+    SubtaskContext {
+        task_id: 7,
+        subtask_id: 3,
+        task_title: "T ✓".into(),
+        subtask_title: "S".into(),
+        task_type: None,
+        executor_name: None,
+        executor_namespace: None,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// (a) TaskSpec::from_value
+// ------------------------------------------------------------------------------------------
+
+/// What a successfully read task must say about its input.
+fn check_task(input: &Value) -> Result<(), TestCaseError> {
+    let Ok(spec) = TaskSpec::from_value(input) else {
+        return Ok(());
+    };
+    prop_assert!(
+        spec.task_id >= 0,
+        "negative task_id {} from {input}",
+        spec.task_id
+    );
+    prop_assert_eq!(
+        Some(spec.task_id),
+        input["task_id"].as_i64(),
+        "task_id of {}",
+        input
+    );
+    let want = input["prompt"]
+        .as_str()
+        .or_else(|| input["content"].as_str());
+    prop_assert_eq!(Some(spec.prompt.as_str()), want, "prompt of {}", input);
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn task_reader_never_panics_on_any_json(v in json_tree(4)) {
+        check_task(&v)?;
+    }
+
+    #[test]
+    fn task_reader_never_panics_on_task_like_objects(v in task_like()) {
+        check_task(&v)?;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// (b) Turn::on_message
+// ------------------------------------------------------------------------------------------
+
+fn check_payload(p: &CallbackPayload, status: TaskStatus) -> Result<(), TestCaseError> {
+    prop_assert_eq!(p.status, status);
+    let want = if status == TaskStatus::Running {
+        75
+    } else {
+        100
+    };
+    prop_assert_eq!(p.progress, want, "progress of a {:?} payload", status);
+    prop_assert_eq!((p.task_id, p.subtask_id), (7, 3));
+    let wire = serde_json::to_value(p).expect("a payload serialises");
+    prop_assert_eq!(&wire["status"], status.as_str());
+    Ok(())
+}
+
+/// Feeds `msgs` the way the agent actor does: the turn is dropped at its first `Finished`.
+fn run_turn(msgs: &[Value], cancel_at: Option<usize>) -> Result<(), TestCaseError> {
+    let mut turn = Some(Turn::new(ctx(), "hi".into()));
+    let mut cancelled = false;
+    let mut finished = 0;
+    for (i, msg) in msgs.iter().enumerate() {
+        let Some(t) = turn.as_mut() else { break };
+        if cancel_at == Some(i) {
+            t.cancelled = true;
+            cancelled = true;
+        }
+        let kind = msg.get("type").and_then(Value::as_str);
+        match t.on_message(msg) {
+            LineOutcome::Ignore => prop_assert!(
+                cancelled || !matches!(kind, Some("system" | "assistant" | "user")),
+                "a {kind:?} message was ignored: {msg}"
+            ),
+            LineOutcome::Progress(p) => {
+                prop_assert!(!cancelled, "progress after a cancel: {msg}");
+                prop_assert!(
+                    matches!(kind, Some("system" | "assistant" | "user")),
+                    "{msg}"
+                );
+                check_payload(&p, TaskStatus::Running)?;
+            }
+            LineOutcome::Finished(status, p) => {
+                finished += 1;
+                prop_assert_eq!(kind, Some("result"), "only a result ends a turn: {}", msg);
+                prop_assert!(status.is_terminal());
+                match p {
+                    None => prop_assert_eq!(status, TaskStatus::Cancelled),
+                    Some(p) => {
+                        prop_assert!(!cancelled, "a cancelled turn must end silently");
+                        prop_assert!(matches!(status, TaskStatus::Completed | TaskStatus::Failed));
+                        check_payload(&p, status)?;
+                    }
+                }
+                turn = None;
+            }
+        }
+    }
+    let results = msgs.iter().filter(|m| m["type"] == "result").count();
+    prop_assert_eq!(finished, results.min(1), "one Finished per turn");
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn turn_parser_handles_any_json(msgs in prop::collection::vec(json_tree(3), 0..8)) {
+        run_turn(&msgs, None)?;
+    }
+
+    #[test]
+    fn turn_parser_handles_stream_messages(
+        msgs in prop::collection::vec(stream_message(), 0..10),
+        cancel_at in prop::option::of(0usize..10),
+    ) {
+        run_turn(&msgs, cancel_at)?;
+    }
+
+    #[test]
+    fn turn_parser_handles_arbitrary_lines(lines in prop::collection::vec(stream_line(), 0..10)) {
+        let msgs: Vec<Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        run_turn(&msgs, None)?;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// (c) mask_str
+// ------------------------------------------------------------------------------------------
+
+/// Text built from pieces of secrets and of the syntax around them.
+fn secretish_text() -> impl Strategy<Value = String> {
+    const PIECES: &[&str] = &[
+        "sk-",
+        "sk-ant-",
+        "api03-",
+        "Bearer ",
+        "basic ",
+        "password",
+        "api_key",
+        "secret",
+        "token",
+        "=",
+        ":",
+        "\"",
+        "'",
+        " ",
+        ",",
+        "}",
+        "@",
+        "/",
+        "://",
+        "https",
+        "git",
+        "u",
+        "ghp_",
+        "xoxb-",
+        "AKIA",
+        "eyJ",
+        ".",
+        "***",
+        "\n",
+        "abcdefgh",
+        "0123456789",
+        "ABCDEFGHIJKLMNOP",
+        "é",
+        "🙂",
+        "-----BEGIN RSA PRIVATE KEY-----",
+        "-----END RSA PRIVATE KEY-----",
+    ];
+    prop::collection::vec(prop::sample::select(PIECES), 0..24).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #[test]
+    fn mask_is_idempotent_on_any_text(s in any::<String>()) {
+        let once = mask_str(&s);
+        prop_assert_eq!(mask_str(&once), once.clone(), "input {:?}", s);
+    }
+
+    #[test]
+    fn mask_is_idempotent_on_secretish_text(s in secretish_text()) {
+        let once = mask_str(&s);
+        prop_assert_eq!(mask_str(&once), once.clone(), "input {:?}", s);
+    }
+
+    /// The key after a separator (start of text, space, `=`, quote…): the common case.
+    #[test]
+    fn mask_removes_delimited_anthropic_keys(
+        pre in "(.{0,20}[ =:\"'\n,;(])?", key in "[A-Za-z0-9]{20,40}", post in ".{0,20}",
+    ) {
+        let key = format!("sk-ant-{key}");
+        let out = mask_str(&format!("{pre}{key}{post}"));
+        prop_assert!(!out.contains(&key), "{:?} survived in {:?}", key, out);
+    }
+
+    /// The key anywhere in random text, even glued to the character before it.
+    #[test]
+    fn mask_removes_anthropic_keys_anywhere(pre in ".{0,20}", key in "[A-Za-z0-9]{20,40}", post in ".{0,20}") {
+        let key = format!("sk-ant-{key}");
+        let out = mask_str(&format!("{pre}{key}{post}"));
+        prop_assert!(!out.contains(&key), "{:?} survived in {:?}", key, out);
+    }
+}
