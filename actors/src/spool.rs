@@ -132,18 +132,17 @@ async fn append(
     task_id: i64,
     line: &[u8],
 ) -> std::io::Result<u64> {
-    if !open.contains_key(&task_id) {
-        let f = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(log_path(dir, task_id))
-            .await?;
-        open.insert(task_id, f);
-    }
-    let f = open
-        .get_mut(&task_id)
-        .ok_or_else(|| std::io::Error::other("spool file vanished"))?;
+    let f = match open.entry(task_id) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => v.insert(
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(log_path(dir, task_id))
+                .await?,
+        ),
+    };
     f.write_all(line).await?;
     f.flush().await?;
     Ok(f.metadata().await?.len())
