@@ -14,15 +14,15 @@ static PATTERNS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     [
         // Private key blocks.
         r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-        // Anthropic / OpenAI style keys.
+        // Anthropic keys: distinctive enough to match glued to anything (e.g. after a literal
+        // `\n` in escaped JSON); other `sk-` keys only at a word start ("task-..." is no key).
+        r"sk-ant-[A-Za-z0-9_\-]{8,}",
         r"\bsk-[A-Za-z0-9_\-]{8,}",
-        // GitHub and GitLab tokens.
-        r"\b(?:ghp|gho|ghu|ghs|ghr|github_pat|glpat)[_-][A-Za-z0-9_\-]{10,}",
-        // Slack, AWS access key ids.
-        r"\bxox[abposr]-[A-Za-z0-9\-]{10,}",
-        r"\bAKIA[0-9A-Z]{16}\b",
-        // JWTs.
-        r"\beyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}",
+        // GitHub and GitLab tokens, Slack tokens, AWS access key ids, JWTs: distinctive prefixes.
+        r"(?:ghp|gho|ghu|ghs|ghr|github_pat|glpat)[_-][A-Za-z0-9_\-]{10,}",
+        r"xox[abposr]-[A-Za-z0-9\-]{10,}",
+        r"AKIA[0-9A-Z]{16}",
+        r"eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}",
         // Authorization headers.
         r"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/\-]{8,}=*",
         // Credentials in URLs: scheme://user:secret@host.
@@ -41,29 +41,39 @@ static KEY_VALUE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     .ok()
 });
 
-/// True for object keys whose values are secrets whatever they look like.
+/// True for object keys whose values are secrets whatever they look like (`api_key`,
+/// `ANTHROPIC_AUTH_TOKEN`, `git_password`, ...), but not `apiKeySource` or `input_tokens`.
 fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
+    let k: String = key
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
     [
-        "api_key",
         "apikey",
         "token",
         "secret",
         "password",
         "passwd",
-        "private_key",
+        "privatekey",
         "authorization",
         "credential",
+        "credentials",
     ]
     .iter()
-    .any(|s| k.contains(s))
-        && !k.ends_with("_tokens")
-        && !k.contains("tokens")
+    .any(|s| k.ends_with(s))
 }
 
 /// Masks secrets inside one string.
 pub fn mask_str(s: &str) -> String {
     let mut out = s.to_string();
+    // `key=value` first: masking its value can only shorten a URL's credentials part, while
+    // the other order could reveal a new match on a second pass (masking must be idempotent).
+    if let Some(re) = KEY_VALUE.as_ref() {
+        if re.is_match(&out) {
+            out = re.replace_all(&out, format!("${{1}}{MASK}")).into_owned();
+        }
+    }
     for re in PATTERNS.iter() {
         if re.is_match(&out) {
             out = re
@@ -77,11 +87,6 @@ pub fn mask_str(s: &str) -> String {
                     }
                 })
                 .into_owned();
-        }
-    }
-    if let Some(re) = KEY_VALUE.as_ref() {
-        if re.is_match(&out) {
-            out = re.replace_all(&out, format!("${{1}}{MASK}")).into_owned();
         }
     }
     out
@@ -149,6 +154,10 @@ mod tests {
         assert_eq!(v["env"]["api_key"], MASK);
         assert_eq!(v["env"]["ANTHROPIC_AUTH_TOKEN"], MASK);
         assert_eq!(v["usage"]["input_tokens"], 5);
+        let mut init = json!({"apiKeySource": "ANTHROPIC_API_KEY", "git_password": "p"});
+        mask_value(&mut init);
+        assert_eq!(init["apiKeySource"], "ANTHROPIC_API_KEY");
+        assert_eq!(init["git_password"], MASK);
         assert_eq!(v["text"], MASK);
     }
 }

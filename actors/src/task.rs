@@ -187,16 +187,16 @@ fn bot_spec(bot: &Map<String, Value>, task: &Value) -> Result<BotSpec, TaskError
     };
     Ok(BotSpec {
         id: int_field(bot, "id")?,
-        system_prompt: str_field(bot, "system_prompt")?,
-        model: str_field(bot, "model")?.filter(|m| !m.is_empty()),
+        system_prompt: arg_field(bot, "system_prompt")?,
+        model: arg_field(bot, "model")?.filter(|m| !m.is_empty()),
         agent_config,
         mcp_servers: crate::mcp::servers_of(bot).map(|servers| {
             let mut v = Value::Object(servers);
             crate::mcp::substitute(&mut v, task);
             v.as_object().cloned().unwrap_or_default()
         }),
-        allowed_tools: tool_list(bot, "allowed_tools")?,
-        disallowed_tools: tool_list(bot, "disallowed_tools")?,
+        allowed_tools: no_nul(tool_list(bot, "allowed_tools")?, "allowed_tools")?,
+        disallowed_tools: no_nul(tool_list(bot, "disallowed_tools")?, "disallowed_tools")?,
         max_turns: int_field(bot, "max_turns")?,
         max_thinking_tokens: int_field(bot, "max_thinking_tokens")?,
     })
@@ -227,6 +227,28 @@ fn tool_list(obj: &Map<String, Value>, field: &'static str) -> Result<Vec<String
             .collect(),
         Some(_) => Err(wrong),
     }
+}
+
+/// A string that ends up on the CLI's command line, where a NUL byte cannot go.
+fn arg_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, TaskError> {
+    let v = str_field(obj, field)?;
+    if v.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(TaskError::WrongType {
+            field,
+            expected: "a string without NUL characters",
+        });
+    }
+    Ok(v)
+}
+
+fn no_nul(list: Vec<String>, field: &'static str) -> Result<Vec<String>, TaskError> {
+    if list.iter().any(|s| s.contains('\0')) {
+        return Err(TaskError::WrongType {
+            field,
+            expected: "a list of strings without NUL characters",
+        });
+    }
+    Ok(list)
 }
 
 fn first_str(obj: &Map<String, Value>, keys: &[&'static str]) -> Result<Option<String>, TaskError> {

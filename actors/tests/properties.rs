@@ -7,6 +7,7 @@ use actors::mask::mask_str;
 use actors::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 use actors::task::TaskSpec;
 use proptest::prelude::*;
+use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};
 
 // ------------------------------------------------------------------------------------------
@@ -14,41 +15,13 @@ use serde_json::{json, Map, Value};
 // ------------------------------------------------------------------------------------------
 
 /// Keys the readers look at, mixed with random ones so that every branch is reached.
+#[rustfmt::skip]
 const KEYS: &[&str] = &[
-    "task_id",
-    "subtask_id",
-    "prompt",
-    "content",
-    "bot",
-    "type",
-    "agent_type",
-    "shell_type",
-    "task_title",
-    "subtask_title",
-    "new_session",
-    "system_prompt",
-    "agent_config",
-    "model",
-    "mcp_servers",
-    "mcpServers",
-    "allowed_tools",
-    "disallowed_tools",
-    "max_turns",
-    "id",
-    "user_selected_skills",
-    "git_url",
-    "repo_url",
-    "branch",
-    "branch_name",
-    "message",
-    "subtype",
-    "is_error",
-    "result",
-    "errors",
-    "tool_use",
-    "tool_use_id",
-    "session_id",
-    "env",
+    "task_id", "subtask_id", "prompt", "content", "bot", "type", "agent_type", "shell_type",
+    "task_title", "subtask_title", "new_session", "system_prompt", "agent_config", "model",
+    "mcp_servers", "mcpServers", "allowed_tools", "disallowed_tools", "max_turns", "id",
+    "user_selected_skills", "git_url", "repo_url", "branch", "branch_name", "message",
+    "subtype", "is_error", "result", "errors", "tool_use", "tool_use_id", "session_id", "env",
     "api_key",
 ];
 
@@ -97,9 +70,14 @@ fn json_tree(depth: u32) -> impl Strategy<Value = Value> {
     })
 }
 
-/// An object holding a random subset of `keys`, each with a value of a random type.
-fn object_with(keys: &'static [&'static str], value: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
-    prop::collection::vec(prop::option::of(value), keys.len())
+/// An object with a random subset of `fields`, each holding a value of its own type five
+/// times in six and of any type otherwise.
+fn object_of(fields: Vec<(&'static str, BoxedStrategy<Value>)>) -> BoxedStrategy<Value> {
+    let (keys, values): (Vec<_>, Vec<_>) = fields
+        .into_iter()
+        .map(|(k, v)| (k, prop::option::of(prop_oneof![5 => v, 1 => json_tree(2)])))
+        .unzip();
+    values
         .prop_map(move |vals| {
             let m: Map<String, Value> = keys
                 .iter()
@@ -113,51 +91,65 @@ fn object_with(keys: &'static [&'static str], value: BoxedStrategy<Value>) -> Bo
 
 /// Task dicts whose known fields hold values of random types (a bot list among them).
 fn task_like() -> impl Strategy<Value = Value> {
-    const BOT_KEYS: &[&str] = &[
-        "id",
-        "shell_type",
-        "system_prompt",
-        "model",
-        "agent_config",
-        "mcp_servers",
-        "mcpServers",
-        "allowed_tools",
-        "disallowed_tools",
-        "max_turns",
-        "max_thinking_tokens",
-    ];
-    const TASK_KEYS: &[&str] = &[
-        "task_id",
-        "subtask_id",
-        "prompt",
-        "content",
-        "type",
-        "agent_type",
-        "task_title",
-        "subtask_title",
-        "new_session",
-        "user_selected_skills",
-        "git_url",
-        "repo_url",
-        "branch_name",
-        "branch",
-    ];
-    let bot = object_with(BOT_KEYS, json_tree(2).boxed());
+    let int = || {
+        prop_oneof![3 => 0i64..100, 1 => any::<i64>()]
+            .prop_map(Value::from)
+            .boxed()
+    };
+    let s = || text().prop_map(Value::from).boxed();
+    let names = || {
+        let list = prop::collection::vec(text().prop_map(Value::from), 0..3).prop_map(Value::Array);
+        prop_oneof![list, text().prop_map(Value::from)].boxed()
+    };
+    let obj = || {
+        json_tree(3)
+            .prop_filter("an object", Value::is_object)
+            .boxed()
+    };
+    let bot = object_of(vec![
+        ("id", int()),
+        ("shell_type", s()),
+        ("system_prompt", s()),
+        ("model", s()),
+        ("agent_config", obj()),
+        ("mcp_servers", obj()),
+        ("mcpServers", obj()),
+        ("allowed_tools", names()),
+        ("disallowed_tools", names()),
+        ("max_turns", int()),
+        ("max_thinking_tokens", int()),
+    ]);
+    let task = object_of(vec![
+        ("subtask_id", int()),
+        ("content", s()),
+        ("type", s()),
+        ("agent_type", s()),
+        ("task_title", s()),
+        ("subtask_title", s()),
+        ("new_session", any::<bool>().prop_map(Value::Bool).boxed()),
+        ("user_selected_skills", names()),
+        ("git_url", s()),
+        ("repo_url", s()),
+        ("branch_name", s()),
+        ("branch", s()),
+    ]);
+    // `task_id` and `prompt` are always there, of their own type three times in four.
+    let task_id = prop_oneof![3 => int(), 1 => json_tree(1)];
+    let prompt = prop_oneof![3 => s(), 1 => json_tree(1)];
     let bots = prop_oneof![
-        json_tree(3),
-        prop::collection::vec(bot.clone(), 0..3).prop_map(Value::Array),
-        bot,
+        3 => prop::collection::vec(bot.clone(), 0..3).prop_map(Value::Array),
+        1 => bot,
+        1 => json_tree(3),
     ];
-    (
-        object_with(TASK_KEYS, json_tree(2).boxed()),
-        prop::option::of(bots),
-    )
-        .prop_map(|(mut t, b)| {
-            if let (Some(b), Some(o)) = (b, t.as_object_mut()) {
-                o.insert("bot".into(), b);
-            }
-            t
-        })
+    (task, task_id, prompt, prop::option::of(bots)).prop_map(|(mut t, id, p, b)| {
+        let o = t.as_object_mut().expect("object_of makes objects");
+        o.insert("task_id".into(), id);
+        o.insert("prompt".into(), p);
+        if let Some(b) = b {
+            o.insert("bot".into(), b);
+        }
+        t
+    })
 }
 
 /// Messages shaped like the CLI's stream-json output, with fields of random types.
@@ -222,6 +214,14 @@ fn stream_line() -> impl Strategy<Value = String> {
     ]
 }
 
+/// proptest's defaults (256 cases), without writing regression files next to the sources.
+fn config() -> Config {
+    Config {
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
 fn ctx() -> SubtaskContext {
     SubtaskContext {
         task_id: 7,
@@ -262,6 +262,8 @@ fn check_task(input: &Value) -> Result<(), TestCaseError> {
 }
 
 proptest! {
+    #![proptest_config(config())]
+
     #[test]
     fn task_reader_never_panics_on_any_json(v in json_tree(4)) {
         check_task(&v)?;
@@ -338,6 +340,8 @@ fn run_turn(msgs: &[Value], cancel_at: Option<usize>) -> Result<(), TestCaseErro
 }
 
 proptest! {
+    #![proptest_config(config())]
+
     #[test]
     fn turn_parser_handles_any_json(msgs in prop::collection::vec(json_tree(3), 0..8)) {
         run_turn(&msgs, None)?;
@@ -364,48 +368,31 @@ proptest! {
 
 /// Text built from pieces of secrets and of the syntax around them.
 fn secretish_text() -> impl Strategy<Value = String> {
+    #[rustfmt::skip]
     const PIECES: &[&str] = &[
-        "sk-",
-        "sk-ant-",
-        "api03-",
-        "Bearer ",
-        "basic ",
-        "password",
-        "api_key",
-        "secret",
-        "token",
-        "=",
-        ":",
-        "\"",
-        "'",
-        " ",
-        ",",
-        "}",
-        "@",
-        "/",
-        "://",
-        "https",
-        "git",
-        "u",
-        "ghp_",
-        "xoxb-",
-        "AKIA",
-        "eyJ",
-        ".",
-        "***",
-        "\n",
-        "abcdefgh",
-        "0123456789",
-        "ABCDEFGHIJKLMNOP",
-        "é",
-        "🙂",
-        "-----BEGIN RSA PRIVATE KEY-----",
+        "sk-", "sk-ant-", "api03-", "Bearer ", "basic ", "password=", "api_key: ", "secret",
+        "token", "=", ":", "\"", "'", " ", ",", "}", "@", "/", "https://", "git://", "u:",
+        "ghp_", "xoxb-", "AKIA", "eyJ", ".", "***", "\n", "abcdefgh", "0123456789",
+        "ABCDEFGHIJKLMNOP", "é", "🙂", "-----BEGIN RSA PRIVATE KEY-----",
         "-----END RSA PRIVATE KEY-----",
     ];
-    prop::collection::vec(prop::sample::select(PIECES), 0..24).prop_map(|p| p.concat())
+    prop::collection::vec(prop::sample::select(PIECES), 0..12).prop_map(|p| p.concat())
+}
+
+/// `scheme://user:password@host` URLs whose password holds `key=value` syntax.
+fn credential_url() -> impl Strategy<Value = String> {
+    let scheme = prop::sample::select(&["https://", "git://", "ssh://"][..]);
+    let key = prop::sample::select(&["password=", "token:", "secret=", "api_key=", ""][..]);
+    let sep = prop::sample::select(&[",", "'", "}", " ", ""][..]);
+    let password = ("[a-z]{0,2}", key, "[a-z0-9/]{0,8}", sep, "[a-z]{0,3}")
+        .prop_map(|(a, k, v, s, t)| format!("{a}{k}{v}{s}{t}"));
+    (scheme, "[a-z]{1,4}", password, "[a-z./]{0,8}")
+        .prop_map(|(scheme, user, pw, host)| format!("{scheme}{user}:{pw}@{host}"))
 }
 
 proptest! {
+    #![proptest_config(config())]
+
     #[test]
     fn mask_is_idempotent_on_any_text(s in any::<String>()) {
         let once = mask_str(&s);
@@ -413,7 +400,7 @@ proptest! {
     }
 
     #[test]
-    fn mask_is_idempotent_on_secretish_text(s in secretish_text()) {
+    fn mask_is_idempotent_on_secretish_text(s in prop_oneof![secretish_text(), credential_url()]) {
         let once = mask_str(&s);
         prop_assert_eq!(mask_str(&once), once.clone(), "input {:?}", s);
     }

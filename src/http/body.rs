@@ -71,6 +71,31 @@ pub fn task_id_query() -> impl Filter<Extract = (i64,), Error = warp::Rejection>
         .and_then(|q: String| async move { parse_task_id(&q).map_err(warp::reject::custom) })
 }
 
+/// Decodes `%XX` escapes (and `+` as space); `None` for a malformed escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn parse_task_id(query: &str) -> Result<i64, ApiError> {
     let value = query
         .split('&')
@@ -78,9 +103,11 @@ fn parse_task_id(query: &str) -> Result<i64, ApiError> {
         .find(|(k, _)| *k == "task_id")
         .map(|(_, v)| v)
         .ok_or_else(|| ApiError::Unprocessable("query parameter `task_id` is required".into()))?;
-    value
-        .parse::<i64>()
-        .map_err(|_| ApiError::Unprocessable("query parameter `task_id` must be an integer".into()))
+    percent_decode(value)
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| {
+            ApiError::Unprocessable("query parameter `task_id` must be an integer".into())
+        })
 }
 
 #[cfg(test)]
@@ -91,6 +118,11 @@ mod tests {
     fn task_id_query_parsing() {
         assert_eq!(parse_task_id("task_id=12").unwrap(), 12);
         assert_eq!(parse_task_id("x=1&task_id=-3").unwrap(), -3);
+        assert_eq!(parse_task_id("task_id=%31%32").unwrap(), 12);
+        assert!(matches!(
+            parse_task_id("task_id=%3"),
+            Err(ApiError::Unprocessable(_))
+        ));
         assert!(matches!(parse_task_id(""), Err(ApiError::Unprocessable(_))));
         assert!(matches!(
             parse_task_id("task_id=abc"),

@@ -4,6 +4,7 @@
 //! - [`MockAnthropic`]: a Messages API mock that the real Claude Code CLI talks to;
 //! - [`Executor`]: runs the `executor` binary as a child process and talks HTTP to it;
 //! - [`procs`]: `/proc` helpers to prove no process or zombie is left behind;
+//! - [`raw_http`]: HTTP/1.1 over a plain socket (chunked, slow or oversized bodies);
 //! - [`wait_until`]: the sanctioned way to wait for a condition (never a bare sleep).
 //!
 //! Use it from a test file with `mod common;` and `use common::*;`.
@@ -14,6 +15,7 @@ pub mod callback_receiver;
 pub mod executor_process;
 pub mod mock_anthropic;
 pub mod procs;
+pub mod raw_http;
 mod server;
 pub mod tasks;
 
@@ -29,6 +31,7 @@ pub use procs::{
     children_of, descendants_of, describe, is_alive, process_state, processes_in,
     zombie_children_of,
 };
+pub use raw_http::{post_chunked, request_head, send_raw, Pace, RawResponse};
 pub use tasks::{message_texts, post_task, run_task, seed_task, start_fake, FAKE_WAIT};
 
 use std::time::Duration;
