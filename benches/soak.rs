@@ -84,6 +84,24 @@ async fn main() {
     // Idle blocking-pool threads and pooled connections time out after ~10 s.
     tokio::time::sleep(Duration::from_secs(12)).await; // letting idle timers expire, not a sync
     samples.push(("end + 12 s idle", sample(pid)));
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path())
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let kind = target.split(':').next().unwrap_or("?").to_string();
+        let kind = if kind.starts_with('/') {
+            format!("file {target}")
+        } else {
+            kind
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    println!("open fds at the end by kind: {kinds:?}");
     let leaked = processes_in(exec.workspace()).len();
     let zombies = zombie_children_of(pid).len();
     let terminals = rx.callbacks().iter().filter(|c| is_terminal(c)).count();

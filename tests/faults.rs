@@ -251,3 +251,27 @@ async fn garbage_lines_and_a_10_mb_line_within_the_limit_are_survived() {
     assert_eq!(big["result"]["value"], "fake reply #2 to: big");
     assert_eq!(run(&exec, &rx, 50, 3, "after").await["status"], "COMPLETED");
 }
+
+#[tokio::test]
+async fn a_flood_of_100000_messages_ends_once_with_few_callbacks() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    post_task(&exec, 60, 1, "FAKE:lines:100000\nflood").await;
+    let done = rx.wait_terminal(60, 1, Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "COMPLETED", "{}", exec.logs_tail(20));
+    assert_eq!(done["result"]["value"], "fake reply #1 to: flood");
+    let sent = rx.for_subtask(60, 1).len();
+    assert!(
+        sent < 1_000,
+        "progress is coalesced, not one callback per line: {sent}"
+    );
+    let thinking = done["result"]["thinking"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(
+        thinking <= 200,
+        "the thinking list stays bounded: {thinking}"
+    );
+    assert_eq!(run(&exec, &rx, 60, 2, "after").await["status"], "COMPLETED");
+}

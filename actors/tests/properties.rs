@@ -310,7 +310,8 @@ fn run_turn(msgs: &[Value], cancel_at: Option<usize>) -> Result<(), TestCaseErro
                 cancelled || !matches!(kind, Some("system" | "assistant" | "user")),
                 "a {kind:?} message was ignored: {msg}"
             ),
-            LineOutcome::Progress(p) => {
+            LineOutcome::Progress => {
+                let p = t.progress_event();
                 prop_assert!(!cancelled, "progress after a cancel: {msg}");
                 prop_assert!(
                     matches!(kind, Some("system" | "assistant" | "user")),

@@ -14,6 +14,7 @@ use super::claude_env::claude_env;
 use super::claude_spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
 use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
 use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
+use super::throttle::{Admit, ProgressThrottle};
 use super::{prompt, AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
 use crate::error::AgentError;
@@ -69,6 +70,11 @@ pub enum AgentMsg {
     },
     /// End the process now if no turn runs (asked by the session for the live-process cap).
     Suspend,
+    /// The throttled progress event of process `gen` may go out now.
+    FlushProgress {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
     /// Time to check the running turn (`turn` = the process's turn count when armed).
     Watchdog {
         /// Generation of the process this is about.
@@ -107,6 +113,7 @@ pub struct ClaudeState {
     next_resume: Resume,
     last_output: Instant,
     turn_started: Instant,
+    throttle: ProgressThrottle,
 }
 
 impl Actor for ClaudeCodeAgent {
@@ -138,6 +145,7 @@ impl Actor for ClaudeCodeAgent {
             next_resume: Resume::FromFile,
             last_output: Instant::now(),
             turn_started: Instant::now(),
+            throttle: ProgressThrottle::default(),
         })
     }
 
@@ -176,6 +184,13 @@ impl Actor for ClaudeCodeAgent {
                 st.suspend("idle")
             }
             AgentMsg::Suspend => st.suspend("over the live-process cap"),
+            AgentMsg::FlushProgress { .. } => {
+                if st.throttle.flush(Instant::now()) {
+                    if let Some(turn) = st.turn.as_ref().filter(|t| !t.cancelled) {
+                        st.emit(turn.progress_event());
+                    }
+                }
+            }
             AgentMsg::Watchdog { gen, turn } if gen == st.gen && turn == st.turns_in_process => {
                 st.watchdog(&me)
             }
@@ -385,7 +400,17 @@ impl ClaudeState {
         };
         match turn.on_message(&msg) {
             LineOutcome::Ignore => {}
-            LineOutcome::Progress(p) => self.emit(p),
+            LineOutcome::Progress => match self.throttle.admit(Instant::now()) {
+                Admit::Now => {
+                    let p = turn.progress_event();
+                    self.emit(p);
+                }
+                Admit::Defer(Some(after)) => {
+                    let gen = self.gen;
+                    me.send_after(after, move || AgentMsg::FlushProgress { gen });
+                }
+                Admit::Defer(None) => {}
+            },
             LineOutcome::Finished(status, p) => {
                 if let Some(p) = p {
                     self.emit(p);
@@ -474,6 +499,7 @@ impl ClaudeState {
         }
         turn.cancelled = true;
         let p = turn.cancelled_event();
+        self.throttle.reset();
         let sent = turn.sent;
         self.emit(p);
         if !sent {
@@ -547,6 +573,7 @@ impl ClaudeState {
     }
 
     fn end_turn(&mut self, status: TaskStatus) {
+        self.throttle.reset();
         if let Some(turn) = self.turn.take() {
             let _ = self.args.session.cast(SessionMsg::TurnDone {
                 subtask_id: turn.ctx.subtask_id,

@@ -21,7 +21,9 @@ pub enum LineOutcome {
     /// Nothing to report (not JSON, or a kind we do not relay).
     Ignore,
     /// A progress event to send.
-    Progress(Box<CallbackPayload>),
+    /// A progress event is due; build it with [`Turn::progress_event`] (only when it will
+    /// really be sent: a flood of lines must not build a payload each).
+    Progress,
     /// The turn ended; the payload is its terminal callback (absent for a cancelled turn).
     Finished(TaskStatus, Option<Box<CallbackPayload>>),
 }
@@ -42,6 +44,7 @@ pub struct Turn {
     /// True once the turn was re-sent to a new process (done at most once).
     pub retried: bool,
     open_tools: std::collections::HashSet<String>,
+    last_title: String,
     thinking: Vec<Value>,
 }
 
@@ -56,6 +59,7 @@ impl Turn {
             saw_output: false,
             retried: false,
             open_tools: std::collections::HashSet::new(),
+            last_title: String::new(),
             thinking: Vec::new(),
         }
     }
@@ -142,7 +146,14 @@ impl Turn {
             return LineOutcome::Ignore;
         }
         self.step(title, details);
-        LineOutcome::Progress(self.running(75, &format!("Thinking: {title}")))
+        self.last_title.clear();
+        self.last_title.push_str(title);
+        LineOutcome::Progress
+    }
+
+    /// The RUNNING event for the latest message (progress 75, contract §4.4).
+    pub fn progress_event(&self) -> Box<CallbackPayload> {
+        self.running(75, &format!("Thinking: {}", self.last_title))
     }
 
     fn finish(&mut self, msg: &Value) -> LineOutcome {
@@ -290,11 +301,12 @@ mod tests {
     #[test]
     fn success_sequence() {
         let mut t = turn();
-        let LineOutcome::Progress(p) =
+        let LineOutcome::Progress =
             t.on_message(&json!({"type": "system", "subtype": "init", "session_id": "abc"}))
         else {
             panic!()
         };
+        let p = t.progress_event();
         assert_eq!(
             (p.progress, p.error_message.as_deref()),
             (75, Some("Thinking: thinking.system_message_received"))

@@ -7,6 +7,7 @@ pub mod claude_turn;
 pub mod family;
 pub mod process;
 pub mod prompt;
+pub mod throttle;
 
 use std::sync::Arc;
 
