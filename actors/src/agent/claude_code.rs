@@ -184,11 +184,9 @@ impl Actor for ClaudeCodeAgent {
                 st.suspend("idle")
             }
             AgentMsg::Suspend => st.suspend("over the live-process cap"),
-            AgentMsg::FlushProgress { .. } => {
-                if st.throttle.flush(Instant::now()) {
-                    if let Some(turn) = st.turn.as_ref().filter(|t| !t.cancelled) {
-                        st.emit(turn.progress_event());
-                    }
+            AgentMsg::FlushProgress { .. } if st.throttle.flush(Instant::now()) => {
+                if let Some(turn) = st.turn.as_ref().filter(|t| !t.cancelled) {
+                    st.emit(turn.progress_event());
                 }
             }
             AgentMsg::Watchdog { gen, turn } if gen == st.gen && turn == st.turns_in_process => {
