@@ -15,6 +15,7 @@ use super::claude_spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_I
 use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
 use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
 use super::throttle::{Admit, ProgressThrottle};
+use super::timers::{TimerKind, Timers};
 use super::{prompt, AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
 use crate::error::AgentError;
@@ -114,6 +115,7 @@ pub struct ClaudeState {
     last_output: Instant,
     turn_started: Instant,
     throttle: ProgressThrottle,
+    timers: Timers<AgentMsg>,
 }
 
 impl Actor for ClaudeCodeAgent {
@@ -146,6 +148,7 @@ impl Actor for ClaudeCodeAgent {
             last_output: Instant::now(),
             turn_started: Instant::now(),
             throttle: ProgressThrottle::default(),
+            timers: Timers::default(),
         })
     }
 
@@ -323,9 +326,10 @@ impl ClaudeState {
                 self.exited = None;
                 self.turns_in_process = 0;
                 let gen = self.gen;
-                me.send_after(self.args.cfg.claude.init_timeout, move || {
+                let t = me.send_after(self.args.cfg.claude.init_timeout, move || {
                     AgentMsg::InitTimeout { gen }
                 });
+                self.timers.arm(TimerKind::Init, t);
                 self.tell_session(ProcessState::Started);
             }
         }
@@ -364,7 +368,8 @@ impl ClaudeState {
             ProcessEvent::Exited(info) => {
                 self.exited = Some(info);
                 let gen = self.gen;
-                me.send_after(PIPE_DRAIN_TIMEOUT, move || AgentMsg::DrainDeadline { gen });
+                let t = me.send_after(PIPE_DRAIN_TIMEOUT, move || AgentMsg::DrainDeadline { gen });
+                self.timers.arm(TimerKind::Drain, t);
             }
         }
         if self.stdout_done && self.stderr_done && self.exited.is_some() {
@@ -405,7 +410,8 @@ impl ClaudeState {
                 }
                 Admit::Defer(Some(after)) => {
                     let gen = self.gen;
-                    me.send_after(after, move || AgentMsg::FlushProgress { gen });
+                    let t = me.send_after(after, move || AgentMsg::FlushProgress { gen });
+                    self.timers.arm(TimerKind::Flush, t);
                 }
                 Admit::Defer(None) => {}
             },
@@ -426,6 +432,7 @@ impl ClaudeState {
             .unwrap_or("");
         if id == format!("req_init_{}", self.gen) && !self.ready {
             self.ready = true;
+            self.timers.cancel(TimerKind::Init);
             self.send_turn(me);
         }
     }
@@ -509,9 +516,10 @@ impl ClaudeState {
             p.send_line(req.to_string());
         }
         let gen = self.gen;
-        me.send_after(self.args.cfg.claude.interrupt_timeout, move || {
+        let t = me.send_after(self.args.cfg.claude.interrupt_timeout, move || {
             AgentMsg::InterruptTimeout { gen }
         });
+        self.timers.arm(TimerKind::Interrupt, t);
     }
 
     fn on_process_gone(&mut self, me: &ActorRef<AgentMsg>) {
@@ -597,7 +605,7 @@ impl ClaudeState {
         self.tell_session(ProcessState::Suspended);
     }
 
-    fn arm_watchdog(&self, me: &ActorRef<AgentMsg>) {
+    fn arm_watchdog(&mut self, me: &ActorRef<AgentMsg>) {
         let c = &self.args.cfg.claude;
         let Some(shortest) = [c.silence_timeout, c.tool_timeout, c.turn_timeout]
             .into_iter()
@@ -608,7 +616,8 @@ impl ClaudeState {
         };
         let tick = (shortest / 4).clamp(WATCHDOG_MIN_TICK, WATCHDOG_MAX_TICK);
         let (gen, turn) = (self.gen, self.turns_in_process);
-        me.send_after(tick, move || AgentMsg::Watchdog { gen, turn });
+        let t = me.send_after(tick, move || AgentMsg::Watchdog { gen, turn });
+        self.timers.arm(TimerKind::Watchdog, t);
     }
 
     /// Tells a running tool (silence is normal) from a hung CLI, and enforces the turn limit;
@@ -646,10 +655,11 @@ impl ClaudeState {
         }
     }
 
-    fn arm_idle_timer(&self, me: &ActorRef<AgentMsg>) {
+    fn arm_idle_timer(&mut self, me: &ActorRef<AgentMsg>) {
         if let Some(idle) = self.args.cfg.claude.idle_timeout {
             let (gen, turns) = (self.gen, self.turns_in_process);
-            me.send_after(idle, move || AgentMsg::IdleDeadline { gen, turns });
+            let t = me.send_after(idle, move || AgentMsg::IdleDeadline { gen, turns });
+            self.timers.arm(TimerKind::Idle, t);
         }
     }
 

@@ -8,6 +8,7 @@ pub mod family;
 pub mod process;
 pub mod prompt;
 pub mod throttle;
+pub mod timers;
 
 use std::sync::Arc;
 
