@@ -379,20 +379,19 @@ async fn handle(
         wall: std::time::SystemTime::now(),
         status,
     };
-    if status == 200 && is_terminal(&record.body) {
-        if let (Some(t), Some(s)) = (
-            json_i64(&record.body["task_id"]),
-            json_i64(&record.body["subtask_id"]),
-        ) {
+    let terminal = (status == 200 && is_terminal(&record.body)).then(|| record.body.clone());
+    state.attempts.lock().unwrap().push(record);
+    // Indexed after the push: whoever sees the terminal also sees everything before it.
+    if let Some(body) = terminal {
+        if let (Some(t), Some(s)) = (json_i64(&body["task_id"]), json_i64(&body["subtask_id"])) {
             state
                 .terminals
                 .lock()
                 .unwrap()
                 .entry((t, s))
-                .or_insert_with(|| record.body.clone());
+                .or_insert(body);
         }
     }
-    state.attempts.lock().unwrap().push(record);
     state.events.send_modify(|v| *v += 1);
     let reply = match status {
         200 => json!({"status": "success", "message": "Successfully processed callback"}),
