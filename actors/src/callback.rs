@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::config::CallbackConfig;
 use crate::delivery::deliver;
 use crate::payload::CallbackPayload;
-use crate::spool::{read_record, Record, Spool};
+use crate::spool::{read_record, Spool};
 
 /// How many finished subtasks the relay remembers to drop late events for them.
 const TERMINAL_MEMORY: usize = 10_000;
@@ -53,7 +53,29 @@ struct TaskQueue {
     write: u64,
     appending: usize,
     in_flight: bool,
+    since_ack: u32,
+    /// Bodies sent to the spool whose append is not confirmed yet, in order.
+    unconfirmed: VecDeque<(Arc<Vec<u8>>, u64)>,
+    /// Spooled records still in memory, so delivery need not read them back from disk.
+    cache: VecDeque<Cached>,
 }
+
+/// A spooled record kept in memory: bytes `start..end` of the task's file.
+#[derive(Debug)]
+struct Cached {
+    start: u64,
+    end: u64,
+    body: Arc<Vec<u8>>,
+    seq: u64,
+}
+
+/// Most bytes of spooled bodies kept in memory; beyond it delivery reads them from disk, so a
+/// long receiver outage costs disk, not memory.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Deliveries between two writes of a task's acknowledgement (a crash may resend at most
+/// this many; `X-Callback-Sequence` lets the receiver drop them).
+const ACK_EVERY: u32 = 16;
 
 /// State of the [`CallbackRelay`].
 pub struct RelayState {
@@ -65,6 +87,7 @@ pub struct RelayState {
     finished: HashSet<(i64, i64)>,
     finished_order: VecDeque<(i64, i64)>,
     flush_waiters: Vec<RpcReplyPort<()>>,
+    cached_bytes: usize,
 }
 
 impl Actor for CallbackRelay {
@@ -87,6 +110,7 @@ impl Actor for CallbackRelay {
             finished: HashSet::new(),
             finished_order: VecDeque::new(),
             flush_waiters: Vec::new(),
+            cached_bytes: 0,
         };
         if st.cfg.url.is_some() {
             let relay = me.clone();
@@ -167,19 +191,23 @@ impl RelayState {
             self.next_seq.remove(&key);
             self.remember_finished(key);
         }
-        let record = Record {
-            seq,
-            subtask_id: p.subtask_id,
-            body: serde_json::to_value(p).unwrap_or_default(),
-        };
-        match serde_json::to_vec(&record) {
-            Ok(line) => {
-                self.queues.entry(p.task_id).or_default().appending += 1;
-                if let Some(spool) = &self.spool {
-                    spool.append(p.task_id, line);
-                }
+        let body = match serde_json::to_vec(p) {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!("cannot serialise callback for task {}: {e}", p.task_id);
+                return;
             }
-            Err(e) => tracing::error!("cannot serialise callback for task {}: {e}", p.task_id),
+        };
+        // The record line embeds the serialised body as is (serialised once).
+        let mut line =
+            format!(r#"{{"seq":{seq},"subtask_id":{},"body":"#, p.subtask_id).into_bytes();
+        line.extend_from_slice(&body);
+        line.push(b'}');
+        let q = self.queues.entry(p.task_id).or_default();
+        q.appending += 1;
+        q.unconfirmed.push_back((body, seq));
+        if let Some(spool) = &self.spool {
+            spool.append(p.task_id, line);
         }
     }
 
@@ -188,8 +216,23 @@ impl RelayState {
             return;
         };
         q.appending = q.appending.saturating_sub(1);
+        let sent = q.unconfirmed.pop_front();
         match end {
-            Ok(end) => q.write = end,
+            Ok(end) => {
+                let start = q.write;
+                q.write = end;
+                if let Some((body, seq)) = sent {
+                    if self.cached_bytes + body.len() <= CACHE_BYTES {
+                        self.cached_bytes += body.len();
+                        q.cache.push_back(Cached {
+                            start,
+                            end,
+                            body,
+                            seq,
+                        });
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!("[CALLBACK_FAIL] task_id={task_id}: cannot spool a callback: {e}")
             }
@@ -203,8 +246,17 @@ impl RelayState {
         if let Some(q) = self.queues.get_mut(&task_id) {
             q.in_flight = false;
             q.read = next.max(q.read);
-            if let Some(spool) = &self.spool {
-                spool.ack(task_id, q.read);
+            while q.cache.front().is_some_and(|c| c.end <= q.read) {
+                if let Some(c) = q.cache.pop_front() {
+                    self.cached_bytes = self.cached_bytes.saturating_sub(c.body.len());
+                }
+            }
+            q.since_ack += 1;
+            if q.since_ack >= ACK_EVERY && q.read < q.write {
+                q.since_ack = 0;
+                if let Some(spool) = &self.spool {
+                    spool.ack(task_id, q.read);
+                }
             }
         }
         self.start_delivery(me, task_id);
@@ -236,6 +288,15 @@ impl RelayState {
         }
         q.in_flight = true;
         let (offset, write) = (q.read, q.write);
+        if let Some(c) = q.cache.front().filter(|c| c.start == offset) {
+            let (body, seq, next) = (c.body.clone(), c.seq, c.end);
+            let (client, cfg, me) = (self.client.clone(), self.cfg.clone(), me.clone());
+            tokio::spawn(async move {
+                deliver(&client, &url, &body, seq, &cfg, task_id).await;
+                let _ = me.cast(CallbackMsg::Done { task_id, next });
+            });
+            return;
+        }
         let (client, cfg, dir, me) = (
             self.client.clone(),
             self.cfg.clone(),

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 
 /// One spooled event.
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,7 +48,7 @@ enum Op {
 #[derive(Clone)]
 pub struct Spool {
     dir: PathBuf,
-    tx: mpsc::UnboundedSender<Op>,
+    tx: std::sync::mpsc::Sender<Op>,
 }
 
 /// Path of a task's log file.
@@ -62,16 +61,21 @@ fn ack_path(dir: &Path, task_id: i64) -> PathBuf {
 }
 
 impl Spool {
-    /// Opens (creating) the spool directory and starts the writer; `appended(task_id, end)` is
-    /// called after each append with the new end of that task's file.
+    /// Opens (creating) the spool directory and starts the writer thread; `appended(task_id,
+    /// end)` is called after each append with the new end of that task's file.
     pub async fn open(
         dir: PathBuf,
         appended: impl Fn(i64, std::io::Result<u64>) + Send + 'static,
     ) -> std::io::Result<(Self, Vec<Recovered>)> {
         tokio::fs::create_dir_all(&dir).await?;
         let recovered = recover(&dir).await;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(dir.clone(), rx, appended));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wdir = dir.clone();
+        // A plain thread: every spool write is a small blocking syscall, cheaper done in place
+        // than handed to tokio's blocking pool one by one.
+        std::thread::Builder::new()
+            .name("callback-spool".into())
+            .spawn(move || writer(&wdir, &rx, appended))?;
         Ok((Self { dir, tx }, recovered))
     }
 
@@ -96,22 +100,20 @@ impl Spool {
     }
 }
 
-async fn writer(
-    dir: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<Op>,
+fn writer(
+    dir: &Path,
+    rx: &std::sync::mpsc::Receiver<Op>,
     appended: impl Fn(i64, std::io::Result<u64>),
 ) {
-    let mut open: HashMap<i64, tokio::fs::File> = HashMap::new();
-    while let Some(op) = rx.recv().await {
+    let mut open: HashMap<i64, (std::fs::File, u64)> = HashMap::new();
+    while let Ok(op) = rx.recv() {
         match op {
             Op::Append { task_id, mut line } => {
                 line.push(b'\n');
-                let res = append(&dir, &mut open, task_id, &line).await;
-                appended(task_id, res);
+                appended(task_id, append(dir, &mut open, task_id, &line));
             }
             Op::Ack { task_id, offset } => {
-                if let Err(e) = tokio::fs::write(ack_path(&dir, task_id), offset.to_string()).await
-                {
+                if let Err(e) = std::fs::write(ack_path(dir, task_id), offset.to_string()) {
                     tracing::warn!(
                         "callback spool: cannot record delivery for task {task_id}: {e}"
                     );
@@ -119,33 +121,36 @@ async fn writer(
             }
             Op::Remove { task_id } => {
                 open.remove(&task_id);
-                let _ = tokio::fs::remove_file(log_path(&dir, task_id)).await;
-                let _ = tokio::fs::remove_file(ack_path(&dir, task_id)).await;
+                let _ = std::fs::remove_file(log_path(dir, task_id));
+                let _ = std::fs::remove_file(ack_path(dir, task_id));
             }
         }
     }
 }
 
-async fn append(
+fn append(
     dir: &Path,
-    open: &mut HashMap<i64, tokio::fs::File>,
+    open: &mut HashMap<i64, (std::fs::File, u64)>,
     task_id: i64,
     line: &[u8],
 ) -> std::io::Result<u64> {
-    let f = match open.entry(task_id) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (f, end) = match open.entry(task_id) {
         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-        std::collections::hash_map::Entry::Vacant(v) => v.insert(
-            tokio::fs::OpenOptions::new()
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
-                .open(log_path(dir, task_id))
-                .await?,
-        ),
+                .open(log_path(dir, task_id))?;
+            let len = f.metadata()?.len();
+            v.insert((f, len))
+        }
     };
-    f.write_all(line).await?;
-    f.flush().await?;
-    Ok(f.metadata().await?.len())
+    f.write_all(line)?;
+    *end += line.len() as u64;
+    Ok(*end)
 }
 
 /// Reads the record starting at `offset`; returns it (or `None` for a corrupt line) and the

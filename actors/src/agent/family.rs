@@ -29,11 +29,23 @@ pub fn new_marker(task_id: i64) -> String {
     )
 }
 
+/// Set once the executor is a subreaper: escaped processes are then always below it.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long a `/proc` scan is reused: closing 500 sessions at once must not scan 500 times.
+const TABLE_TTL: std::time::Duration = std::time::Duration::from_millis(25);
+
+type Table = std::sync::Arc<Vec<(u32, u32, char)>>;
+
+static TABLE: LazyLock<Mutex<Option<(std::time::Instant, Table)>>> =
+    LazyLock::new(|| Mutex::new(None));
+
 /// Makes the executor adopt orphaned descendants instead of init (Linux only).
 pub fn become_subreaper() -> std::io::Result<()> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc == 0 {
+        SUBREAPER.store(true, Ordering::Relaxed);
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
@@ -49,6 +61,19 @@ pub fn managed() -> MutexGuard<'static, HashSet<u32>> {
 /// Forgets a pid once tokio has reaped it.
 pub fn unregister(pid: u32) {
     managed().remove(&pid);
+}
+
+/// A recent `(pid, ppid, state)` table (at most [`TABLE_TTL`] old).
+fn recent_table() -> Table {
+    let mut guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, t)) = guard.as_ref() {
+        if at.elapsed() < TABLE_TTL {
+            return t.clone();
+        }
+    }
+    let t: Table = std::sync::Arc::new(process_table());
+    *guard = Some((std::time::Instant::now(), t.clone()));
+    t
 }
 
 /// `(pid, ppid, state)` of every process, from `/proc/<pid>/stat`.
@@ -70,15 +95,18 @@ fn process_table() -> Vec<(u32, u32, char)> {
 
 /// Every living descendant of `root` (children, grandchildren, ...).
 pub fn descendants(root: u32) -> Vec<u32> {
-    let table = process_table();
+    descendants_in(&recent_table(), &[root])
+}
+
+fn descendants_in(table: &[(u32, u32, char)], roots: &[u32]) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (pid, ppid, state) in &table {
+    for (pid, ppid, state) in table {
         if *state != 'Z' {
             children.entry(*ppid).or_default().push(*pid);
         }
     }
     let mut out = Vec::new();
-    let mut stack = vec![root];
+    let mut stack = roots.to_vec();
     while let Some(p) = stack.pop() {
         for c in children.get(&p).into_iter().flatten() {
             out.push(*c);
@@ -88,18 +116,37 @@ pub fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// Living processes whose environment carries `marker`.
+/// Living processes whose environment carries `marker`. As a subreaper, a process that left
+/// the agent's tree was adopted by the executor, so only adopted processes and their
+/// descendants need their environment read; otherwise every process is checked.
 pub fn marked(marker: &str) -> Vec<u32> {
     let needle = format!("{MARKER_ENV}={marker}\0");
-    process_table()
+    let table = recent_table();
+    let candidates: Vec<u32> = if SUBREAPER.load(Ordering::Relaxed) {
+        let me = std::process::id();
+        let managed = managed().clone();
+        let adopted: Vec<u32> = table
+            .iter()
+            .filter(|(pid, ppid, state)| *ppid == me && *state != 'Z' && !managed.contains(pid))
+            .map(|(pid, _, _)| *pid)
+            .collect();
+        let mut all = descendants_in(&table, &adopted);
+        all.extend(adopted);
+        all
+    } else {
+        table
+            .iter()
+            .filter(|(_, _, s)| *s != 'Z')
+            .map(|(pid, _, _)| *pid)
+            .collect()
+    };
+    candidates
         .into_iter()
-        .filter(|(_, _, state)| *state != 'Z')
-        .filter(|(pid, _, _)| {
+        .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
                 .unwrap_or(false)
         })
-        .map(|(pid, _, _)| pid)
         .collect()
 }
 
