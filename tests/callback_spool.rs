@@ -47,8 +47,12 @@ async fn callbacks_survive_a_down_receiver_and_an_executor_crash() {
     post_task(&exec, 1, 1, "first").await;
     post_task(&exec, 1, 2, "second").await;
     post_task(&exec, 2, 1, "other task").await;
+    // Task 3 is mid-turn when the executor dies.
+    post_task(&exec, 3, 1, "FAKE:sleep:60000\nstill running").await;
+    let task3 = ws.path().join(".callback-spool/task-3.log");
     let spooled = wait_until(Duration::from_secs(15), || {
         spool_text(ws.path()).matches("COMPLETED").count() == 3
+            && std::fs::read_to_string(&task3).is_ok_and(|t| t.contains("\"progress\":60"))
     })
     .await;
     assert!(
@@ -69,7 +73,13 @@ async fn callbacks_survive_a_down_receiver_and_an_executor_crash() {
         let done = rx.wait_terminal(t, s, Duration::from_secs(15)).await;
         assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     }
+    rx.wait_for(Duration::from_secs(15), |cbs| cbs.len() >= events_spooled)
+        .await;
     let got = rx.received();
+    assert!(
+        got.iter().any(|c| c.body["task_id"] == 3),
+        "the interrupted subtask's events are replayed too"
+    );
     assert_eq!(
         got.len(),
         events_spooled,
