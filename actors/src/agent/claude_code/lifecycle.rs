@@ -1,0 +1,172 @@
+//! The end of turns and processes: failures, suspension, the liveness watchdog and timers.
+
+use ractor::ActorRef;
+
+use super::*;
+
+impl ClaudeState {
+    pub(super) fn on_process_gone(&mut self, me: &ActorRef<AgentMsg>) {
+        let Some(p) = self.proc.take() else { return };
+        self.tell_session(ProcessState::Ended);
+        let exit = self.exited.unwrap_or(ExitInfo {
+            code: None,
+            signal: None,
+        });
+        tracing::info!(
+            "task {}: Claude Code process {} ended ({exit})",
+            self.args.task_id,
+            p.pid()
+        );
+        self.ready = false;
+        if self.turn.as_ref().is_some_and(|t| t.cancelled) {
+            return self.end_turn(TaskStatus::Cancelled);
+        }
+        if let Some(turn) = self
+            .turn
+            .as_mut()
+            .filter(|t| t.sent && !t.saw_output && !t.retried)
+        {
+            // The process died before it even started this turn (e.g. it exited right after
+            // the previous result): run the turn once more on a fresh process.
+            tracing::warn!(
+                "task {}: the CLI exited before answering; retrying on a new process",
+                self.args.task_id
+            );
+            turn.sent = false;
+            turn.retried = true;
+            return self.start_spawn(me);
+        }
+        let tail = p.stderr_tail();
+        let mut msg = format!("Claude Code process exited unexpectedly ({exit})");
+        if !tail.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(&tail.join("\n"));
+        }
+        drop(p);
+        self.fail_turn(&msg);
+    }
+
+    /// Ends the running turn with a `FAILED` callback (no-op without a turn).
+    pub(super) fn fail_turn(&mut self, message: &str) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        tracing::warn!(
+            "task {}: subtask {} failed: {message}",
+            self.args.task_id,
+            turn.ctx.subtask_id
+        );
+        let p = turn.failed(message);
+        self.emit(p);
+        self.end_turn(TaskStatus::Failed);
+    }
+
+    pub(super) fn end_turn(&mut self, status: TaskStatus) {
+        self.throttle.reset();
+        if let Some(turn) = self.turn.take() {
+            let _ = self.args.session.cast(SessionMsg::TurnDone {
+                subtask_id: turn.ctx.subtask_id,
+                status,
+            });
+        }
+    }
+
+    pub(super) fn tell_session(&self, state: ProcessState) {
+        let _ = self.args.session.cast(SessionMsg::Process(state));
+    }
+
+    /// Ends an idle process to free memory; the next subtask resumes the conversation.
+    pub(super) fn suspend(&mut self, why: &str) {
+        if self.turn.is_some() || self.proc.is_none() {
+            return;
+        }
+        tracing::info!(
+            "task {}: suspending the Claude Code process ({why}); the next subtask resumes",
+            self.args.task_id
+        );
+        self.retire_process();
+        self.tell_session(ProcessState::Suspended);
+    }
+
+    pub(super) fn arm_watchdog(&mut self, me: &ActorRef<AgentMsg>) {
+        let c = &self.args.cfg.claude;
+        let Some(shortest) = [c.silence_timeout, c.tool_timeout, c.turn_timeout]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            return;
+        };
+        let tick = (shortest / 4).clamp(WATCHDOG_MIN_TICK, WATCHDOG_MAX_TICK);
+        let (gen, turn) = (self.gen, self.turns_in_process);
+        let t = me.send_after(tick, move || AgentMsg::Watchdog { gen, turn });
+        self.timers.arm(TimerKind::Watchdog, t);
+    }
+
+    /// Tells a running tool (silence is normal) from a hung CLI, and enforces the turn limit;
+    /// either failure ends the turn with its own reason and ends the process.
+    pub(super) fn watchdog(&mut self, me: &ActorRef<AgentMsg>) {
+        let Some(turn) = self.turn.as_ref().filter(|t| t.sent && !t.cancelled) else {
+            return;
+        };
+        let c = &self.args.cfg.claude;
+        let (silent, age) = (self.last_output.elapsed(), self.turn_started.elapsed());
+        let verdict = if c.turn_timeout.is_some_and(|limit| age > limit) {
+            Some(format!(
+                "the turn exceeded its time limit of {} s (TURN_TIMEOUT_SECS)",
+                age.as_secs()
+            ))
+        } else if turn.tool_open() {
+            c.tool_timeout.filter(|limit| silent > *limit).map(|limit| {
+                format!(
+                    "a tool ran for {} s without output (limit {} s, WATCHDOG_TOOL_SECS)",
+                    silent.as_secs(),
+                    limit.as_secs()
+                )
+            })
+        } else {
+            c.silence_timeout.filter(|limit| silent > *limit).map(|limit| {
+                format!("Claude Code CLI gave no output for {} s with no tool running; it looks hung (limit {} s, WATCHDOG_SILENCE_SECS)", silent.as_secs(), limit.as_secs())
+            })
+        };
+        match verdict {
+            Some(reason) => {
+                self.fail_turn(&reason);
+                self.discard_process();
+            }
+            None => self.arm_watchdog(me),
+        }
+    }
+
+    pub(super) fn arm_idle_timer(&mut self, me: &ActorRef<AgentMsg>) {
+        if let Some(idle) = self.args.cfg.claude.idle_timeout {
+            let (gen, turns) = (self.gen, self.turns_in_process);
+            let t = me.send_after(idle, move || AgentMsg::IdleDeadline { gen, turns });
+            self.timers.arm(TimerKind::Idle, t);
+        }
+    }
+
+    /// Drops the current process at once: its group gets SIGKILL (in `Drop`), its reaper still
+    /// reaps it, and its remaining events are ignored.
+    pub(super) fn discard_process(&mut self) {
+        self.gen += 1;
+        self.ready = false;
+        self.spawning = false;
+        if self.proc.take().is_some() {
+            self.tell_session(ProcessState::Ended);
+        }
+    }
+
+    /// Lets the current process end gracefully in the background (its events are ignored).
+    pub(super) fn retire_process(&mut self) {
+        self.gen += 1;
+        self.ready = false;
+        self.spawning = false;
+        if let Some(mut p) = self.proc.take() {
+            let stop = self.args.cfg.stop;
+            tokio::spawn(async move {
+                p.terminate(stop).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The Claude Code agent actor: one long-lived `claude` process per session, driven over
+//! stream-json (research/claude-code-cli.md §0–1). The same process serves every subtask of the
+//! task, so the conversation continues. A process that dies, wedges or idles too long is
+//! replaced by a new one started with `--resume=<saved id>`, so the conversation survives that
+//! too (and an executor restart, since transcripts live in the task's own config directory).
+//!
+//! This file holds the messages, the state and the dispatch; `turn_flow` runs a turn (spawn,
+//! prompt, stream-json, control requests, resume fallback, cancel) and `lifecycle` ends turns
+//! and processes (failures, suspension, watchdog).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+mod lifecycle;
+mod turn_flow;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::claude_env::claude_env;
+use super::claude_spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
+use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
+use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
+use super::throttle::{Admit, ProgressThrottle};
+use super::timers::{TimerKind, Timers};
+use super::{prompt, AgentArgs, TurnRequest};
+use crate::callback::CallbackMsg;
+use crate::error::AgentError;
+use crate::payload::{CallbackPayload, TaskStatus};
+use crate::session::{ProcessState, SessionMsg};
+use crate::task::TaskSpec;
+
+/// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
+/// process counts as gone anyway.
+const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Bounds of the watchdog's check interval (a quarter of the shortest limit).
+const WATCHDOG_MIN_TICK: Duration = Duration::from_millis(100);
+const WATCHDOG_MAX_TICK: Duration = Duration::from_secs(5);
+
+/// What the CLI says when `--resume` names a conversation it does not have.
+const NO_CONVERSATION: &str = "No conversation found";
+
+/// Messages of the [`ClaudeCodeAgent`].
+pub enum AgentMsg {
+    /// Run one subtask; the session sends the next only after `TurnDone`.
+    Turn(Box<TurnRequest>),
+    /// Cancel the running subtask.
+    Interrupt,
+    /// The spawn task finished (generation `gen`).
+    Spawned {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// The process, or why it could not start.
+        result: Result<Started, AgentError>,
+    },
+    /// Something happened on process `gen`'s pipes.
+    Process {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// What happened.
+        event: ProcessEvent,
+    },
+    /// The initialize deadline of process `gen` passed.
+    InitTimeout {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
+    /// After process `gen` exited, the time its pipes had to drain passed.
+    DrainDeadline {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
+    /// The deadline for the interrupted turn's `result` passed.
+    InterruptTimeout {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
+    /// End the process now if no turn runs (asked by the session for the live-process cap).
+    Suspend,
+    /// The throttled progress event of process `gen` may go out now.
+    FlushProgress {
+        /// Generation of the process this is about.
+        gen: u64,
+    },
+    /// Time to check the running turn (`turn` = the process's turn count when armed).
+    Watchdog {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// Which turn of that process.
+        turn: u32,
+    },
+    /// The idle time after turn number `turns` of process `gen` passed.
+    IdleDeadline {
+        /// Generation of the process this is about.
+        gen: u64,
+        /// Turns the process had served when the timer was set.
+        turns: u32,
+    },
+}
+
+/// The actor; see the module docs.
+pub struct ClaudeCodeAgent;
+
+/// State of the [`ClaudeCodeAgent`].
+pub struct ClaudeState {
+    args: AgentArgs,
+    cwd: PathBuf,
+    proc: Option<AgentProcess>,
+    gen: u64,
+    spawning: bool,
+    ready: bool,
+    stdout_done: bool,
+    stderr_done: bool,
+    exited: Option<ExitInfo>,
+    turns_in_process: u32,
+    turn: Option<Turn>,
+    spec: Option<TaskSpec>,
+    claude_session: Option<String>,
+    resumed_with: Option<String>,
+    next_resume: Resume,
+    last_output: Instant,
+    turn_started: Instant,
+    throttle: ProgressThrottle,
+    timers: Timers<AgentMsg>,
+}
+
+impl Actor for ClaudeCodeAgent {
+    type Msg = AgentMsg;
+    type State = ClaudeState;
+    type Arguments = AgentArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> Result<ClaudeState, ActorProcessingErr> {
+        let cwd = args.cfg.workspace_root.join(args.task_id.to_string());
+        Ok(ClaudeState {
+            args,
+            cwd,
+            proc: None,
+            gen: 0,
+            spawning: false,
+            ready: false,
+            stdout_done: false,
+            stderr_done: false,
+            exited: None,
+            turns_in_process: 0,
+            turn: None,
+            spec: None,
+            claude_session: None,
+            resumed_with: None,
+            next_resume: Resume::FromFile,
+            last_output: Instant::now(),
+            turn_started: Instant::now(),
+            throttle: ProgressThrottle::default(),
+            timers: Timers::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<AgentMsg>,
+        msg: AgentMsg,
+        st: &mut ClaudeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AgentMsg::Turn(req) => st.on_turn(&me, *req),
+            AgentMsg::Interrupt => st.on_interrupt(&me),
+            AgentMsg::Spawned { gen, result } if gen == st.gen => st.on_spawned(&me, result),
+            AgentMsg::Process { gen, event } if gen == st.gen => st.on_event(&me, event),
+            AgentMsg::DrainDeadline { gen } if gen == st.gen => st.on_process_gone(&me),
+            AgentMsg::InitTimeout { gen } if gen == st.gen && !st.ready && st.proc.is_some() => {
+                let secs = st.args.cfg.claude.init_timeout.as_secs();
+                st.fail_turn(&format!(
+                    "Claude Code CLI did not answer the initialize request within {secs} s"
+                ));
+                st.discard_process();
+            }
+            AgentMsg::InterruptTimeout { gen }
+                if gen == st.gen && st.turn.as_ref().is_some_and(|t| t.cancelled) =>
+            {
+                tracing::warn!(
+                    "task {}: interrupted turn did not end in time; killing the CLI",
+                    st.args.task_id
+                );
+                st.discard_process();
+                st.end_turn(TaskStatus::Cancelled);
+            }
+            AgentMsg::IdleDeadline { gen, turns }
+                if gen == st.gen && turns == st.turns_in_process =>
+            {
+                st.suspend("idle")
+            }
+            AgentMsg::Suspend => st.suspend("over the live-process cap"),
+            AgentMsg::FlushProgress { .. } if st.throttle.flush(Instant::now()) => {
+                if let Some(turn) = st.turn.as_ref().filter(|t| !t.cancelled) {
+                    st.emit(turn.progress_event());
+                }
+            }
+            AgentMsg::Watchdog { gen, turn } if gen == st.gen && turn == st.turns_in_process => {
+                st.watchdog(&me)
+            }
+            _ => {} // events of a retired process, or deadlines that no longer apply
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<AgentMsg>,
+        st: &mut ClaudeState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(mut p) = st.proc.take() {
+            let how = p.terminate(st.args.cfg.stop).await;
+            tracing::info!(
+                "task {}: Claude Code process {} stopped ({how:?})",
+                st.args.task_id,
+                p.pid()
+            );
+        }
+        Ok(())
+    }
+}

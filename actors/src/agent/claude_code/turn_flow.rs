@@ -1,0 +1,319 @@
+//! Running a turn: spawning the CLI, sending the prompt, reading its stream-json output,
+//! control requests, resume fallback and cancel.
+
+use std::time::Instant;
+
+use ractor::ActorRef;
+use serde_json::{json, Value};
+
+use super::*;
+
+impl ClaudeState {
+    pub(super) fn emit(&self, p: Box<CallbackPayload>) {
+        let _ = self.args.callbacks.cast(CallbackMsg::Send(p));
+    }
+
+    pub(super) fn on_turn(&mut self, me: &ActorRef<AgentMsg>, req: TurnRequest) {
+        let turn = Turn::new(req.ctx, String::new());
+        if self.turn.is_some() {
+            tracing::error!(
+                "task {}: a turn arrived while another runs; refusing it",
+                self.args.task_id
+            );
+            let mut t = turn;
+            self.emit(t.failed("internal error: the agent is busy with another subtask"));
+            return;
+        }
+        self.emit(turn.running(55, INIT_MESSAGE));
+        self.turn = Some(turn);
+        if req.spec.new_session {
+            tracing::info!(
+                "task {}: new_session requested; starting a fresh conversation",
+                self.args.task_id
+            );
+            self.retire_process();
+            self.claude_session = None;
+            self.next_resume = Resume::Fresh;
+        }
+        self.spec = Some(req.spec);
+        if self.ready {
+            self.send_turn(me);
+        } else if !self.spawning && self.proc.is_none() {
+            self.start_spawn(me);
+        }
+    }
+
+    pub(super) fn start_spawn(&mut self, me: &ActorRef<AgentMsg>) {
+        let Some(spec) = self.spec.clone() else {
+            return;
+        };
+        let cfg = self.args.cfg.clone();
+        let config_dir = self.cwd.join(CONFIG_DIR);
+        let env = match claude_env(&cfg, &spec.bot, &config_dir, std::env::vars()) {
+            Ok(env) => env,
+            Err(e) => return self.fail_turn(&e.to_string()),
+        };
+        self.gen += 1;
+        self.spawning = true;
+        let resume = match std::mem::replace(&mut self.next_resume, Resume::FromFile) {
+            Resume::FromFile => self
+                .claude_session
+                .clone()
+                .map_or(Resume::FromFile, Resume::Id),
+            other => other,
+        };
+        let bot = spec.bot.clone();
+        let job = Launch {
+            spec: SpawnSpec {
+                program: cfg.claude.bin.clone(),
+                args: Vec::new(),
+                env,
+                cwd: self.cwd.clone(),
+                max_line_bytes: cfg.claude.max_line_bytes,
+                marker: crate::agent::family::new_marker(self.args.task_id),
+            },
+            config_dir,
+            mcp_servers: spec.bot.mcp_servers.clone(),
+            resume,
+            bot,
+        };
+        let (gen, me) = (self.gen, me.clone());
+        tokio::spawn(async move {
+            let sink_me = me.clone();
+            let result = launch(job, move |event| {
+                sink_me.cast(AgentMsg::Process { gen, event }).is_ok()
+            })
+            .await;
+            if let Err(ractor::MessagingErr::SendErr(AgentMsg::Spawned { result: Ok(s), .. })) =
+                me.cast(AgentMsg::Spawned { gen, result })
+            {
+                drop(s); // the actor is gone: Drop kills the process group
+            }
+        });
+    }
+
+    pub(super) fn on_spawned(
+        &mut self,
+        me: &ActorRef<AgentMsg>,
+        result: Result<Started, AgentError>,
+    ) {
+        self.spawning = false;
+        match result {
+            Err(e) => self.fail_turn(&e.to_string()),
+            Ok(Started { process, resumed }) => {
+                tracing::info!(
+                    "task {}: started Claude Code process {}{}",
+                    self.args.task_id,
+                    process.pid(),
+                    resumed
+                        .as_deref()
+                        .map(|id| format!(" resuming {id}"))
+                        .unwrap_or_default()
+                );
+                let init = json!({"type": "control_request", "request_id": format!("req_init_{}", self.gen),
+                                  "request": {"subtype": "initialize", "hooks": null}});
+                process.send_line(init.to_string());
+                self.proc = Some(process);
+                self.resumed_with = resumed;
+                self.ready = false;
+                self.stdout_done = false;
+                self.stderr_done = false;
+                self.exited = None;
+                self.turns_in_process = 0;
+                let gen = self.gen;
+                let t = me.send_after(self.args.cfg.claude.init_timeout, move || {
+                    AgentMsg::InitTimeout { gen }
+                });
+                self.timers.arm(TimerKind::Init, t);
+                self.tell_session(ProcessState::Started);
+            }
+        }
+    }
+
+    pub(super) fn send_turn(&mut self, me: &ActorRef<AgentMsg>) {
+        let first = self.turns_in_process == 0;
+        let (Some(turn), Some(proc), Some(spec)) =
+            (self.turn.as_mut(), self.proc.as_ref(), self.spec.as_ref())
+        else {
+            return;
+        };
+        if turn.sent || turn.cancelled {
+            return;
+        }
+        turn.prompt = prompt::shape(spec, &self.cwd, first);
+        turn.sent = proc.send_line(turn.user_line());
+        let p = turn.running(60, INIT_MESSAGE);
+        self.turns_in_process += 1;
+        self.emit(p);
+        self.last_output = Instant::now();
+        self.turn_started = self.last_output;
+        self.arm_watchdog(me);
+    }
+
+    pub(super) fn on_event(&mut self, me: &ActorRef<AgentMsg>, event: ProcessEvent) {
+        match event {
+            ProcessEvent::Line(line) => self.on_line(me, &line),
+            ProcessEvent::StdoutFailed(reason) => {
+                self.fail_turn(&reason);
+                self.discard_process();
+                return;
+            }
+            ProcessEvent::StdoutClosed => self.stdout_done = true,
+            ProcessEvent::StderrClosed => self.stderr_done = true,
+            ProcessEvent::Exited(info) => {
+                self.exited = Some(info);
+                let gen = self.gen;
+                let t = me.send_after(PIPE_DRAIN_TIMEOUT, move || AgentMsg::DrainDeadline { gen });
+                self.timers.arm(TimerKind::Drain, t);
+            }
+        }
+        if self.stdout_done && self.stderr_done && self.exited.is_some() {
+            self.on_process_gone(me);
+        }
+    }
+
+    pub(super) fn on_line(&mut self, me: &ActorRef<AgentMsg>, line: &str) {
+        self.last_output = Instant::now();
+        if !line.trim_start().starts_with('{') {
+            return;
+        }
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            tracing::debug!(
+                "task {}: skipping a non-JSON stdout line",
+                self.args.task_id
+            );
+            return;
+        };
+        match msg.get("type").and_then(Value::as_str) {
+            Some("control_response") => return self.on_control_response(me, &msg),
+            Some("control_request") => return self.answer_control_request(&msg),
+            Some("result") if self.resume_failed(&msg) => return self.fall_back_to_fresh(me),
+            _ => {}
+        }
+        if let Some(id) = msg.get("session_id").and_then(Value::as_str) {
+            self.remember_session(id);
+        }
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        match turn.on_message(&msg) {
+            LineOutcome::Ignore => {}
+            LineOutcome::Progress => match self.throttle.admit(Instant::now()) {
+                Admit::Now => {
+                    let p = turn.progress_event();
+                    self.emit(p);
+                }
+                Admit::Defer(Some(after)) => {
+                    let gen = self.gen;
+                    let t = me.send_after(after, move || AgentMsg::FlushProgress { gen });
+                    self.timers.arm(TimerKind::Flush, t);
+                }
+                Admit::Defer(None) => {}
+            },
+            LineOutcome::Finished(status, p) => {
+                if let Some(p) = p {
+                    self.emit(p);
+                }
+                self.end_turn(status);
+                self.arm_idle_timer(me);
+            }
+        }
+    }
+
+    pub(super) fn on_control_response(&mut self, me: &ActorRef<AgentMsg>, msg: &Value) {
+        let id = msg
+            .pointer("/response/request_id")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if id == format!("req_init_{}", self.gen) && !self.ready {
+            self.ready = true;
+            self.timers.cancel(TimerKind::Init);
+            self.send_turn(me);
+        }
+    }
+
+    /// Every request from the CLI gets an answer, so a turn never waits on us: tool use is
+    /// allowed (the executor runs in bypass mode), anything else is refused.
+    pub(super) fn answer_control_request(&self, msg: &Value) {
+        let id = msg.get("request_id").cloned().unwrap_or(Value::Null);
+        let request = msg.get("request").cloned().unwrap_or(Value::Null);
+        let reply = match request.get("subtype").and_then(Value::as_str) {
+            Some("can_use_tool") => {
+                json!({"type": "control_response", "response": {"subtype": "success", "request_id": id,
+                "response": {"behavior": "allow", "updatedInput": request.get("input").cloned().unwrap_or(json!({}))}}})
+            }
+            _ => json!({"type": "control_response",
+                        "response": {"subtype": "error", "request_id": id, "error": "not supported by this executor"}}),
+        };
+        if let Some(p) = &self.proc {
+            p.send_line(reply.to_string());
+        }
+    }
+
+    pub(super) fn resume_failed(&self, msg: &Value) -> bool {
+        self.resumed_with.is_some()
+            && self.turns_in_process <= 1
+            && msg.to_string().contains(NO_CONVERSATION)
+    }
+
+    /// `--resume` named a conversation the CLI does not have: say so in the thinking steps and
+    /// run the turn in a fresh conversation instead of failing it.
+    pub(super) fn fall_back_to_fresh(&mut self, me: &ActorRef<AgentMsg>) {
+        let id = self.resumed_with.take().unwrap_or_default();
+        tracing::warn!(
+            "task {}: conversation {id} could not be resumed; starting a fresh one",
+            self.args.task_id
+        );
+        self.discard_process();
+        self.claude_session = None;
+        self.next_resume = Resume::Fresh;
+        if let Some(turn) = self.turn.as_mut() {
+            turn.step(
+                "thinking.resume_failed_new_session",
+                json!({"session_id": id, "reason": NO_CONVERSATION}),
+            );
+            turn.sent = false;
+            self.start_spawn(me);
+        }
+    }
+
+    pub(super) fn remember_session(&mut self, id: &str) {
+        if id.is_empty() || self.claude_session.as_deref() == Some(id) {
+            return;
+        }
+        self.claude_session = Some(id.to_string());
+        let (path, id) = (self.cwd.join(SESSION_ID_FILE), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = tokio::fs::write(&path, id).await {
+                tracing::warn!("cannot save Claude session id to {}: {e}", path.display());
+            }
+        });
+    }
+
+    pub(super) fn on_interrupt(&mut self, me: &ActorRef<AgentMsg>) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        if turn.cancelled {
+            return;
+        }
+        turn.cancelled = true;
+        let p = turn.cancelled_event();
+        self.throttle.reset();
+        let sent = turn.sent;
+        self.emit(p);
+        if !sent {
+            return self.end_turn(TaskStatus::Cancelled);
+        }
+        let req = json!({"type": "control_request", "request_id": format!("req_int_{}", self.gen),
+                         "request": {"subtype": "interrupt"}});
+        if let Some(p) = &self.proc {
+            p.send_line(req.to_string());
+        }
+        let gen = self.gen;
+        let t = me.send_after(self.args.cfg.claude.interrupt_timeout, move || {
+            AgentMsg::InterruptTimeout { gen }
+        });
+        self.timers.arm(TimerKind::Interrupt, t);
+    }
+}
