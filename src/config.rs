@@ -201,6 +201,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     /// Time to receive a request body.
     pub body_timeout: Duration,
+    /// `EXECUTOR_AUTH_TOKEN`: bearer token every non-probe route requires (env only: a secret).
+    pub auth_token: Option<Secret>,
     /// Log level filter.
     pub log_level: String,
     /// Time to flush callbacks at shutdown.
@@ -348,6 +350,7 @@ impl Settings {
                 DEFAULT_BIND.parse().context("default bind address")?,
             ),
             port: pick(cli.port, file.port, DEFAULT_PORT),
+            auth_token: Secret::non_empty(std::env::var("EXECUTOR_AUTH_TOKEN").ok()),
             body_timeout: Duration::from_secs(pick(
                 cli.body_timeout_secs,
                 file.body_timeout_secs,

@@ -86,6 +86,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             max_bytes: settings.max_body_bytes,
             timeout: settings.body_timeout,
         },
+        settings.auth_token.clone().map(std::sync::Arc::new),
     );
     warp::serve(service)
         .incoming(listener)

@@ -65,6 +65,22 @@ impl Runtime {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether the executor should get new tasks, and why not: false while shutting down or
+    /// at the session cap (for a readiness probe).
+    pub fn readiness(&self) -> (bool, &'static str) {
+        if self.is_shutting_down() {
+            (false, "shutting down")
+        } else if self
+            .cfg
+            .max_sessions
+            .is_some_and(|cap| self.index.len() >= cap)
+        {
+            (false, "at the session cap")
+        } else {
+            (true, "accepting tasks")
+        }
+    }
+
     /// True once [`Runtime::begin_shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// The body did not arrive in time.
     #[error("The request body was not received within {0} s")]
     BodyTimeout(u64),
+    /// `EXECUTOR_AUTH_TOKEN` is set and the request lacks it.
+    #[error("Missing or wrong bearer token")]
+    Unauthorized,
     /// The session cap is reached (429 with `Retry-After`).
     #[error("The executor runs its maximum of {0} sessions; retry later or close sessions")]
     AtCapacity(usize),
@@ -54,6 +57,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::AtCapacity(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
@@ -87,6 +91,12 @@ pub async fn recover(rej: Rejection) -> Result<warp::reply::Response, Infallible
             resp.headers_mut().insert(
                 warp::http::header::RETRY_AFTER,
                 warp::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        if let ApiError::Unauthorized = e {
+            resp.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
             );
         }
         return Ok(resp);

@@ -1,8 +1,10 @@
 //! The warp frontend: turns HTTP requests into runtime calls and errors into JSON answers.
 
+pub mod auth;
 pub mod body;
 pub mod docs;
 pub mod error;
+pub mod probes;
 pub mod routes;
 
 use actors::runtime::Runtime;
@@ -12,6 +14,7 @@ use warp::{Filter, Reply};
 pub fn service(
     rt: Runtime,
     limits: body::BodyLimits,
+    token: Option<std::sync::Arc<actors::config::Secret>>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let log = warp::log::custom(|info| {
         if info.path() != "/" {
@@ -24,11 +27,47 @@ pub fn service(
             );
         }
     });
-    routes::api(rt, limits)
-        .or(docs::routes())
+    let protected =
+        auth::require(token).and(routes::api(rt.clone(), limits).or(docs::routes()).unify());
+    let routes = probes::routes(rt)
+        .or(protected)
         .unify()
         .recover(error::recover)
+        .unify();
+    warp::header::optional::<String>("x-request-id")
+        .or(warp::any().map(|| None))
         .unify()
-        .map(|r: warp::reply::Response| r.into_response())
+        .and(routes)
+        .map(|id: Option<String>, r: warp::reply::Response| {
+            // X-Request-ID in and out: a caller's id is echoed, otherwise one is made up.
+            let id = id
+                .filter(|v| valid_request_id(v))
+                .unwrap_or_else(new_request_id);
+            let mut r = r.into_response();
+            if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                r.headers_mut().insert("x-request-id", v);
+            }
+            r
+        })
         .with(log)
+}
+
+/// Accepts caller ids that are short and printable (they are echoed and logged).
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// An 8-hex-digit id, like the original's `uuid4()[:8]`.
+fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "{:08x}",
+        (t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & 0xffff_ffff
+    )
 }

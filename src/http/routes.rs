@@ -46,9 +46,6 @@ pub fn api(
     rt: Runtime,
     limits: BodyLimits,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let health = warp::path::end()
-        .and(warp::get())
-        .map(|| warp::reply::json(&health()).into_response());
     let execute = warp::path!("api" / "tasks" / "execute")
         .and(warp::post())
         .and(json_body(limits))
@@ -76,9 +73,7 @@ pub fn api(
         .and(warp::delete())
         .and(with_rt(rt))
         .and_then(close_all_sessions);
-    health
-        .or(execute)
-        .unify()
+    execute
         .or(cancel)
         .unify()
         .or(list)
