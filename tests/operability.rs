@@ -123,3 +123,69 @@ async fn the_bearer_token_guards_everything_but_the_probes() {
     exec.assert_logs_exclude("SECRETMARKER");
     assert!(!rx.dump().contains("SECRETMARKER"));
 }
+
+#[tokio::test]
+async fn metrics_count_sessions_subtasks_callbacks_and_requests() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    assert_eq!(
+        run_task(&exec, &rx, 1, 1, "ok").await["status"],
+        "COMPLETED"
+    );
+    assert_eq!(
+        run_task(&exec, &rx, 2, 1, "FAKE:crash:3\nboom").await["status"],
+        "FAILED"
+    );
+    let delivered = rx.callbacks().len();
+    let resp = exec
+        .client()
+        .get(exec.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    let value = |line_start: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert_eq!(value("executor_subtasks_total{status=\"COMPLETED\"}"), 1);
+    assert_eq!(value("executor_subtasks_total{status=\"FAILED\"}"), 1);
+    assert_eq!(value("executor_sessions{state=\"idle\"}"), 2);
+    assert_eq!(
+        value("executor_agent_processes "),
+        1,
+        "task 1's CLI lives, task 2's crashed"
+    );
+    // The receiver records a callback before the executor has read its answer: poll briefly.
+    let mut counted = value("executor_callback_deliveries_total ") as usize;
+    for _ in 0..100 {
+        if counted >= delivered {
+            break;
+        }
+        let t = exec
+            .client()
+            .get(exec.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        counted = t
+            .lines()
+            .find(|l| l.starts_with("executor_callback_deliveries_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        wait_until(std::time::Duration::from_millis(20), || false).await;
+    }
+    assert!(counted >= delivered, "{counted} < {delivered}");
+    assert!(value("executor_http_request_duration_seconds_count ") >= 2);
+    assert!(text.contains("executor_build_info{version="), "{text}");
+}

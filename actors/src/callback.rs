@@ -13,8 +13,11 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use std::sync::atomic::Ordering;
+
 use crate::config::CallbackConfig;
 use crate::delivery::deliver;
+use crate::metrics::METRICS;
 use crate::payload::CallbackPayload;
 use crate::spool::{read_record, Spool};
 
@@ -179,6 +182,10 @@ impl RelayState {
             );
             return;
         }
+        if p.status.is_terminal() {
+            METRICS.subtask_ended(p.status);
+            self.remember_finished(key);
+        }
         if self.spool.is_none() {
             return;
         }
@@ -189,7 +196,6 @@ impl RelayState {
         };
         if p.status.is_terminal() {
             self.next_seq.remove(&key);
-            self.remember_finished(key);
         }
         let body = match serde_json::to_vec(p) {
             Ok(b) => Arc::new(b),
@@ -206,6 +212,9 @@ impl RelayState {
         let q = self.queues.entry(p.task_id).or_default();
         q.appending += 1;
         q.unconfirmed.push_back((body, seq));
+        METRICS
+            .callback_queued_tasks
+            .store(self.queues.len() as u64, Ordering::Relaxed);
         if let Some(spool) = &self.spool {
             spool.append(p.task_id, line);
         }
@@ -277,6 +286,9 @@ impl RelayState {
         if q.read >= q.write {
             if q.appending == 0 {
                 self.queues.remove(&task_id);
+                METRICS
+                    .callback_queued_tasks
+                    .store(self.queues.len() as u64, Ordering::Relaxed);
                 spool.remove(task_id);
                 if self.queues.is_empty() {
                     for w in self.flush_waiters.drain(..) {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use std::sync::atomic::Ordering;
+
 use crate::config::CallbackConfig;
+use crate::metrics::METRICS;
 
 /// Header carrying an event's position within its subtask, so a receiver can drop a duplicate
 /// (after a crash between a delivery and its acknowledgement).
@@ -55,12 +58,17 @@ pub async fn deliver(
     let attempts = cfg.max_retries + 1;
     for n in 1..=attempts {
         match attempt(client, url, body, seq).await {
-            Attempt::Delivered => return,
+            Attempt::Delivered => {
+                METRICS.callback_deliveries.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Attempt::Rejected(status) => {
+                METRICS.callback_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("[CALLBACK_FAIL] task_id={task_id}: receiver rejected the callback with {status}; not retrying");
                 return;
             }
             Attempt::Retry(why) if n < attempts => {
+                METRICS.callback_retries.fetch_add(1, Ordering::Relaxed);
                 let delay = backoff(cfg, n);
                 tracing::warn!(
                     "Callback for task {task_id} failed (attempt {n}/{attempts}): {why}. Retrying in {:.1} seconds...",
@@ -69,6 +77,7 @@ pub async fn deliver(
                 tokio::time::sleep(delay).await;
             }
             Attempt::Retry(why) => {
+                METRICS.callback_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     "[CALLBACK_FAIL] task_id={task_id}: giving up after {attempts} attempts: {why}"
                 );

@@ -15,6 +15,7 @@ pub mod error;
 pub mod index;
 pub mod mask;
 pub mod mcp;
+pub mod metrics;
 pub mod payload;
 pub mod runtime;
 pub mod session;

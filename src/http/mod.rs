@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod docs;
 pub mod error;
+pub mod metrics;
 pub mod probes;
 pub mod routes;
 
@@ -17,6 +18,7 @@ pub fn service(
     token: Option<std::sync::Arc<actors::config::Secret>>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let log = warp::log::custom(|info| {
+        actors::metrics::METRICS.observe_http(info.elapsed().as_secs_f64());
         if info.path() != "/" {
             tracing::info!(
                 "response: {} {} {} {:.2}ms",
@@ -27,8 +29,13 @@ pub fn service(
             );
         }
     });
-    let protected =
-        auth::require(token).and(routes::api(rt.clone(), limits).or(docs::routes()).unify());
+    let protected = auth::require(token).and(
+        routes::api(rt.clone(), limits)
+            .or(docs::routes())
+            .unify()
+            .or(metrics::route(rt.clone()))
+            .unify(),
+    );
     let routes = probes::routes(rt)
         .or(protected)
         .unify()

@@ -1,0 +1,69 @@
+//! Counters and gauges the runtime keeps for `GET /metrics` (Prometheus text format). Plain
+//! atomics: recording never blocks and never allocates.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+
+use crate::payload::TaskStatus;
+
+/// Upper bounds (seconds) of the HTTP latency histogram buckets.
+pub const HTTP_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+/// The executor's metrics: one per process (an executor is one process), recorded from delivery
+/// tasks and the HTTP layer without threading a handle through every call.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// All metrics of one executor.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Terminal callbacks produced, by status: completed, failed, cancelled.
+    pub subtasks_completed: AtomicU64,
+    /// See `subtasks_completed`.
+    pub subtasks_failed: AtomicU64,
+    /// See `subtasks_completed`.
+    pub subtasks_cancelled: AtomicU64,
+    /// Callbacks accepted by the receiver.
+    pub callback_deliveries: AtomicU64,
+    /// Callback attempts that will be retried.
+    pub callback_retries: AtomicU64,
+    /// Callbacks given up (4xx, or retries exhausted).
+    pub callback_failures: AtomicU64,
+    /// Tasks with callbacks waiting in the spool.
+    pub callback_queued_tasks: AtomicU64,
+    /// HTTP requests per latency bucket (cumulative counts are computed when rendered).
+    pub http_buckets: [AtomicU64; HTTP_BUCKETS.len()],
+    /// HTTP requests slower than the last bucket.
+    pub http_over: AtomicU64,
+    /// Sum of HTTP latencies in microseconds.
+    pub http_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one terminal callback.
+    pub fn subtask_ended(&self, status: TaskStatus) {
+        let c = match status {
+            TaskStatus::Completed => &self.subtasks_completed,
+            TaskStatus::Failed => &self.subtasks_failed,
+            TaskStatus::Cancelled => &self.subtasks_cancelled,
+            TaskStatus::Running => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one HTTP request's latency.
+    pub fn observe_http(&self, secs: f64) {
+        self.http_sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        match HTTP_BUCKETS.iter().position(|b| secs <= *b) {
+            Some(i) => self.http_buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.http_over.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Reads a counter.
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,143 @@
+//! `GET /metrics` in the Prometheus text format: sessions by state, subtasks by terminal
+//! status, callback deliveries/retries/failures and queue depth, live agent processes, HTTP
+//! latency, build info.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use actors::index::SessionStatus;
+use actors::metrics::{Metrics, HTTP_BUCKETS, METRICS};
+use actors::runtime::Runtime;
+use warp::{Filter, Rejection, Reply};
+
+/// The route.
+pub fn route(
+    rt: Runtime,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("metrics").and(warp::get()).map(move || {
+        let body = render(&rt);
+        warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()
+    })
+}
+
+fn render(rt: &Runtime) -> String {
+    let m = &*METRICS;
+    let mut out = String::new();
+    let sessions = rt.index().list();
+    let count = |s: SessionStatus| sessions.iter().filter(|i| i.status == s).count();
+    metric(
+        &mut out,
+        "executor_sessions",
+        "gauge",
+        "Live sessions by state.",
+        &[
+            ("state=\"idle\"", count(SessionStatus::Idle) as u64),
+            ("state=\"running\"", count(SessionStatus::Running) as u64),
+            (
+                "state=\"suspended\"",
+                count(SessionStatus::Suspended) as u64,
+            ),
+        ],
+    );
+    metric(
+        &mut out,
+        "executor_subtasks_total",
+        "counter",
+        "Subtasks ended, by terminal status.",
+        &[
+            ("status=\"COMPLETED\"", Metrics::get(&m.subtasks_completed)),
+            ("status=\"FAILED\"", Metrics::get(&m.subtasks_failed)),
+            ("status=\"CANCELLED\"", Metrics::get(&m.subtasks_cancelled)),
+        ],
+    );
+    let single = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        metric(out, name, kind, help, &[("", v)])
+    };
+    single(
+        &mut out,
+        "executor_callback_deliveries_total",
+        "counter",
+        "Callbacks accepted by the receiver.",
+        Metrics::get(&m.callback_deliveries),
+    );
+    single(
+        &mut out,
+        "executor_callback_retries_total",
+        "counter",
+        "Callback attempts retried.",
+        Metrics::get(&m.callback_retries),
+    );
+    single(
+        &mut out,
+        "executor_callback_failures_total",
+        "counter",
+        "Callbacks given up (4xx or retries exhausted).",
+        Metrics::get(&m.callback_failures),
+    );
+    single(
+        &mut out,
+        "executor_callback_queued_tasks",
+        "gauge",
+        "Tasks with callbacks waiting in the spool.",
+        Metrics::get(&m.callback_queued_tasks),
+    );
+    single(
+        &mut out,
+        "executor_agent_processes",
+        "gauge",
+        "Agent (CLI) processes alive.",
+        actors::agent::family::managed().len() as u64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP executor_http_request_duration_seconds HTTP request latency."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE executor_http_request_duration_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (i, le) in HTTP_BUCKETS.iter().enumerate() {
+        cumulative += m.http_buckets[i].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "executor_http_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    cumulative += m.http_over.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "executor_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let sum = m.http_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "executor_http_request_duration_seconds_sum {sum}");
+    let _ = writeln!(
+        out,
+        "executor_http_request_duration_seconds_count {cumulative}"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let claude = actors::config::PINNED_CLAUDE_CODE_VERSION;
+    metric(
+        &mut out,
+        "executor_build_info",
+        "gauge",
+        "Build information.",
+        &[(
+            &format!("version=\"{version}\",claude_code=\"{claude}\""),
+            1,
+        )],
+    );
+    out
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in values {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
