@@ -205,6 +205,8 @@ pub struct Settings {
     pub auth_token: Option<Secret>,
     /// Log level filter.
     pub log_level: String,
+    /// `LOG_FORMAT=json`: structured log lines instead of the original's text format.
+    pub log_json: bool,
     /// Time to flush callbacks at shutdown.
     pub shutdown_grace: Duration,
     /// `TASK_INFO`: a task to run once at start-up.
@@ -350,6 +352,7 @@ impl Settings {
                 DEFAULT_BIND.parse().context("default bind address")?,
             ),
             port: pick(cli.port, file.port, DEFAULT_PORT),
+            log_json: std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")),
             auth_token: Secret::non_empty(std::env::var("EXECUTOR_AUTH_TOKEN").ok()),
             body_timeout: Duration::from_secs(pick(
                 cli.body_timeout_secs,

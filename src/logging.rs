@@ -38,18 +38,22 @@ where
     }
 }
 
-/// Installs the global subscriber; `level` is a level name or a full filter directive.
-pub fn init(level: &str) {
+/// Installs the global subscriber; `level` is a level name or a full filter directive; `json`
+/// (`LOG_FORMAT=json`) gives one JSON object per line for log pipelines.
+pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_new(level.to_lowercase())
         .or_else(|_| EnvFilter::try_new("info"))
         .unwrap_or_default()
         .add_directive("hyper=warn".parse().unwrap_or_default())
         .add_directive("reqwest=warn".parse().unwrap_or_default());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .event_format(SeedFormat)
-        .with_writer(std::io::stdout)
-        .try_init();
+        .with_writer(std::io::stdout);
+    let _ = if json {
+        builder.json().with_current_span(false).try_init()
+    } else {
+        builder.event_format(SeedFormat).try_init()
+    };
     std::panic::set_hook(Box::new(|info| {
         // One line, no backtrace printing inside an actor's task (research §1.8 pitfall 1).
         tracing::error!("panic: {info}");

@@ -189,3 +189,28 @@ async fn metrics_count_sessions_subtasks_callbacks_and_requests() {
     assert!(value("executor_http_request_duration_seconds_count ") >= 2);
     assert!(text.contains("executor_build_info{version="), "{text}");
 }
+
+#[tokio::test]
+async fn log_format_json_gives_one_json_object_per_line() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("LOG_FORMAT", "json"), ("LOG_LEVEL", "info")]).await;
+    run_task(&exec, &rx, 1, 1, "hi").await;
+    let lines: Vec<String> = exec
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("Received task"))
+        .collect();
+    assert!(!lines.is_empty(), "{}", exec.logs_tail(10));
+    for l in lines {
+        let json_part = &l[l.find('{').unwrap_or(0)..];
+        let v: Value = serde_json::from_str(json_part).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert_eq!(v["level"], "INFO", "{v}");
+        assert!(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Received task 1.1"),
+            "{v}"
+        );
+    }
+}

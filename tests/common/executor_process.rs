@@ -183,7 +183,9 @@ struct LogSink {
 pub fn parse_listening_port(line: &str) -> Option<u16> {
     const MARK: &str = "listening on http://";
     let rest = &line[line.find(MARK)? + MARK.len()..];
-    let host_port = rest.split(|c: char| c.is_whitespace() || c == '/').next()?;
+    let host_port = rest
+        .split(|c: char| c.is_whitespace() || c == '/' || c == '"')
+        .next()?;
     let digits: String = host_port
         .rsplit(':')
         .next()?
