@@ -53,6 +53,8 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1000;
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 /// Default spool folder for undelivered callbacks, inside `WORKSPACE_ROOT`.
 pub const DEFAULT_SPOOL_DIR_NAME: &str = ".callback-spool";
+/// `HEARTBEAT_INTERVAL`: seconds between heartbeats (the original's 10).
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: u64 = 10;
 /// `MAX_LINE_BYTES`: longest stdout line accepted from the CLI (16 MiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 /// `SHUTDOWN_GRACE_SECS`: time SIGTERM gives callbacks to flush (fits Kubernetes' 30 s).
@@ -257,6 +259,9 @@ impl Settings {
         let max_sessions = pick(cli.max_sessions, file.max_sessions, DEFAULT_MAX_SESSIONS);
         let runtime = RuntimeConfig {
             max_sessions: (max_sessions > 0).then_some(max_sessions),
+            heartbeat: heartbeat_config(
+                non_empty(cli.callback_url.clone()).or(non_empty(file.callback_url.clone())),
+            ),
             max_live_processes: (max_live > 0).then_some(max_live),
             workspace_root: workspace_root.clone(),
             executor_name: non_empty(cli.executor_name).or(file.executor_name),
@@ -381,6 +386,31 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Heartbeats as the original (§4.6), from the environment only: on when `HEARTBEAT_ENABLED`
+/// is `true` and an id (`HEARTBEAT_ID` or `SANDBOX_ID`) and a base URL are known.
+fn heartbeat_config(callback_url: Option<String>) -> Option<actors::heartbeat::HeartbeatConfig> {
+    let env = |k: &str| non_empty(std::env::var(k).ok());
+    if !env("HEARTBEAT_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    let id = env("HEARTBEAT_ID").or_else(|| env("SANDBOX_ID"))?;
+    let base_url = env("EXECUTOR_MANAGER_HEARTBEAT_BASE_URL").or_else(|| {
+        callback_url.map(|u| {
+            let u = u.trim_end_matches('/');
+            u.strip_suffix("/callback").unwrap_or(u).to_string()
+        })
+    })?;
+    let secs = env("HEARTBEAT_INTERVAL")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_SECS);
+    Some(actors::heartbeat::HeartbeatConfig {
+        base_url,
+        id,
+        kind: env("HEARTBEAT_TYPE").unwrap_or_else(|| "sandbox".into()),
+        interval: Duration::from_secs(secs.max(1)),
+    })
 }
 
 /// `EXECUTOR_ENV` is a JSON object; non-string values are passed as their JSON text.

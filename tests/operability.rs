@@ -214,3 +214,35 @@ async fn log_format_json_gives_one_json_object_per_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn heartbeats_reach_the_manager_on_schedule() {
+    let rx = CallbackReceiver::start();
+    let base = rx.url().trim_end_matches("/callback").to_string() + "/executor-manager";
+    let exec = start_fake(
+        &rx,
+        &[
+            ("HEARTBEAT_ENABLED", "true"),
+            ("HEARTBEAT_ID", "77"),
+            ("HEARTBEAT_TYPE", "task"),
+            ("HEARTBEAT_INTERVAL", "1"),
+            ("EXECUTOR_MANAGER_HEARTBEAT_BASE_URL", base.as_str()),
+        ],
+    )
+    .await;
+    let beats = || {
+        rx.attempts()
+            .into_iter()
+            .filter(|a| a.path == "/executor-manager/tasks/77/heartbeat")
+            .collect::<Vec<_>>()
+    };
+    let two = wait_until(std::time::Duration::from_secs(10), || beats().len() >= 2).await;
+    assert!(two, "beats: {}\n{}", rx.dump(), exec.logs_tail(20));
+    let b = &beats()[0].body;
+    assert_eq!(
+        (b["heartbeat_id"].as_str(), b["heartbeat_type"].as_str()),
+        (Some("77"), Some("task")),
+        "{b}"
+    );
+    assert!(b["timestamp"].as_f64().is_some_and(|t| t > 1.7e9), "{b}");
+}

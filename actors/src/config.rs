@@ -116,6 +116,8 @@ pub struct RuntimeConfig {
     pub max_live_processes: Option<usize>,
     /// Most sessions at once; a task that needs a new session over it is refused (429).
     pub max_sessions: Option<usize>,
+    /// Heartbeats to executor_manager, when enabled.
+    pub heartbeat: Option<crate::heartbeat::HeartbeatConfig>,
 }
 
 impl RuntimeConfig {
@@ -152,6 +154,7 @@ impl RuntimeConfig {
             },
             max_live_processes: None,
             max_sessions: None,
+            heartbeat: None,
         }
     }
 }

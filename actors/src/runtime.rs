@@ -50,6 +50,11 @@ impl Runtime {
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
             .map_err(unavailable)?;
+        if let Some(hb) = cfg.heartbeat.clone() {
+            Actor::spawn(None, crate::heartbeat::Heartbeat, hb)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(Self {
             supervisor,
             callbacks,
