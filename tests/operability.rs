@@ -246,3 +246,88 @@ async fn heartbeats_reach_the_manager_on_schedule() {
     );
     assert!(b["timestamp"].as_f64().is_some_and(|t| t > 1.7e9), "{b}");
 }
+
+/// Reads SSE `callback` events from `resp` until one satisfies `stop`; returns (id, data) pairs.
+async fn read_events(
+    resp: &mut reqwest::Response,
+    stop: impl Fn(&Value) -> bool,
+) -> Vec<(u64, Value)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(str::to_string))
+            };
+            if let (Some(id), Some(data)) = (field("id:"), field("data:")) {
+                let v: Value = serde_json::from_str(data.trim()).unwrap();
+                let done = stop(&v);
+                out.push((id.trim().parse().unwrap(), v));
+                if done {
+                    return out;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no matching event; got {out:?}");
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Ok(Ok(Some(bytes))) => buf.push_str(&String::from_utf8_lossy(&bytes)),
+            other => panic!("stream ended: {other:?}; got {out:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_carries_the_callbacks_and_replays_for_late_subscribers() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let mut live = exec
+        .client()
+        .get(exec.url("/api/tasks/5/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    assert!(live.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    post_task(&exec, 5, 1, "hello").await;
+    let events = read_events(&mut live, |v| v["status"] == "COMPLETED").await;
+    let progress: Vec<i64> = events
+        .iter()
+        .map(|(_, v)| v["progress"].as_i64().unwrap())
+        .collect();
+    assert_eq!(&progress[..3], &[50, 55, 60], "{progress:?}");
+    assert_eq!(
+        events.last().unwrap().1["result"]["value"],
+        "fake reply #1 to: hello"
+    );
+    let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+    let cb = rx.wait_terminal(5, 1, FAKE_WAIT).await;
+    assert_eq!(
+        cb,
+        events.last().unwrap().1,
+        "the stream carries the callback payload"
+    );
+
+    let mut late = exec
+        .client()
+        .get(exec.url("/api/tasks/5/events"))
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let replay = read_events(&mut late, |v| v["status"] == "COMPLETED").await;
+    assert_eq!(
+        replay.first().map(|e| e.0),
+        Some(3),
+        "replay starts after Last-Event-ID"
+    );
+    assert_eq!(replay.len(), events.len() - 2);
+}

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 
 use crate::config::CallbackConfig;
 use crate::delivery::deliver;
+use crate::events::EventBus;
 use crate::metrics::METRICS;
 use crate::payload::CallbackPayload;
 use crate::spool::{read_record, Spool};
@@ -82,6 +83,7 @@ const ACK_EVERY: u32 = 16;
 
 /// State of the [`CallbackRelay`].
 pub struct RelayState {
+    events: EventBus,
     cfg: Arc<CallbackConfig>,
     client: reqwest::Client,
     spool: Option<Spool>,
@@ -96,15 +98,16 @@ pub struct RelayState {
 impl Actor for CallbackRelay {
     type Msg = CallbackMsg;
     type State = RelayState;
-    type Arguments = CallbackConfig;
+    type Arguments = (CallbackConfig, EventBus);
 
     async fn pre_start(
         &self,
         me: ActorRef<CallbackMsg>,
-        cfg: CallbackConfig,
+        (cfg, events): (CallbackConfig, EventBus),
     ) -> Result<RelayState, ActorProcessingErr> {
         let client = reqwest::Client::builder().timeout(cfg.timeout).build()?;
         let mut st = RelayState {
+            events,
             cfg: Arc::new(cfg),
             client,
             spool: None,
@@ -186,6 +189,16 @@ impl RelayState {
             METRICS.subtask_ended(p.status);
             self.remember_finished(key);
         }
+        let body = match serde_json::to_vec(p) {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                tracing::error!("cannot serialise callback for task {}: {e}", p.task_id);
+                return;
+            }
+        };
+        let json = String::from_utf8_lossy(&body).into_owned();
+        self.events
+            .publish(p.task_id, p.subtask_id, json, p.status.is_terminal());
         if self.spool.is_none() {
             return;
         }
@@ -197,13 +210,6 @@ impl RelayState {
         if p.status.is_terminal() {
             self.next_seq.remove(&key);
         }
-        let body = match serde_json::to_vec(p) {
-            Ok(b) => Arc::new(b),
-            Err(e) => {
-                tracing::error!("cannot serialise callback for task {}: {e}", p.task_id);
-                return;
-            }
-        };
         // The record line embeds the serialised body as is (serialised once).
         let mut line =
             format!(r#"{{"seq":{seq},"subtask_id":{},"body":"#, p.subtask_id).into_bytes();

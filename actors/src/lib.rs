@@ -12,6 +12,7 @@ pub mod callback;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod events;
 pub mod heartbeat;
 pub mod index;
 pub mod mask;

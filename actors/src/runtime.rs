@@ -8,6 +8,7 @@ use ractor::{Actor, ActorRef};
 use crate::callback::{CallbackMsg, CallbackRelay};
 use crate::config::RuntimeConfig;
 use crate::error::SupervisorError;
+use crate::events::EventBus;
 use crate::index::SessionIndex;
 use crate::supervisor::{
     CancelOutcome, CloseScope, ExecuteOutcome, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -24,6 +25,7 @@ pub struct Runtime {
     callbacks: ActorRef<CallbackMsg>,
     index: SessionIndex,
     cfg: Arc<RuntimeConfig>,
+    events: EventBus,
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -38,9 +40,11 @@ impl Runtime {
             ),
         }
         let unavailable = |e: ractor::SpawnErr| SupervisorError::Unavailable(e.to_string());
-        let (callbacks, _) = Actor::spawn(None, CallbackRelay, cfg.callback.clone())
-            .await
-            .map_err(unavailable)?;
+        let events = EventBus::default();
+        let (callbacks, _) =
+            Actor::spawn(None, CallbackRelay, (cfg.callback.clone(), events.clone()))
+                .await
+                .map_err(unavailable)?;
         let index = SessionIndex::default();
         let args = SupervisorArgs {
             cfg: cfg.clone(),
@@ -60,6 +64,7 @@ impl Runtime {
             callbacks,
             index,
             cfg,
+            events,
             shutting_down: Arc::default(),
         })
     }
@@ -89,6 +94,11 @@ impl Runtime {
     /// True once [`Runtime::begin_shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Live event streams per task (`GET /api/tasks/{id}/events`).
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// The read-only session view.

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod docs;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod probes;
 pub mod routes;
@@ -34,6 +35,8 @@ pub fn service(
             .or(docs::routes())
             .unify()
             .or(metrics::route(rt.clone()))
+            .unify()
+            .or(events::route(rt.clone()))
             .unify(),
     );
     let routes = probes::routes(rt)

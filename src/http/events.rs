@@ -1,0 +1,44 @@
+//! `GET /api/tasks/{task_id}/events`: Server-Sent Events with the same events the callback
+//! receiver gets (event name `callback`, data = the payload, id = its number within the task).
+//! A late subscriber first gets the current subtask's events after its `Last-Event-ID`. A slow
+//! subscriber misses events rather than slowing the agent (`curl -N` follows a task).
+
+use std::convert::Infallible;
+
+use actors::events::Event;
+use actors::runtime::Runtime;
+use futures::StreamExt;
+use tokio::sync::broadcast::error::RecvError;
+use warp::{Filter, Rejection, Reply};
+
+/// The route.
+pub fn route(
+    rt: Runtime,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("api" / "tasks" / i64 / "events")
+        .and(warp::get())
+        .and(warp::header::optional::<u64>("last-event-id"))
+        .map(move |task_id: i64, last: Option<u64>| {
+            let (past, rx) = rt.events().subscribe(task_id, last.unwrap_or(0));
+            let live = futures::stream::unfold(rx, |mut rx| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) => return Some((ev, rx)),
+                        Err(RecvError::Lagged(n)) => {
+                            tracing::debug!("an event subscriber missed {n} events")
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            });
+            let stream = futures::stream::iter(past).chain(live).map(sse_event);
+            warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+        })
+}
+
+fn sse_event((id, json): Event) -> Result<warp::sse::Event, Infallible> {
+    Ok(warp::sse::Event::default()
+        .id(id.to_string())
+        .event("callback")
+        .data(json.as_str()))
+}
