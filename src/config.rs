@@ -97,6 +97,9 @@ pub struct Cli {
     /// Install the pinned Claude Code CLI into ./.tools/claude-code (npm) if it is missing.
     #[arg(long)]
     pub install_claude: bool,
+    /// Validate the configuration, print the effective values (secrets masked) and exit.
+    #[arg(long)]
+    pub check_config: bool,
     /// Where undelivered callbacks are kept across restarts [default: WORKSPACE_ROOT/.callback-spool].
     #[arg(long, env = "CALLBACK_SPOOL_DIR")]
     pub callback_spool_dir: Option<PathBuf>,
@@ -215,6 +218,8 @@ pub struct Settings {
     pub task_info: Option<String>,
     /// Whether `--install-claude` was given.
     pub install_claude: bool,
+    /// Whether `--check-config` was given.
+    pub check_config: bool,
     /// Settings of the actor runtime.
     pub runtime: RuntimeConfig,
 }
@@ -229,6 +234,69 @@ fn non_empty(v: Option<String>) -> Option<String> {
 }
 
 impl Settings {
+    /// The effective settings as `NAME=value` lines for `--check-config`; secrets show only
+    /// whether they are set.
+    pub fn describe(&self) -> Vec<String> {
+        let r = &self.runtime;
+        let secret =
+            |s: &Option<Secret>| if s.is_some() { "*** (set)" } else { "(unset)" }.to_string();
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(unset)".into());
+        let secs = |d: Option<Duration>| d.map_or("0 (off)".into(), |d| d.as_secs().to_string());
+        vec![
+            format!("PORT={}", self.port),
+            format!("BIND_ADDRESS={}", self.bind),
+            format!("WORKSPACE_ROOT={}", r.workspace_root.display()),
+            format!(
+                "CALLBACK_URL={}",
+                r.callback
+                    .url
+                    .as_deref()
+                    .map_or("(unset)".into(), crate::redact_url)
+            ),
+            format!("CALLBACK_SPOOL_DIR={}", r.callback.spool_dir.display()),
+            format!("EXECUTOR_NAME={}", opt(&r.executor_name)),
+            format!("EXECUTOR_NAMESPACE={}", opt(&r.executor_namespace)),
+            format!(
+                "EXECUTOR_ENV={} key(s), values hidden",
+                r.executor_env.len()
+            ),
+            format!("ANTHROPIC_API_KEY={}", secret(&r.anthropic_api_key)),
+            format!("ANTHROPIC_AUTH_TOKEN={}", secret(&r.anthropic_auth_token)),
+            format!("EXECUTOR_AUTH_TOKEN={}", secret(&self.auth_token)),
+            format!("CLAUDE_BIN={}", r.claude.bin.display()),
+            format!("MAX_BODY_BYTES={}", self.max_body_bytes),
+            format!("BODY_TIMEOUT_SECS={}", self.body_timeout.as_secs()),
+            format!(
+                "MAX_SESSIONS={}",
+                r.max_sessions
+                    .map_or("0 (no cap)".into(), |v| v.to_string())
+            ),
+            format!(
+                "MAX_LIVE_PROCESSES={}",
+                r.max_live_processes
+                    .map_or("0 (no cap)".into(), |v| v.to_string())
+            ),
+            format!("CLAUDE_IDLE_TIMEOUT_SECS={}", secs(r.claude.idle_timeout)),
+            format!("WATCHDOG_SILENCE_SECS={}", secs(r.claude.silence_timeout)),
+            format!("WATCHDOG_TOOL_SECS={}", secs(r.claude.tool_timeout)),
+            format!("TURN_TIMEOUT_SECS={}", secs(r.claude.turn_timeout)),
+            format!("LOG_LEVEL={}", self.log_level),
+            format!("LOG_FORMAT={}", if self.log_json { "json" } else { "text" }),
+            format!(
+                "HEARTBEAT={}",
+                r.heartbeat.as_ref().map_or("off".into(), |h| h.url())
+            ),
+            format!(
+                "TASK_INFO={}",
+                if self.task_info.is_some() {
+                    "(set)"
+                } else {
+                    "(unset)"
+                }
+            ),
+        ]
+    }
+
     /// Resolves the settings from the parsed flags (which include the environment).
     pub fn load(cli: Cli) -> anyhow::Result<Self> {
         let file = match &cli.config {
@@ -376,6 +444,7 @@ impl Settings {
                 DEFAULT_SHUTDOWN_GRACE_SECS,
             )),
             task_info: non_empty(std::env::var("TASK_INFO").ok()),
+            check_config: cli.check_config,
             install_claude: cli.install_claude,
             runtime,
         })

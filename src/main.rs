@@ -29,6 +29,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if settings.check_config {
+        for line in settings.describe() {
+            println!("{line}");
+        }
+        return match settings
+            .task_info
+            .as_deref()
+            .map(parse_task_info)
+            .transpose()
+        {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("executor: configuration error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     logging::init(&settings.log_level, settings.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -129,7 +146,7 @@ fn parse_task_info(raw: &str) -> anyhow::Result<TaskSpec> {
 }
 
 /// Shows scheme, host and path of a URL but never its userinfo or query (which may hold tokens).
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let no_query = url.split(['?', '#']).next().unwrap_or_default();
     match no_query.split_once("://") {
         Some((scheme, rest)) => {

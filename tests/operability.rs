@@ -296,8 +296,16 @@ async fn the_event_stream_carries_the_callbacks_and_replays_for_late_subscribers
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
+    let mut second = exec
+        .client()
+        .get(exec.url("/api/tasks/5/events"))
+        .send()
+        .await
+        .unwrap();
     post_task(&exec, 5, 1, "hello").await;
     let events = read_events(&mut live, |v| v["status"] == "COMPLETED").await;
+    let seen_by_second = read_events(&mut second, |v| v["status"] == "COMPLETED").await;
+    assert_eq!(seen_by_second, events, "every subscriber gets every event");
     let progress: Vec<i64> = events
         .iter()
         .map(|(_, v)| v["progress"].as_i64().unwrap())
@@ -330,4 +338,82 @@ async fn the_event_stream_carries_the_callbacks_and_replays_for_late_subscribers
         "replay starts after Last-Event-ID"
     );
     assert_eq!(replay.len(), events.len() - 2);
+}
+
+#[test]
+fn check_config_prints_effective_values_with_secrets_masked() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+        .arg("--check-config")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", "12345")
+        .env("ANTHROPIC_API_KEY", "sk-ant-CHECKMARKER-1")
+        .env("EXECUTOR_AUTH_TOKEN", "tok-CHECKMARKER-2")
+        .env(
+            "CALLBACK_URL",
+            "http://user:CHECKMARKER3@manager:8001/cb?token=CHECKMARKER4",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("PORT=12345") && text.contains("ANTHROPIC_API_KEY=*** (set)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CALLBACK_URL=http://manager:8001/cb"),
+        "{text}"
+    );
+    assert!(!text.contains("CHECKMARKER"), "a secret leaked: {text}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+        .arg("--check-config")
+        .env("TASK_INFO", "{broken")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn container_and_kubernetes_files_match_the_service() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let deployment = read("deploy/kubernetes/deployment.yaml");
+    for want in [
+        "path: /health",
+        "path: /ready",
+        "terminationGracePeriodSeconds: 30",
+        "preStop",
+        "secretKeyRef",
+    ] {
+        assert!(deployment.contains(want), "deployment.yaml lacks {want}");
+    }
+    // The pod's grace period must cover the executor's callback flush.
+    let flush: u64 = deployment
+        .lines()
+        .find_map(|l| l.split("SHUTDOWN_GRACE_SECS, value: \"").nth(1))
+        .and_then(|v| v.split('"').next()?.parse().ok())
+        .expect("SHUTDOWN_GRACE_SECS in the deployment");
+    assert!(
+        flush + 5 <= 30,
+        "flush {flush} s leaves no room in a 30 s grace period"
+    );
+    let job = read("deploy/kubernetes/job.yaml");
+    assert!(job.contains("kind: Job") && job.contains("TASK_INFO"));
+    let kustomization = read("deploy/kubernetes/kustomization.yaml");
+    assert!(kustomization.contains("deployment.yaml") && kustomization.contains("service.yaml"));
+    let dockerfile = read("Dockerfile");
+    let pinned = format!("CLAUDE_CODE_VERSION={}", common::mock_anthropic::PINNED_CLI);
+    for want in [
+        pinned.as_str(),
+        "USER executor",
+        "cargo build --release",
+        "EXPOSE 10001",
+        "git",
+    ] {
+        assert!(dockerfile.contains(want), "Dockerfile lacks {want}");
+    }
+    let compose = read("docker-compose.yml");
+    assert!(compose.contains("CALLBACK_URL") && compose.contains("receiver.py"));
 }
