@@ -21,6 +21,7 @@ fn ctx() -> SubtaskContext {
         task_type: Some("online".into()),
         executor_name: Some("wegent-task-u-21".into()),
         executor_namespace: None,
+        trace: Default::default(),
     }
 }
 

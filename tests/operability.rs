@@ -417,3 +417,72 @@ fn container_and_kubernetes_files_match_the_service() {
     let compose = read("docker-compose.yml");
     assert!(compose.contains("CALLBACK_URL") && compose.contains("receiver.py"));
 }
+
+#[tokio::test]
+async fn request_ids_and_traceparent_travel_with_the_callbacks() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = exec
+        .client()
+        .post(exec.url("/api/tasks/execute"))
+        .header("x-request-id", "trace-me-1")
+        .header("traceparent", tp)
+        .json(&seed_task(1, 1, "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-me-1");
+    rx.wait_terminal(1, 1, FAKE_WAIT).await;
+    let got = rx.received();
+    assert!(!got.is_empty());
+    for cb in &got {
+        assert_eq!(
+            (cb.header("x-request-id"), cb.header("traceparent")),
+            (Some("trace-me-1"), Some(tp)),
+            "{:?}",
+            cb.body
+        );
+    }
+    assert!(exec
+        .logs()
+        .iter()
+        .any(|l| l.contains("[trace-me-1] Received task 1.1")));
+
+    // Without one, the id the response names is the one the callbacks carry.
+    let resp = exec
+        .client()
+        .post(exec.url("/api/tasks/execute"))
+        .json(&seed_task(2, 1, "hi"))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    rx.wait_terminal(2, 1, FAKE_WAIT).await;
+    let ids: Vec<_> = rx
+        .received()
+        .into_iter()
+        .filter(|c| c.body["task_id"] == 2)
+        .map(|c| c.header("x-request-id").map(str::to_string))
+        .collect();
+    assert!(
+        ids.iter().all(|i| i.as_deref() == Some(id.as_str())),
+        "{id} vs {ids:?}"
+    );
+
+    let text = exec
+        .client()
+        .get(exec.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let relayed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("executor_event_relay_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(relayed > 0, "{text}");
+}

@@ -19,7 +19,7 @@ use crate::config::CallbackConfig;
 use crate::delivery::deliver;
 use crate::events::EventBus;
 use crate::metrics::METRICS;
-use crate::payload::CallbackPayload;
+use crate::payload::{CallbackPayload, TraceContext};
 use crate::spool::{read_record, Spool};
 
 /// How many finished subtasks the relay remembers to drop late events for them.
@@ -59,7 +59,7 @@ struct TaskQueue {
     in_flight: bool,
     since_ack: u32,
     /// Bodies sent to the spool whose append is not confirmed yet, in order.
-    unconfirmed: VecDeque<(Arc<Vec<u8>>, u64)>,
+    unconfirmed: VecDeque<Outgoing>,
     /// Spooled records still in memory, so delivery need not read them back from disk.
     cache: VecDeque<Cached>,
 }
@@ -69,8 +69,16 @@ struct TaskQueue {
 struct Cached {
     start: u64,
     end: u64,
+    out: Outgoing,
+}
+
+/// An event on its way: the serialised payload and what is sent with it.
+#[derive(Debug, Clone)]
+struct Outgoing {
     body: Arc<Vec<u8>>,
     seq: u64,
+    trace: TraceContext,
+    queued: std::time::Instant,
 }
 
 /// Most bytes of spooled bodies kept in memory; beyond it delivery reads them from disk, so a
@@ -211,13 +219,21 @@ impl RelayState {
             self.next_seq.remove(&key);
         }
         // The record line embeds the serialised body as is (serialised once).
-        let mut line =
-            format!(r#"{{"seq":{seq},"subtask_id":{},"body":"#, p.subtask_id).into_bytes();
+        let head = serde_json::json!({"seq": seq, "subtask_id": p.subtask_id,
+            "request_id": p.trace.request_id, "traceparent": p.trace.traceparent});
+        let mut line = head.to_string().into_bytes();
+        line.pop(); // reopen the object to append the body
+        line.extend_from_slice(br#","body":"#);
         line.extend_from_slice(&body);
         line.push(b'}');
         let q = self.queues.entry(p.task_id).or_default();
         q.appending += 1;
-        q.unconfirmed.push_back((body, seq));
+        q.unconfirmed.push_back(Outgoing {
+            body,
+            seq,
+            trace: p.trace.clone(),
+            queued: std::time::Instant::now(),
+        });
         METRICS
             .callback_queued_tasks
             .store(self.queues.len() as u64, Ordering::Relaxed);
@@ -236,15 +252,10 @@ impl RelayState {
             Ok(end) => {
                 let start = q.write;
                 q.write = end;
-                if let Some((body, seq)) = sent {
-                    if self.cached_bytes + body.len() <= CACHE_BYTES {
-                        self.cached_bytes += body.len();
-                        q.cache.push_back(Cached {
-                            start,
-                            end,
-                            body,
-                            seq,
-                        });
+                if let Some(out) = sent {
+                    if self.cached_bytes + out.body.len() <= CACHE_BYTES {
+                        self.cached_bytes += out.body.len();
+                        q.cache.push_back(Cached { start, end, out });
                     }
                 }
             }
@@ -263,7 +274,7 @@ impl RelayState {
             q.read = next.max(q.read);
             while q.cache.front().is_some_and(|c| c.end <= q.read) {
                 if let Some(c) = q.cache.pop_front() {
-                    self.cached_bytes = self.cached_bytes.saturating_sub(c.body.len());
+                    self.cached_bytes = self.cached_bytes.saturating_sub(c.out.body.len());
                 }
             }
             q.since_ack += 1;
@@ -307,10 +318,11 @@ impl RelayState {
         q.in_flight = true;
         let (offset, write) = (q.read, q.write);
         if let Some(c) = q.cache.front().filter(|c| c.start == offset) {
-            let (body, seq, next) = (c.body.clone(), c.seq, c.end);
+            let (out, next) = (c.out.clone(), c.end);
             let (client, cfg, me) = (self.client.clone(), self.cfg.clone(), me.clone());
             tokio::spawn(async move {
-                deliver(&client, &url, &body, seq, &cfg, task_id).await;
+                deliver(&client, &url, &out.body, out.seq, &out.trace, &cfg, task_id).await;
+                METRICS.relay.observe(out.queued.elapsed().as_secs_f64());
                 let _ = me.cast(CallbackMsg::Done { task_id, next });
             });
             return;
@@ -325,7 +337,11 @@ impl RelayState {
             let next = match read_record(&dir, task_id, offset).await {
                 Ok((Some(rec), next)) => {
                     let body = serde_json::to_vec(&rec.body).unwrap_or_default();
-                    deliver(&client, &url, &body, rec.seq, &cfg, task_id).await;
+                    let trace = TraceContext {
+                        request_id: rec.request_id,
+                        traceparent: rec.traceparent,
+                    };
+                    deliver(&client, &url, &body, rec.seq, &trace, &cfg, task_id).await;
                     next
                 }
                 Ok((None, next)) => {

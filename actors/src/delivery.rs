@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use crate::config::CallbackConfig;
 use crate::metrics::METRICS;
+use crate::payload::TraceContext;
 
 /// Header carrying an event's position within its subtask, so a receiver can drop a duplicate
 /// (after a crash between a delivery and its acknowledgement).
@@ -21,14 +22,24 @@ enum Attempt {
     Retry(String),
 }
 
-async fn attempt(client: &reqwest::Client, url: &str, body: &[u8], seq: u64) -> Attempt {
-    let res = client
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    seq: u64,
+    trace: &TraceContext,
+) -> Attempt {
+    let mut req = client
         .post(url)
         .header("content-type", "application/json")
-        .header(SEQUENCE_HEADER, seq)
-        .body(body.to_vec())
-        .send()
-        .await;
+        .header(SEQUENCE_HEADER, seq);
+    if let Some(id) = &trace.request_id {
+        req = req.header("x-request-id", id);
+    }
+    if let Some(tp) = &trace.traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let res = req.body(body.to_vec()).send().await;
     match res {
         Ok(r) if r.status().is_success() => Attempt::Delivered,
         Ok(r) if r.status().is_client_error() => Attempt::Rejected(r.status()),
@@ -52,12 +63,13 @@ pub async fn deliver(
     url: &str,
     body: &[u8],
     seq: u64,
+    trace: &TraceContext,
     cfg: &CallbackConfig,
     task_id: i64,
 ) {
     let attempts = cfg.max_retries + 1;
     for n in 1..=attempts {
-        match attempt(client, url, body, seq).await {
+        match attempt(client, url, body, seq, trace).await {
             Attempt::Delivered => {
                 METRICS.callback_deliveries.fetch_add(1, Ordering::Relaxed);
                 return;

@@ -1,19 +1,42 @@
-//! Counters and gauges the runtime keeps for `GET /metrics` (Prometheus text format). Plain
-//! atomics: recording never blocks and never allocates.
+//! Counters, gauges and histograms the runtime keeps for `GET /metrics` (Prometheus text
+//! format). Plain atomics: recording never blocks and never allocates.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 use crate::payload::TaskStatus;
 
-/// Upper bounds (seconds) of the HTTP latency histogram buckets.
-pub const HTTP_BUCKETS: [f64; 10] = [
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
 /// The executor's metrics: one per process (an executor is one process), recorded from delivery
 /// tasks and the HTTP layer without threading a handle through every call.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// A latency histogram with [`BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative).
+    pub buckets: [AtomicU64; BUCKETS.len()],
+    /// Observations above the last bucket.
+    pub over: AtomicU64,
+    /// Sum of observations in microseconds.
+    pub sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one latency in seconds.
+    pub fn observe(&self, secs: f64) {
+        self.sum_micros
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        match BUCKETS.iter().position(|b| secs <= *b) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
 
 /// All metrics of one executor.
 #[derive(Debug, Default)]
@@ -32,12 +55,10 @@ pub struct Metrics {
     pub callback_failures: AtomicU64,
     /// Tasks with callbacks waiting in the spool.
     pub callback_queued_tasks: AtomicU64,
-    /// HTTP requests per latency bucket (cumulative counts are computed when rendered).
-    pub http_buckets: [AtomicU64; HTTP_BUCKETS.len()],
-    /// HTTP requests slower than the last bucket.
-    pub http_over: AtomicU64,
-    /// Sum of HTTP latencies in microseconds.
-    pub http_sum_micros: AtomicU64,
+    /// HTTP request latency.
+    pub http: Histogram,
+    /// Event relay latency: a callback produced (from a CLI line) → accepted by the receiver.
+    pub relay: Histogram,
 }
 
 impl Metrics {
@@ -50,16 +71,6 @@ impl Metrics {
             TaskStatus::Running => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records one HTTP request's latency.
-    pub fn observe_http(&self, secs: f64) {
-        self.http_sum_micros
-            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
-        match HTTP_BUCKETS.iter().position(|b| secs <= *b) {
-            Some(i) => self.http_buckets[i].fetch_add(1, Ordering::Relaxed),
-            None => self.http_over.fetch_add(1, Ordering::Relaxed),
-        };
     }
 
     /// Reads a counter.

@@ -54,6 +54,18 @@ pub struct SubtaskContext {
     pub executor_name: Option<String>,
     /// `EXECUTOR_NAMESPACE`.
     pub executor_namespace: Option<String>,
+    /// Request id and W3C trace context of the HTTP request that brought the subtask.
+    pub trace: TraceContext,
+}
+
+/// What ties a subtask's callbacks to the request that started it: sent as the `X-Request-ID`
+/// and `traceparent` headers of every callback (never in the payload, whose keys are fixed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `X-Request-ID` of the execute request (the caller's or a generated one).
+    pub request_id: Option<String>,
+    /// W3C `traceparent` of the execute request, passed through.
+    pub traceparent: Option<String>,
 }
 
 impl SubtaskContext {
@@ -67,6 +79,7 @@ impl SubtaskContext {
             task_type: spec.task_type.clone(),
             executor_name: cfg.executor_name.clone(),
             executor_namespace: cfg.executor_namespace.clone(),
+            trace: spec.trace.clone(),
         }
     }
 
@@ -90,6 +103,7 @@ impl SubtaskContext {
             progress,
             status,
             error_message: (!message.is_empty()).then_some(message),
+            trace: self.trace.clone(),
             result: result.filter(|r| !r.is_null() && r.as_object().is_none_or(|o| !o.is_empty())),
             task_type: self.task_type.clone(),
         }
@@ -126,6 +140,9 @@ pub struct CallbackPayload {
     /// The task's `type`, omitted when empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_type: Option<String>,
+    /// Headers that go with the callback (not part of the payload).
+    #[serde(skip)]
+    pub trace: TraceContext,
 }
 
 #[cfg(test)]
@@ -142,6 +159,7 @@ mod tests {
             task_type: None,
             executor_name: Some("exec-1".into()),
             executor_namespace: None,
+            trace: Default::default(),
         }
     }
 

@@ -21,6 +21,12 @@ pub struct Record {
     pub seq: u64,
     /// The subtask it belongs to.
     pub subtask_id: i64,
+    /// `X-Request-ID` to send with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `traceparent` to send with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The callback payload.
     pub body: Value,
 }

@@ -93,6 +93,8 @@ pub struct TaskSpec {
     pub branch: Option<String>,
     /// `user_selected_skills`: named in a preamble of the prompt.
     pub user_selected_skills: Vec<String>,
+    /// Set by the HTTP layer from the request headers (not read from the task dict).
+    pub trace: crate::payload::TraceContext,
 }
 
 impl TaskSpec {
@@ -127,6 +129,7 @@ impl TaskSpec {
                 .transpose()?
                 .unwrap_or_default(),
             user_selected_skills: tool_list(obj, "user_selected_skills")?,
+            trace: Default::default(),
             git_url: first_str(obj, &["git_url", "repo_url"])?,
             branch: first_str(obj, &["branch_name", "branch"])?,
         })

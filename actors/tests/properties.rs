@@ -231,6 +231,7 @@ fn ctx() -> SubtaskContext {
         task_type: None,
         executor_name: None,
         executor_namespace: None,
+        trace: Default::default(),
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use actors::index::SessionStatus;
-use actors::metrics::{Metrics, HTTP_BUCKETS, METRICS};
+use actors::metrics::{Histogram, Metrics, BUCKETS, METRICS};
 use actors::runtime::Runtime;
 use warp::{Filter, Rejection, Reply};
 
@@ -88,32 +88,17 @@ fn render(rt: &Runtime) -> String {
         "Agent (CLI) processes alive.",
         actors::agent::family::managed().len() as u64,
     );
-    let _ = writeln!(
-        out,
-        "# HELP executor_http_request_duration_seconds HTTP request latency."
+    histogram(
+        &mut out,
+        "executor_http_request_duration_seconds",
+        "HTTP request latency.",
+        &m.http,
     );
-    let _ = writeln!(
-        out,
-        "# TYPE executor_http_request_duration_seconds histogram"
-    );
-    let mut cumulative = 0;
-    for (i, le) in HTTP_BUCKETS.iter().enumerate() {
-        cumulative += m.http_buckets[i].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "executor_http_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-        );
-    }
-    cumulative += m.http_over.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "executor_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let sum = m.http_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-    let _ = writeln!(out, "executor_http_request_duration_seconds_sum {sum}");
-    let _ = writeln!(
-        out,
-        "executor_http_request_duration_seconds_count {cumulative}"
+    histogram(
+        &mut out,
+        "executor_event_relay_seconds",
+        "From a callback event being produced to the receiver accepting it.",
+        &m.relay,
     );
     let version = env!("CARGO_PKG_VERSION");
     let claude = actors::config::PINNED_CLAUDE_CODE_VERSION;
@@ -128,6 +113,21 @@ fn render(rt: &Runtime) -> String {
         )],
     );
     out
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, le) in BUCKETS.iter().enumerate() {
+        cumulative += h.buckets[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += h.over.load(Ordering::Relaxed);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, values: &[(&str, u64)]) {

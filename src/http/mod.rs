@@ -19,7 +19,9 @@ pub fn service(
     token: Option<std::sync::Arc<actors::config::Secret>>,
 ) -> impl Filter<Extract = (impl Reply,), Error = std::convert::Infallible> + Clone {
     let log = warp::log::custom(|info| {
-        actors::metrics::METRICS.observe_http(info.elapsed().as_secs_f64());
+        actors::metrics::METRICS
+            .http
+            .observe(info.elapsed().as_secs_f64());
         if info.path() != "/" {
             tracing::info!(
                 "response: {} {} {} {:.2}ms",
@@ -54,8 +56,11 @@ pub fn service(
                 .filter(|v| valid_request_id(v))
                 .unwrap_or_else(new_request_id);
             let mut r = r.into_response();
-            if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
-                r.headers_mut().insert("x-request-id", v);
+            // A handler that already chose the id (execute: it travels on the callbacks) wins.
+            if !r.headers().contains_key("x-request-id") {
+                if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                    r.headers_mut().insert("x-request-id", v);
+                }
             }
             r
         })
@@ -63,12 +68,12 @@ pub fn service(
 }
 
 /// Accepts caller ids that are short and printable (they are echoed and logged).
-fn valid_request_id(v: &str) -> bool {
+pub(crate) fn valid_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// An 8-hex-digit id, like the original's `uuid4()[:8]`.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);

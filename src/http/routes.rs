@@ -49,6 +49,8 @@ pub fn api(
     let execute = warp::path!("api" / "tasks" / "execute")
         .and(warp::post())
         .and(json_body(limits))
+        .and(warp::header::optional::<String>("x-request-id"))
+        .and(warp::header::optional::<String>("traceparent"))
         .and(with_rt(rt.clone()))
         .and_then(execute);
     let cancel = warp::path!("api" / "tasks" / "cancel")
@@ -99,7 +101,12 @@ pub fn health() -> Value {
               (status = 422, body = super::error::ErrorBody, description = "Wrong shape or types"),
               (status = 429, body = super::error::ErrorBody, description = "Session cap reached; see Retry-After"),
               (status = 503, body = super::error::ErrorBody, description = "Shutting down")))]
-pub async fn execute(body: Value, rt: Runtime) -> Result<warp::reply::Response, Rejection> {
+pub async fn execute(
+    body: Value,
+    request_id: Option<String>,
+    traceparent: Option<String>,
+    rt: Runtime,
+) -> Result<warp::reply::Response, Rejection> {
     if rt.is_shutting_down() {
         return Err(warp::reject::custom(ApiError::Unavailable(
             "the executor is shutting down; send the task to another executor".into(),
@@ -107,9 +114,19 @@ pub async fn execute(body: Value, rt: Runtime) -> Result<warp::reply::Response, 
     }
     let spec = TaskSpec::from_value(&body)
         .map_err(|e| warp::reject::custom(ApiError::Unprocessable(e.to_string())))?;
+    let mut spec = spec;
     let (task_id, subtask_id) = (spec.task_id, spec.subtask_id);
+    // The request id (the caller's, or a new one) and the W3C trace context travel with every
+    // callback of this subtask.
+    let rid = request_id
+        .filter(|v| super::valid_request_id(v))
+        .unwrap_or_else(super::new_request_id);
+    spec.trace = actors::payload::TraceContext {
+        request_id: Some(rid.clone()),
+        traceparent: traceparent.filter(|t| super::valid_request_id(t)),
+    };
     tracing::info!(
-        "Received task {task_id}.{subtask_id} ({})",
+        "[{rid}] Received task {task_id}.{subtask_id} ({})",
         spec.agent.name()
     );
     let outcome = rt
@@ -130,7 +147,11 @@ pub async fn execute(body: Value, rt: Runtime) -> Result<warp::reply::Response, 
         message: format!("Task execution status  : {status}"),
         progress,
     };
-    Ok(warp::reply::json(&resp).into_response())
+    let mut reply = warp::reply::json(&resp).into_response();
+    if let Ok(v) = warp::http::HeaderValue::from_str(&rid) {
+        reply.headers_mut().insert("x-request-id", v);
+    }
+    Ok(reply)
 }
 
 /// Cancel the running subtask of a task (the next subtask still works).

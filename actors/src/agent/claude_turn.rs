@@ -294,6 +294,7 @@ mod tests {
             task_type: None,
             executor_name: None,
             executor_namespace: None,
+            trace: Default::default(),
         };
         Turn::new(ctx, "hi".into())
     }
