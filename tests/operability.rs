@@ -486,3 +486,103 @@ async fn request_ids_and_traceparent_travel_with_the_callbacks() {
         .unwrap_or(0);
     assert!(relayed > 0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_markers_appear_nowhere_but_the_child_environment_and_its_config_files() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(
+        &rx,
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-MARKA-executor-key"),
+            ("EXECUTOR_AUTH_TOKEN", "tok-MARKB-auth"),
+            ("EXECUTOR_ENV", r#"{"EXTRA_SECRET_TOKEN": "MARKC-extra"}"#),
+            ("LOG_LEVEL", "debug"),
+        ],
+    )
+    .await;
+    let body = serde_json::json!({
+        "task_id": 9, "subtask_id": 1, "prompt": "FAKE:sleep:300\nhi", "auth_token": "eyJMARKD.header.sig",
+        "git_password": "MARKE-pass", "git_username": "u",
+        "user": {"git_token": "ghp_MARKF0000000000000000", "name": "u"},
+        "bot": [{"shell_type": "ClaudeCode",
+                 "agent_config": {"env": {"model": "claude", "model_id": "m", "api_key": "sk-MARKG-task-key"}},
+                 "mcp_servers": {"gh": {"command": "gh-mcp", "env": {"TOKEN": "${{user.git_token}}"}}}}]});
+    let client = exec.client();
+    let auth = ("authorization", "Bearer tok-MARKB-auth");
+    let resp = client
+        .post(exec.url("/api/tasks/execute"))
+        .header(auth.0, auth.1)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let execute_answer = resp.text().await.unwrap();
+    rx.wait_for(FAKE_WAIT, |cbs| cbs.iter().any(|c| c["progress"] == 60))
+        .await;
+    let cmdlines: Vec<String> = processes_in(exec.workspace())
+        .into_iter()
+        .filter_map(common::procs::cmdline)
+        .collect();
+    assert!(!cmdlines.is_empty());
+    let listing = client
+        .get(exec.url("/api/tasks/sessions"))
+        .header(auth.0, auth.1)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bad = client
+        .post(exec.url("/api/tasks/execute"))
+        .header(auth.0, auth.1)
+        .body(r#"{"task_id": "MARKH", "api_key": "sk-MARKG-task-key"}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unauthorised = client
+        .get(exec.url("/api/tasks/sessions"))
+        .header("authorization", "Bearer MARKB-wrong")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        rx.wait_terminal(9, 1, FAKE_WAIT).await["status"],
+        "COMPLETED"
+    );
+    let metrics = client
+        .get(exec.url("/metrics"))
+        .header(auth.0, auth.1)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let places = [
+        ("logs", exec.logs().join("\n")),
+        ("callbacks", rx.dump()),
+        ("execute answer", execute_answer),
+        ("listing", listing),
+        ("child command lines", cmdlines.join("\n")),
+        ("error body", bad),
+        ("401 body", unauthorised),
+        ("metrics", metrics),
+    ];
+    for marker in [
+        "MARKA", "MARKB", "MARKC", "MARKD", "MARKE", "MARKF", "MARKG",
+    ] {
+        for (name, text) in &places {
+            assert!(
+                !text.contains(marker),
+                "{marker} leaked into {name}: {text}"
+            );
+        }
+    }
+}
