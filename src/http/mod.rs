@@ -23,8 +23,14 @@ pub fn service(
             .http
             .observe(info.elapsed().as_secs_f64());
         if info.path() != "/" {
+            let rid = info
+                .request_headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| valid_request_id(v))
+                .unwrap_or("-");
             tracing::info!(
-                "response: {} {} {} {:.2}ms",
+                "[{rid}] response: {} {} {} {:.2}ms",
                 info.method(),
                 info.path(),
                 info.status().as_u16(),
