@@ -33,6 +33,13 @@ where
         };
         let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
         write!(w, "{now} - {LOGGER_NAME} - {level} - ")?;
+        // Lines logged while handling a request carry its id, as the original's log lines.
+        if let Some(rid) = ctx
+            .lookup_current()
+            .and_then(|span| crate::http::request_id::for_span(span.id().into_u64()))
+        {
+            write!(w, "[{rid}] ")?;
+        }
         ctx.format_fields(w.by_ref(), event)?;
         writeln!(w)
     }
@@ -50,7 +57,11 @@ pub fn init(level: &str, json: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stdout);
     let _ = if json {
-        builder.json().with_current_span(false).try_init()
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.event_format(SeedFormat).try_init()
     };

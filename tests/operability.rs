@@ -459,6 +459,18 @@ async fn request_ids_and_traceparent_travel_with_the_callbacks() {
         .unwrap();
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     rx.wait_terminal(2, 1, FAKE_WAIT).await;
+    let lines: Vec<String> = exec
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains(&format!("[{id}]")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("Received task 2.1"))
+            && lines
+                .iter()
+                .any(|l| l.contains("response: POST /api/tasks/execute")),
+        "every line of the request carries its generated id {id}: {lines:?}"
+    );
     let ids: Vec<_> = rx
         .received()
         .into_iter()

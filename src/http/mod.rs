@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod probes;
+pub mod request_id;
 pub mod routes;
 
 use actors::runtime::Runtime;
@@ -23,20 +24,15 @@ pub fn service(
             .http
             .observe(info.elapsed().as_secs_f64());
         if info.path() != "/" {
-            let rid = info
-                .request_headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| valid_request_id(v))
-                .unwrap_or("-");
             tracing::info!(
-                "[{rid}] response: {} {} {} {:.2}ms",
+                "response: {} {} {} {:.2}ms",
                 info.method(),
                 info.path(),
                 info.status().as_u16(),
                 info.elapsed().as_secs_f64() * 1000.0
             );
         }
+        request_id::finish();
     });
     let protected = auth::require(token).and(
         routes::api(rt.clone(), limits)
@@ -52,25 +48,19 @@ pub fn service(
         .unify()
         .recover(error::recover)
         .unify();
-    warp::header::optional::<String>("x-request-id")
-        .or(warp::any().map(|| None))
-        .unify()
-        .and(routes)
-        .map(|id: Option<String>, r: warp::reply::Response| {
-            // X-Request-ID in and out: a caller's id is echoed, otherwise one is made up.
-            let id = id
-                .filter(|v| valid_request_id(v))
-                .unwrap_or_else(new_request_id);
+    routes
+        .map(|r: warp::reply::Response| {
+            // X-Request-ID in and out: the request's id (the caller's, or a new one).
             let mut r = r.into_response();
-            // A handler that already chose the id (execute: it travels on the callbacks) wins.
-            if !r.headers().contains_key("x-request-id") {
-                if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
-                    r.headers_mut().insert("x-request-id", v);
-                }
+            let id = request_id::current().unwrap_or_else(new_request_id);
+            if let Ok(v) = warp::http::HeaderValue::from_str(&id) {
+                r.headers_mut().insert("x-request-id", v);
             }
             r
         })
         .with(log)
+        // Every log line of a request carries its id (see `request_id` and the log format).
+        .with(warp::trace(|info| request_id::span_for(&info)))
 }
 
 /// Accepts caller ids that are short and printable (they are echoed and logged).

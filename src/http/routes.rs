@@ -118,15 +118,15 @@ pub async fn execute(
     let (task_id, subtask_id) = (spec.task_id, spec.subtask_id);
     // The request id (the caller's, or a new one) and the W3C trace context travel with every
     // callback of this subtask.
-    let rid = request_id
-        .filter(|v| super::valid_request_id(v))
+    let rid = super::request_id::current()
+        .or(request_id.filter(|v| super::valid_request_id(v)))
         .unwrap_or_else(super::new_request_id);
     spec.trace = actors::payload::TraceContext {
         request_id: Some(rid.clone()),
         traceparent: traceparent.filter(|t| super::valid_request_id(t)),
     };
     tracing::info!(
-        "[{rid}] Received task {task_id}.{subtask_id} ({})",
+        "Received task {task_id}.{subtask_id} ({})",
         spec.agent.name()
     );
     let outcome = rt
