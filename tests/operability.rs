@@ -379,6 +379,41 @@ fn container_and_kubernetes_files_match_the_service() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let read =
         |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    // Parsed, not just grepped: every manifest is valid YAML with the fields that matter.
+    let yaml = |p: &str| -> Value {
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&read(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        serde_json::to_value(v).unwrap()
+    };
+    let dep = yaml("deploy/kubernetes/deployment.yaml");
+    assert_eq!(dep["kind"], "Deployment");
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    let c = &pod["containers"][0];
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert!(c["lifecycle"]["preStop"].is_object());
+    assert_eq!(c["ports"][0]["containerPort"], 10001);
+    assert!(c["resources"]["requests"].is_object());
+    let job = yaml("deploy/kubernetes/job.yaml");
+    assert_eq!(job["kind"], "Job");
+    let job_env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(job_env.iter().any(|e| e["name"] == "TASK_INFO"));
+    assert_eq!(
+        yaml("deploy/kubernetes/service.yaml")["spec"]["ports"][0]["port"],
+        10001
+    );
+    assert_eq!(
+        yaml("deploy/kubernetes/secret.example.yaml")["kind"],
+        "Secret"
+    );
+    assert_eq!(
+        yaml("docker-compose.yml")["services"]["executor"]["ports"][0],
+        "10001:10001"
+    );
     let deployment = read("deploy/kubernetes/deployment.yaml");
     for want in [
         "path: /health",
@@ -404,6 +439,39 @@ fn container_and_kubernetes_files_match_the_service() {
     let kustomization = read("deploy/kubernetes/kustomization.yaml");
     assert!(kustomization.contains("deployment.yaml") && kustomization.contains("service.yaml"));
     let dockerfile = read("Dockerfile");
+    // A small Dockerfile lint: every instruction is known, continuations are closed, and the
+    // build is multi-stage.
+    let known = [
+        "FROM",
+        "RUN",
+        "COPY",
+        "ENV",
+        "ARG",
+        "WORKDIR",
+        "USER",
+        "EXPOSE",
+        "ENTRYPOINT",
+        "CMD",
+    ];
+    let mut continued = false;
+    let mut stages = 0;
+    for line in dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if !continued {
+            let word = line.split_whitespace().next().unwrap_or("");
+            assert!(
+                known.contains(&word),
+                "unknown Dockerfile instruction: {line}"
+            );
+            stages += usize::from(word == "FROM");
+        }
+        continued = line.ends_with('\\');
+    }
+    assert!(!continued, "the Dockerfile ends inside a continued line");
+    assert!(stages >= 2, "multi-stage build expected");
     let pinned = format!("CLAUDE_CODE_VERSION={}", common::mock_anthropic::PINNED_CLI);
     for want in [
         pinned.as_str(),
