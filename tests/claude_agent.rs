@@ -32,12 +32,7 @@ async fn completed(rx: &CallbackReceiver, exec: &Executor, t: i64, s: i64) -> Va
 async fn a_tool_use_round_trip_runs_bash_in_the_task_workspace() {
     let mock = MockAnthropic::start();
     let rx = CallbackReceiver::start();
-    let exec = Executor::start(
-        ExecutorOptions::new()
-            .callback_url(rx.url())
-            .real_claude(&mock),
-    )
-    .await;
+    let exec = start_real(&rx, &mock).await;
     let prompt = "MOCK_TOOL:Bash:echo hello-from-tool > tool_out.txt; cat tool_out.txt";
     exec.post_json("/api/tasks/execute", &task(1, 1, prompt))
         .await;
@@ -116,12 +111,7 @@ async fn the_conversation_survives_an_executor_restart() {
 async fn new_session_starts_without_history() {
     let mock = MockAnthropic::start();
     let rx = CallbackReceiver::start();
-    let exec = Executor::start(
-        ExecutorOptions::new()
-            .callback_url(rx.url())
-            .real_claude(&mock),
-    )
-    .await;
+    let exec = start_real(&rx, &mock).await;
     exec.post_json("/api/tasks/execute", &task(3, 1, "first"))
         .await;
     completed(&rx, &exec, 3, 1).await;
@@ -148,12 +138,7 @@ async fn new_session_starts_without_history() {
 async fn concurrent_tasks_use_their_own_model_endpoints_and_keys() {
     let (a, b) = (MockAnthropic::start(), MockAnthropic::start());
     let rx = CallbackReceiver::start();
-    let exec = Executor::start(
-        ExecutorOptions::new()
-            .callback_url(rx.url())
-            .real_claude(&a),
-    )
-    .await;
+    let exec = start_real(&rx, &a).await;
     for (id, mock, model) in [(4, &a, "model-a"), (5, &b, "model-b")] {
         let body = json!({"task_id": id, "subtask_id": 1, "prompt": format!("hello {id}"),
             "bot": [{"shell_type": "ClaudeCode", "agent_config": {"env": {"model": "claude", "model_id": model,
@@ -189,12 +174,7 @@ async fn concurrent_tasks_use_their_own_model_endpoints_and_keys() {
 async fn an_unknown_saved_conversation_falls_back_to_a_fresh_one() {
     let mock = MockAnthropic::start();
     let rx = CallbackReceiver::start();
-    let exec = Executor::start(
-        ExecutorOptions::new()
-            .callback_url(rx.url())
-            .real_claude(&mock),
-    )
-    .await;
+    let exec = start_real(&rx, &mock).await;
     let dir = exec.workspace().join("6");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(

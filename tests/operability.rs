@@ -7,6 +7,24 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+/// The body of `GET /metrics` (no token configured).
+async fn scrape(exec: &Executor) -> String {
+    let resp = exec
+        .client()
+        .get(exec.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    resp.text().await.unwrap()
+}
+
+/// The value of the first metric line starting with `line_start`.
+fn metric_value(text: &str, line_start: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 #[tokio::test]
 async fn probes_answer_and_readiness_follows_the_session_cap() {
     let rx = CallbackReceiver::start();
@@ -150,10 +168,7 @@ async fn metrics_count_sessions_subtasks_callbacks_and_requests() {
         .starts_with("text/plain"));
     let text = resp.text().await.unwrap();
     let value = |line_start: &str| -> u64 {
-        text.lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+        metric_value(&text, line_start).unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
     };
     assert_eq!(value("executor_subtasks_total{status=\"COMPLETED\"}"), 1);
     assert_eq!(value("executor_subtasks_total{status=\"FAILED\"}"), 1);
@@ -169,21 +184,9 @@ async fn metrics_count_sessions_subtasks_callbacks_and_requests() {
         if counted >= delivered {
             break;
         }
-        let t = exec
-            .client()
-            .get(exec.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        counted = t
-            .lines()
-            .find(|l| l.starts_with("executor_callback_deliveries_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0);
-        wait_until(std::time::Duration::from_millis(20), || false).await;
+        let t = scrape(&exec).await;
+        counted = metric_value(&t, "executor_callback_deliveries_total ").unwrap_or(0) as usize;
+        wait_until(std::time::Duration::from_millis(20), || false).await; // poll pacing
     }
     assert!(counted >= delivered, "{counted} < {delivered}");
     assert!(value("executor_http_request_duration_seconds_count ") >= 2);
@@ -550,20 +553,8 @@ async fn request_ids_and_traceparent_travel_with_the_callbacks() {
         "{id} vs {ids:?}"
     );
 
-    let text = exec
-        .client()
-        .get(exec.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let relayed: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("executor_event_relay_seconds_count "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let text = scrape(&exec).await;
+    let relayed = metric_value(&text, "executor_event_relay_seconds_count ").unwrap_or(0);
     assert!(relayed > 0, "{text}");
 }
 

@@ -24,12 +24,7 @@ fn task(task_id: i64, subtask_id: i64, prompt: &str) -> Value {
 async fn real_cli_completes_and_the_follow_up_sees_the_history() {
     let mock = MockAnthropic::start();
     let rx = CallbackReceiver::start();
-    let exec = Executor::start(
-        ExecutorOptions::new()
-            .callback_url(rx.url())
-            .real_claude(&mock),
-    )
-    .await;
+    let exec = start_real(&rx, &mock).await;
 
     let (status, body) = exec
         .post_json("/api/tasks/execute", &task(1, 1, "first question"))
@@ -111,12 +106,7 @@ async fn real_cli_completes_and_the_follow_up_sees_the_history() {
 async fn real_cli_cancel_interrupts_the_turn_and_the_conversation_goes_on() {
     let mock = MockAnthropic::start();
     let rx = CallbackReceiver::start();
-    let exec = Executor::start(
-        ExecutorOptions::new()
-            .callback_url(rx.url())
-            .real_claude(&mock),
-    )
-    .await;
+    let exec = start_real(&rx, &mock).await;
 
     mock.hold();
     exec.post_json("/api/tasks/execute", &task(2, 1, "a question that hangs"))

@@ -26,6 +26,16 @@ pub async fn start_fake(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Execut
     Executor::start(opts).await
 }
 
+/// Starts the executor with the real pinned CLI talking to `mock`, callbacks to `rx`.
+pub async fn start_real(rx: &CallbackReceiver, mock: &super::MockAnthropic) -> Executor {
+    Executor::start(
+        ExecutorOptions::new()
+            .callback_url(rx.url())
+            .real_claude(mock),
+    )
+    .await
+}
+
 /// Posts a seed-shaped subtask and checks it was accepted as RUNNING.
 pub async fn post_task(exec: &Executor, task_id: i64, subtask_id: i64, content: &str) {
     let (status, body) = exec
