@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actors::config::{CallbackConfig, ClaudeConfig, RuntimeConfig, Secret, StopConfig};
+use actors::config::{
+    CallbackConfig, ClaudeConfig, RuntimeConfig, Secret, StopConfig, WorkspaceConfig,
+};
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
@@ -160,6 +162,32 @@ pub struct Cli {
     /// Seconds to flush callbacks at shutdown [default: 20].
     #[arg(long, env = "SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Workspace preparation.
+    #[command(flatten)]
+    pub workspace: WorkspaceFlags,
+}
+
+/// Flags of workspace preparation (git, attachments, skills).
+#[derive(Debug, clap::Args)]
+pub struct WorkspaceFlags {
+    /// Backend base URL for attachment and skill downloads [default: http://wegent-backend:8000].
+    #[arg(long, env = "TASK_API_DOMAIN")]
+    pub task_api_domain: Option<String>,
+    /// Comma-separated repository files copied into `.claudecode/` [default: .cursorrules,.windsurfrules].
+    #[arg(long, env = "CUSTOM_INSTRUCTION_FILES")]
+    pub custom_instruction_files: Option<String>,
+    /// Wipe the task's skills folder before deploying skills (true/1/yes) [default: true].
+    #[arg(long, env = "SKILL_CLEAR_CACHE")]
+    pub skill_clear_cache: Option<String>,
+    /// Seconds a `git clone` may take before it is killed [default: 600].
+    #[arg(long, env = "GIT_CLONE_TIMEOUT_SECS")]
+    pub git_clone_timeout_secs: Option<u64>,
+    /// Largest attachment downloaded, in bytes [default: 104857600].
+    #[arg(long, env = "MAX_ATTACHMENT_BYTES")]
+    pub max_attachment_bytes: Option<u64>,
+    /// Largest skill archive downloaded, in bytes [default: 52428800].
+    #[arg(long, env = "MAX_SKILL_BYTES")]
+    pub max_skill_bytes: Option<u64>,
 }
 
 /// The config file: the same settings as the flags, snake_case, all optional.
@@ -193,6 +221,12 @@ pub struct FileConfig {
     callback_spool_dir: Option<PathBuf>,
     max_line_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
+    task_api_domain: Option<String>,
+    custom_instruction_files: Option<Vec<String>>,
+    skill_clear_cache: Option<bool>,
+    git_clone_timeout_secs: Option<u64>,
+    max_attachment_bytes: Option<u64>,
+    max_skill_bytes: Option<u64>,
 }
 
 /// Everything the binary runs with.
@@ -280,6 +314,21 @@ impl Settings {
             format!("WATCHDOG_SILENCE_SECS={}", secs(r.claude.silence_timeout)),
             format!("WATCHDOG_TOOL_SECS={}", secs(r.claude.tool_timeout)),
             format!("TURN_TIMEOUT_SECS={}", secs(r.claude.turn_timeout)),
+            format!(
+                "TASK_API_DOMAIN={}",
+                crate::redact_url(&r.workspace.api_base)
+            ),
+            format!(
+                "CUSTOM_INSTRUCTION_FILES={}",
+                r.workspace.custom_instruction_files.join(",")
+            ),
+            format!("SKILL_CLEAR_CACHE={}", r.workspace.skill_clear_cache),
+            format!(
+                "GIT_CLONE_TIMEOUT_SECS={}",
+                r.workspace.git_timeout.as_secs()
+            ),
+            format!("MAX_ATTACHMENT_BYTES={}", r.workspace.max_attachment_bytes),
+            format!("MAX_SKILL_BYTES={}", r.workspace.max_skill_bytes),
             format!("LOG_LEVEL={}", self.log_level),
             format!("LOG_FORMAT={}", if self.log_json { "json" } else { "text" }),
             format!(
@@ -304,6 +353,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let executor_env = parse_executor_env(std::env::var("EXECUTOR_ENV").ok())?;
+        let workspace = workspace_config(&cli.workspace, &file)?;
         let workspace_root = pick(
             cli.workspace_root,
             file.workspace_root,
@@ -405,6 +455,7 @@ impl Settings {
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
             },
+            workspace,
             stop: StopConfig {
                 eof_grace: ms(pick(
                     cli.session_eof_grace_ms,
@@ -449,6 +500,56 @@ impl Settings {
             runtime,
         })
     }
+}
+
+/// Workspace preparation settings (contract §6, §8.3 names).
+fn workspace_config(cli: &WorkspaceFlags, file: &FileConfig) -> anyhow::Result<WorkspaceConfig> {
+    let d = WorkspaceConfig::default();
+    let api_base = non_empty(cli.task_api_domain.clone())
+        .or_else(|| non_empty(file.task_api_domain.clone()))
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .unwrap_or(d.api_base);
+    let files = match (
+        &cli.custom_instruction_files,
+        &file.custom_instruction_files,
+    ) {
+        (Some(list), _) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(String::from)
+            .collect(),
+        (None, Some(list)) => list.clone(),
+        (None, None) => d.custom_instruction_files,
+    };
+    let clear = match cli.skill_clear_cache.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => {
+            matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+        }
+        _ => file.skill_clear_cache.unwrap_or(d.skill_clear_cache),
+    };
+    let git_secs = cli
+        .git_clone_timeout_secs
+        .or(file.git_clone_timeout_secs)
+        .unwrap_or(d.git_timeout.as_secs());
+    if git_secs == 0 {
+        bail!("GIT_CLONE_TIMEOUT_SECS must be at least 1");
+    }
+    Ok(WorkspaceConfig {
+        api_base,
+        custom_instruction_files: files,
+        skill_clear_cache: clear,
+        git_timeout: Duration::from_secs(git_secs),
+        max_attachment_bytes: cli
+            .max_attachment_bytes
+            .or(file.max_attachment_bytes)
+            .unwrap_or(d.max_attachment_bytes),
+        max_skill_bytes: cli
+            .max_skill_bytes
+            .or(file.max_skill_bytes)
+            .unwrap_or(d.max_skill_bytes),
+        ..d
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

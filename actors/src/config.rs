@@ -118,6 +118,44 @@ pub struct RuntimeConfig {
     pub max_sessions: Option<usize>,
     /// Heartbeats to executor_manager, when enabled.
     pub heartbeat: Option<crate::heartbeat::HeartbeatConfig>,
+    /// Workspace preparation: git, instruction files, attachments, skills.
+    pub workspace: WorkspaceConfig,
+}
+
+/// How a task's workspace is prepared (contract §6).
+#[derive(Debug, Clone)]
+pub struct WorkspaceConfig {
+    /// Backend base URL for attachment and skill downloads (`TASK_API_DOMAIN`), no trailing `/`.
+    pub api_base: String,
+    /// Files copied from the repository into `.claudecode/` (`CUSTOM_INSTRUCTION_FILES`).
+    pub custom_instruction_files: Vec<String>,
+    /// Wipe the task's skills folder before deploying skills (`SKILL_CLEAR_CACHE`).
+    pub skill_clear_cache: bool,
+    /// Longest a `git clone` may take before it is killed.
+    pub git_timeout: Duration,
+    /// Longest one attachment or skill download may take.
+    pub download_timeout: Duration,
+    /// Largest attachment accepted; a bigger one is reported unavailable in the prompt.
+    pub max_attachment_bytes: u64,
+    /// Largest skill archive accepted (and ten times this, unpacked).
+    pub max_skill_bytes: u64,
+    /// How often the workbench (changed files, commits) is refreshed while the agent works.
+    pub workbench_interval: Duration,
+}
+
+impl Default for WorkspaceConfig {
+    fn default() -> Self {
+        Self {
+            api_base: "http://wegent-backend:8000".into(),
+            custom_instruction_files: vec![".cursorrules".into(), ".windsurfrules".into()],
+            skill_clear_cache: true,
+            git_timeout: Duration::from_secs(600),
+            download_timeout: Duration::from_secs(300),
+            max_attachment_bytes: 100 * 1024 * 1024,
+            max_skill_bytes: 50 * 1024 * 1024,
+            workbench_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -155,6 +193,7 @@ impl RuntimeConfig {
             max_live_processes: None,
             max_sessions: None,
             heartbeat: None,
+            workspace: WorkspaceConfig::default(),
         }
     }
 }

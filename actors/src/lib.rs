@@ -24,3 +24,4 @@ pub mod session;
 pub mod spool;
 pub mod supervisor;
 pub mod task;
+pub mod workspace;

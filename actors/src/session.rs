@@ -15,6 +15,8 @@ use crate::index::SessionStatus;
 use crate::payload::{SubtaskContext, TaskStatus};
 use crate::supervisor::{SessionUpdate, SupervisorMsg};
 use crate::task::TaskSpec;
+use crate::workspace::{self, PrepareError, Prepared};
+use tokio_util::sync::CancellationToken;
 
 /// Reason reported for subtasks still running when a session stops without a given reason.
 const DEFAULT_STOP_REASON: &str = "session closed";
@@ -41,6 +43,15 @@ pub enum SessionMsg {
     Process(ProcessState),
     /// End the agent's process if it is idle (the supervisor's live-process cap).
     Suspend,
+    /// Workspace preparation of the current subtask (number `seq`) finished.
+    Prepared {
+        /// Which preparation this is about.
+        seq: u64,
+        /// The subtask.
+        spec: Box<TaskSpec>,
+        /// The workspace, or why it could not be prepared.
+        result: Box<Result<Prepared, PrepareError>>,
+    },
 }
 
 /// What a session is started with.
@@ -67,6 +78,12 @@ pub struct SessionState {
     close_reason: Option<String>,
     completed: u64,
     process: ProcessState,
+    /// The current subtask's workspace preparation, while it runs.
+    preparing: Option<CancellationToken>,
+    /// Numbers preparations, so a late result of an abandoned one is ignored.
+    prep_seq: u64,
+    /// A cancel arrived while the current subtask was being prepared.
+    prep_cancelled: bool,
 }
 
 /// The agent process of a session, as the listing and the live-process cap see it.
@@ -98,6 +115,9 @@ impl Actor for Session {
             close_reason: None,
             completed: 0,
             process: ProcessState::Ended,
+            preparing: None,
+            prep_seq: 0,
+            prep_cancelled: false,
         };
         st.agent = Some(st.spawn_agent(&me).await?);
         Ok(st)
@@ -151,6 +171,12 @@ impl Actor for Session {
                 st.close_reason = Some(reason);
                 me.stop(None);
             }
+            SessionMsg::Prepared { seq, spec, result } => {
+                if seq == st.prep_seq && st.preparing.is_some() {
+                    st.preparing = None;
+                    st.on_prepared(&me, spec, *result).await;
+                }
+            }
         }
         Ok(())
     }
@@ -190,6 +216,9 @@ impl Actor for Session {
         me: ActorRef<SessionMsg>,
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(token) = st.preparing.take() {
+            token.cancel();
+        }
         me.stop_children_and_wait(None, Some(st.args.cfg.stop.budget()))
             .await;
         let reason = st
@@ -234,39 +263,109 @@ impl SessionState {
         let _ = self.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
     }
 
+    /// Starts the next queued subtask: its workspace is prepared in a task of its own, which
+    /// reports back with [`SessionMsg::Prepared`].
     async fn start_next(&mut self, me: &ActorRef<SessionMsg>) {
-        while self.current.is_none() {
-            let Some(spec) = self.queue.pop_front() else {
-                break;
-            };
-            let ctx = SubtaskContext::new(&spec, &self.args.cfg);
-            let agent = match &self.agent {
-                Some(a) => a.clone(),
-                None => match self.spawn_agent(me).await {
-                    Ok(a) => {
-                        self.agent = Some(a.clone());
-                        a
-                    }
-                    Err(e) => {
-                        self.emit(ctx.payload(
-                            100,
-                            TaskStatus::Failed,
-                            format!("could not start the agent: {e}"),
-                            None,
-                        ));
-                        continue;
-                    }
-                },
-            };
-            let req = TurnRequest {
-                ctx: ctx.clone(),
-                spec: *spec,
-            };
-            if agent.cast(AgentMsg::Turn(Box::new(req))).is_err() {
-                self.emit(ctx.payload(100, TaskStatus::Failed, "the agent is not running", None));
-                continue;
+        if self.current.is_none() {
+            if let Some(spec) = self.queue.pop_front() {
+                let ctx = SubtaskContext::new(&spec, &self.args.cfg);
+                let token = CancellationToken::new();
+                self.prep_seq += 1;
+                self.prep_cancelled = false;
+                let (seq, cfg, me) = (self.prep_seq, self.args.cfg.clone(), me.clone());
+                let (callbacks, pctx, stop) =
+                    (self.args.callbacks.clone(), ctx.clone(), token.clone());
+                tokio::spawn(async move {
+                    let progress = move |message: String| {
+                        let p = pctx.payload(50, TaskStatus::Running, message, None);
+                        let _ = callbacks.cast(CallbackMsg::Send(Box::new(p)));
+                    };
+                    let result = workspace::prepare(&cfg, &spec, &progress, &stop).await;
+                    let _ = me.cast(SessionMsg::Prepared {
+                        seq,
+                        spec,
+                        result: Box::new(result),
+                    });
+                });
+                self.current = Some(ctx);
+                self.preparing = Some(token);
             }
-            self.current = Some(ctx);
+        }
+        self.report();
+    }
+
+    /// Hands a prepared subtask to the agent, or ends it when preparation failed or it was
+    /// cancelled meanwhile.
+    async fn on_prepared(
+        &mut self,
+        me: &ActorRef<SessionMsg>,
+        spec: Box<TaskSpec>,
+        result: Result<Prepared, PrepareError>,
+    ) {
+        let Some(ctx) = self.current.clone() else {
+            return;
+        };
+        let outcome = match result {
+            _ if self.prep_cancelled => Err((
+                TaskStatus::Cancelled,
+                crate::agent::claude_turn::CANCEL_MESSAGE.to_string(),
+                None,
+            )),
+            Err(PrepareError::Cancelled) => Err((
+                TaskStatus::Cancelled,
+                crate::agent::claude_turn::CANCEL_MESSAGE.to_string(),
+                None,
+            )),
+            Err(e) => {
+                let message = format!(
+                    "Agent[{}][{}] pre_execute failed: {e}",
+                    spec.agent.name(),
+                    spec.task_id
+                );
+                tracing::warn!("task {}: {message}", spec.task_id);
+                let thinking = serde_json::json!({"thinking": [{"title": "Pre-execution Failed",
+                    "next_action": "continue", "details": {"error": message}}]});
+                Err((TaskStatus::Failed, message, Some(thinking)))
+            }
+            Ok(prepared) => Ok(prepared),
+        };
+        let prepared = match outcome {
+            Ok(p) => p,
+            Err((status, message, result)) => {
+                self.emit(ctx.payload(100, status, message, result));
+                self.current = None;
+                self.completed += 1;
+                return self.start_next(me).await;
+            }
+        };
+        let agent = match &self.agent {
+            Some(a) => a.clone(),
+            None => match self.spawn_agent(me).await {
+                Ok(a) => {
+                    self.agent = Some(a.clone());
+                    a
+                }
+                Err(e) => {
+                    self.emit(ctx.payload(
+                        100,
+                        TaskStatus::Failed,
+                        format!("could not start the agent: {e}"),
+                        None,
+                    ));
+                    self.current = None;
+                    return self.start_next(me).await;
+                }
+            },
+        };
+        let req = TurnRequest {
+            ctx: ctx.clone(),
+            spec: *spec,
+            prepared,
+        };
+        if agent.cast(AgentMsg::Turn(Box::new(req))).is_err() {
+            self.emit(ctx.payload(100, TaskStatus::Failed, "the agent is not running", None));
+            self.current = None;
+            return self.start_next(me).await;
         }
         self.report();
     }
@@ -285,7 +384,10 @@ impl SessionState {
             busy = true;
         }
         if self.current.is_some() {
-            if let Some(agent) = &self.agent {
+            if let Some(token) = &self.preparing {
+                token.cancel();
+                self.prep_cancelled = true;
+            } else if let Some(agent) = &self.agent {
                 let _ = agent.cast(AgentMsg::Interrupt);
             }
             busy = true;

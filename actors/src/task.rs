@@ -95,6 +95,68 @@ pub struct TaskSpec {
     pub user_selected_skills: Vec<String>,
     /// Set by the HTTP layer from the request headers (not read from the task dict).
     pub trace: crate::payload::TraceContext,
+    /// What the workspace needs: credentials, attachments, skills, sub-agents.
+    pub workspace: WorkspaceSpec,
+}
+
+/// Everything workspace preparation reads from the task dict (contract §3, §6).
+#[derive(Debug, Clone, Default)]
+pub struct WorkspaceSpec {
+    /// `git_domain`, shown in the workbench.
+    pub git_domain: Option<String>,
+    /// `git_repo` (e.g. `org/name`), shown in the workbench.
+    pub git_repo: Option<String>,
+    /// `git_repo_id`, exported to the agent as `GIT_REPO_ID`.
+    pub git_repo_id: Option<String>,
+    /// Clone user name: `user.user_name`, the seed's `git_username`; default `token` applies
+    /// only when a token is given.
+    pub git_username: Option<String>,
+    /// `user.git_token` or the seed's `git_password`.
+    pub git_token: Option<crate::config::Secret>,
+    /// `user.git_login` → `git config user.name`.
+    pub git_login: Option<String>,
+    /// `user.git_email` → `git config user.email`.
+    pub git_email: Option<String>,
+    /// `user.git_id`, used for the default no-reply email.
+    pub git_id: Option<String>,
+    /// `auth_token`: bearer token for attachment and skill downloads.
+    pub auth_token: Option<crate::config::Secret>,
+    /// `attachments`.
+    pub attachments: Vec<AttachmentSpec>,
+    /// `bot[0].skills`.
+    pub skills: Vec<String>,
+    /// `team_namespace` (default `default`): where skills are looked up.
+    pub team_namespace: String,
+    /// `mode` (team collaboration model).
+    pub mode: Option<String>,
+    /// `bot[1..]`: sub-agents in coordinate mode.
+    pub sub_agents: Vec<SubAgentSpec>,
+}
+
+/// One entry of `attachments`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentSpec {
+    /// Backend id (a number or a string in the dict; kept as text).
+    pub id: String,
+    /// `original_filename` (sanitised before use).
+    pub filename: String,
+    /// `mime_type`.
+    pub mime_type: Option<String>,
+    /// `file_size` as declared.
+    pub size: Option<u64>,
+}
+
+/// A bot of `bot[1..]`, written as a Claude sub-agent file in coordinate mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubAgentSpec {
+    /// `id`.
+    pub id: Option<i64>,
+    /// `name`.
+    pub name: String,
+    /// `description`.
+    pub description: Option<String>,
+    /// `system_prompt`.
+    pub system_prompt: String,
 }
 
 impl TaskSpec {
@@ -132,6 +194,7 @@ impl TaskSpec {
             trace: Default::default(),
             git_url: first_str(obj, &["git_url", "repo_url"])?,
             branch: first_str(obj, &["branch_name", "branch"])?,
+            workspace: workspace_spec(obj, bot)?,
         })
     }
 
@@ -139,6 +202,90 @@ impl TaskSpec {
     pub fn label(&self) -> String {
         format!("[task_id: {}.{}]", self.task_id, self.subtask_id)
     }
+}
+
+fn workspace_spec(
+    obj: &Map<String, Value>,
+    bot: Option<&Map<String, Value>>,
+) -> Result<WorkspaceSpec, TaskError> {
+    use crate::config::Secret;
+    let empty = Map::new();
+    let user = match obj.get("user") {
+        Some(Value::Object(u)) => u,
+        None | Some(Value::Null) => &empty,
+        Some(_) => {
+            return Err(TaskError::WrongType {
+                field: "user",
+                expected: "an object",
+            })
+        }
+    };
+    let text = |m: &Map<String, Value>, k: &str| match m.get(k) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let token = text(user, "git_token")
+        .or_else(|| text(obj, "git_password"))
+        .filter(|t| t != "***");
+    let attachments = match obj.get("attachments") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_object)
+            .filter_map(|a| {
+                Some(AttachmentSpec {
+                    id: text(a, "id")?,
+                    filename: text(a, "original_filename").unwrap_or_default(),
+                    mime_type: text(a, "mime_type"),
+                    size: a.get("file_size").and_then(Value::as_u64),
+                })
+            })
+            .collect(),
+        Some(_) => {
+            return Err(TaskError::WrongType {
+                field: "attachments",
+                expected: "a list of objects",
+            })
+        }
+    };
+    let sub_agents = match obj.get("bot") {
+        Some(Value::Array(bots)) => bots
+            .iter()
+            .skip(1)
+            .filter_map(Value::as_object)
+            .map(|b| SubAgentSpec {
+                id: b.get("id").and_then(Value::as_i64),
+                name: text(b, "name").unwrap_or_else(|| "agent".into()),
+                description: text(b, "description"),
+                system_prompt: b
+                    .get("system_prompt")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(WorkspaceSpec {
+        git_domain: text(obj, "git_domain"),
+        git_repo: text(obj, "git_repo"),
+        git_repo_id: text(obj, "git_repo_id"),
+        git_username: text(user, "user_name").or_else(|| text(obj, "git_username")),
+        git_token: token.map(Secret::new),
+        git_login: text(user, "git_login"),
+        git_email: text(user, "git_email"),
+        git_id: text(user, "git_id"),
+        auth_token: Secret::non_empty(text(obj, "auth_token")),
+        attachments,
+        skills: match bot {
+            Some(b) => tool_list(b, "skills")?,
+            None => Vec::new(),
+        },
+        team_namespace: text(obj, "team_namespace").unwrap_or_else(|| "default".into()),
+        mode: text(obj, "mode"),
+        sub_agents,
+    })
 }
 
 fn agent_kind(

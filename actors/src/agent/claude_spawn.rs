@@ -38,6 +38,8 @@ pub struct Launch {
     pub spec: SpawnSpec,
     /// The task's Claude config directory.
     pub config_dir: PathBuf,
+    /// The task's directory (where the conversation id is saved).
+    pub task_dir: PathBuf,
     /// MCP servers to write for the CLI.
     pub mcp_servers: Option<Map<String, Value>>,
     /// Which conversation to continue.
@@ -62,6 +64,7 @@ pub async fn launch(
     let Launch {
         mut spec,
         config_dir,
+        task_dir,
         mcp_servers,
         resume,
         bot,
@@ -96,7 +99,7 @@ pub async fn launch(
     let resumed = match resume {
         Resume::Fresh => None,
         Resume::Id(id) => Some(id),
-        Resume::FromFile => tokio::fs::read_to_string(spec.cwd.join(SESSION_ID_FILE))
+        Resume::FromFile => tokio::fs::read_to_string(task_dir.join(SESSION_ID_FILE))
             .await
             .ok()
             .map(|s| s.trim().to_string())

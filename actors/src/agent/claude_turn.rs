@@ -43,6 +43,8 @@ pub struct Turn {
     pub saw_output: bool,
     /// True once the turn was re-sent to a new process (done at most once).
     pub retried: bool,
+    /// The workbench sent with every event (contract §4.3, Claude only).
+    pub workbench: Option<crate::workspace::workbench::Workbench>,
     open_tools: std::collections::HashSet<String>,
     last_title: String,
     thinking: Vec<Value>,
@@ -58,6 +60,7 @@ impl Turn {
             cancelled: false,
             saw_output: false,
             retried: false,
+            workbench: None,
             open_tools: std::collections::HashSet::new(),
             last_title: String::new(),
             thinking: Vec::new(),
@@ -70,7 +73,7 @@ impl Turn {
             progress,
             TaskStatus::Running,
             message,
-            Some(self.result(None)),
+            Some(self.result(None, "running")),
         ))
     }
 
@@ -78,10 +81,12 @@ impl Turn {
     pub fn failed(&mut self, message: &str) -> Box<CallbackPayload> {
         let message = &mask_str(message);
         self.step("thinking.task_execution_failed", json!({"error": message}));
-        Box::new(
-            self.ctx
-                .payload(100, TaskStatus::Failed, message, Some(self.result(None))),
-        )
+        Box::new(self.ctx.payload(
+            100,
+            TaskStatus::Failed,
+            message,
+            Some(self.result(None, "failed")),
+        ))
     }
 
     /// The terminal `CANCELLED` event.
@@ -106,6 +111,14 @@ impl Turn {
         match msg.get("type").and_then(Value::as_str) {
             Some("system") => self.progress("thinking.system_message_received", msg.clone()),
             Some("assistant") => {
+                if let Some(wb) = self.workbench.as_mut() {
+                    let blocks = msg.pointer("/message/content").and_then(Value::as_array);
+                    for b in blocks.into_iter().flatten() {
+                        if let Some(text) = b.get("text").and_then(Value::as_str) {
+                            wb.set_text(text);
+                        }
+                    }
+                }
                 self.progress("thinking.assistant_message_received", message_details(msg))
             }
             Some("user") => self.progress("thinking.user_message_received", message_details(msg)),
@@ -182,9 +195,12 @@ impl Turn {
                 .or_else(|| (!errors.is_empty()).then(|| errors.join("; ")))
                 .unwrap_or_else(|| format!("Task ended: {subtype}"));
             let message = mask_str(&message);
-            let p = self
-                .ctx
-                .payload(100, TaskStatus::Failed, message, Some(self.result(None)));
+            let p = self.ctx.payload(
+                100,
+                TaskStatus::Failed,
+                message,
+                Some(self.result(None, "failed")),
+            );
             return LineOutcome::Finished(TaskStatus::Failed, Some(Box::new(p)));
         }
         self.step("thinking.task_execution_success", details);
@@ -198,7 +214,7 @@ impl Turn {
             100,
             TaskStatus::Completed,
             message,
-            Some(self.result(Some(value))),
+            Some(self.result(Some(value), "completed")),
         );
         LineOutcome::Finished(TaskStatus::Completed, Some(Box::new(p)))
     }
@@ -214,8 +230,11 @@ impl Turn {
             .push(json!({"title": title, "next_action": "continue", "details": details}));
     }
 
-    fn result(&self, value: Option<String>) -> Value {
+    fn result(&self, value: Option<String>, status: &str) -> Value {
         let mut r = json!({"thinking": self.thinking});
+        if let Some(wb) = &self.workbench {
+            r["workbench"] = wb.to_value(status);
+        }
         if let Some(v) = value {
             r["value"] = Value::String(v);
         }

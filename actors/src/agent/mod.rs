@@ -40,4 +40,6 @@ pub struct TurnRequest {
     pub ctx: SubtaskContext,
     /// The whole subtask as received.
     pub spec: TaskSpec,
+    /// Its prepared workspace (working directory, rewritten prompt, repository, extra env).
+    pub prepared: crate::workspace::Prepared,
 }

@@ -21,16 +21,18 @@ fn skills_preamble(skills: &[String]) -> String {
 }
 
 /// Builds the prompt of one turn.
-pub fn shape(spec: &TaskSpec, cwd: &Path, first_turn_of_process: bool) -> String {
+/// `text` is the user's prompt after workspace preparation (attachment markers rewritten).
+pub fn shape(spec: &TaskSpec, text: &str, cwd: &Path, first_turn_of_process: bool) -> String {
     let mut out = String::new();
     if !spec.user_selected_skills.is_empty() {
         out.push_str(&skills_preamble(&spec.user_selected_skills));
         out.push_str("\n\n");
     }
-    out.push_str(&spec.prompt);
+    out.push_str(text);
     if first_turn_of_process {
         out.push_str(&format!("\nCurrent working directory: {}", cwd.display()));
         if let Some(url) = &spec.git_url {
+            let url = crate::workspace::git::strip_userinfo(url);
             out.push_str(&format!("\n project url:{url}"));
         }
     }
@@ -49,7 +51,7 @@ mod tests {
                                                 "user_selected_skills": ["pdf"]}),
         )
         .unwrap();
-        let p = shape(&spec, Path::new("/ws/1"), true);
+        let p = shape(&spec, &spec.prompt, Path::new("/ws/1"), true);
         assert!(p.starts_with("## User-Selected Skills"));
         assert!(p.contains("  - **pdf** [USER SELECTED - PRIORITIZE]"));
         assert!(
@@ -59,6 +61,6 @@ mod tests {
             "{p:?}"
         );
         let plain = TaskSpec::from_value(&json!({"task_id": 1, "prompt": "again"})).unwrap();
-        assert_eq!(shape(&plain, Path::new("/ws/1"), false), "again");
+        assert_eq!(shape(&plain, "again", Path::new("/ws/1"), false), "again");
     }
 }

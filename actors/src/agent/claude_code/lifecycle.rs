@@ -63,11 +63,18 @@ impl ClaudeState {
 
     pub(super) fn end_turn(&mut self, status: TaskStatus) {
         self.throttle.reset();
+        self.stop_monitor();
         if let Some(turn) = self.turn.take() {
             let _ = self.args.session.cast(SessionMsg::TurnDone {
                 subtask_id: turn.ctx.subtask_id,
                 status,
             });
+        }
+    }
+
+    pub(super) fn stop_monitor(&mut self) {
+        if let Some(stop) = self.monitor.take() {
+            stop.cancel();
         }
     }
 

@@ -89,6 +89,13 @@ pub enum AgentMsg {
         /// Which turn of that process.
         turn: u32,
     },
+    /// A fresh workbench snapshot for turn number `turn` of this agent.
+    Workbench {
+        /// Which turn (counted over the agent's life) it is about.
+        turn: u64,
+        /// The repository's changes.
+        snapshot: crate::workspace::workbench::GitSnapshot,
+    },
     /// The idle time after turn number `turns` of process `gen` passed.
     IdleDeadline {
         /// Generation of the process this is about.
@@ -104,7 +111,16 @@ pub struct ClaudeCodeAgent;
 /// State of the [`ClaudeCodeAgent`].
 pub struct ClaudeState {
     args: AgentArgs,
+    /// `<workspace_root>/<task_id>`: session id file and the task's Claude config.
+    task_dir: PathBuf,
+    /// Where the current process runs (the clone, or the task directory).
     cwd: PathBuf,
+    /// The current subtask's prepared workspace.
+    prepared: Option<crate::workspace::Prepared>,
+    /// Counts turns over the agent's life (tags workbench snapshots).
+    turn_seq: u64,
+    /// Stops the current turn's workbench monitor.
+    monitor: Option<tokio_util::sync::CancellationToken>,
     proc: Option<AgentProcess>,
     gen: u64,
     spawning: bool,
@@ -134,10 +150,14 @@ impl Actor for ClaudeCodeAgent {
         _me: ActorRef<AgentMsg>,
         args: AgentArgs,
     ) -> Result<ClaudeState, ActorProcessingErr> {
-        let cwd = args.cfg.workspace_root.join(args.task_id.to_string());
+        let task_dir = args.cfg.workspace_root.join(args.task_id.to_string());
         Ok(ClaudeState {
             args,
-            cwd,
+            cwd: task_dir.clone(),
+            task_dir,
+            prepared: None,
+            turn_seq: 0,
+            monitor: None,
             proc: None,
             gen: 0,
             spawning: false,
@@ -193,6 +213,11 @@ impl Actor for ClaudeCodeAgent {
                 st.suspend("idle")
             }
             AgentMsg::Suspend => st.suspend("over the live-process cap"),
+            AgentMsg::Workbench { turn, snapshot } if turn == st.turn_seq => {
+                if let Some(wb) = st.turn.as_mut().and_then(|t| t.workbench.as_mut()) {
+                    wb.update(snapshot);
+                }
+            }
             AgentMsg::FlushProgress { .. } if st.throttle.flush(Instant::now()) => {
                 if let Some(turn) = st.turn.as_ref().filter(|t| !t.cancelled) {
                     st.emit(turn.progress_event());
@@ -211,6 +236,7 @@ impl Actor for ClaudeCodeAgent {
         _me: ActorRef<AgentMsg>,
         st: &mut ClaudeState,
     ) -> Result<(), ActorProcessingErr> {
+        st.stop_monitor();
         if let Some(mut p) = st.proc.take() {
             let how = p.terminate(st.args.cfg.stop).await;
             tracing::info!(

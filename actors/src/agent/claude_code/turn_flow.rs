@@ -14,7 +14,11 @@ impl ClaudeState {
     }
 
     pub(super) fn on_turn(&mut self, me: &ActorRef<AgentMsg>, req: TurnRequest) {
-        let turn = Turn::new(req.ctx, String::new());
+        let mut turn = Turn::new(req.ctx, String::new());
+        turn.workbench = Some(new_workbench(&req.spec, &req.prepared));
+        for notice in &req.prepared.notices {
+            turn.step("thinking.workspace_notice", json!({"message": notice}));
+        }
         if self.turn.is_some() {
             tracing::error!(
                 "task {}: a turn arrived while another runs; refusing it",
@@ -36,6 +40,11 @@ impl ClaudeState {
             self.next_resume = Resume::Fresh;
         }
         self.spec = Some(req.spec);
+        if self.proc.is_none() && !self.spawning {
+            self.cwd = req.prepared.workdir.clone();
+        }
+        self.prepared = Some(req.prepared);
+        self.turn_seq += 1;
         if self.ready {
             self.send_turn(me);
         } else if !self.spawning && self.proc.is_none() {
@@ -48,11 +57,18 @@ impl ClaudeState {
             return;
         };
         let cfg = self.args.cfg.clone();
-        let config_dir = self.cwd.join(CONFIG_DIR);
-        let env = match claude_env(&cfg, &spec.bot, &config_dir, std::env::vars()) {
+        let config_dir = self.task_dir.join(CONFIG_DIR);
+        let mut env = match claude_env(&cfg, &spec.bot, &config_dir, std::env::vars()) {
             Ok(env) => env,
             Err(e) => return self.fail_turn(&e.to_string()),
         };
+        if let Some(p) = &self.prepared {
+            env.extend(
+                p.agent_env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_string())),
+            );
+        }
         self.gen += 1;
         self.spawning = true;
         let resume = match std::mem::replace(&mut self.next_resume, Resume::FromFile) {
@@ -73,6 +89,7 @@ impl ClaudeState {
                 marker: crate::agent::family::new_marker(self.args.task_id),
             },
             config_dir,
+            task_dir: self.task_dir.clone(),
             mcp_servers: spec.bot.mcp_servers.clone(),
             resume,
             bot,
@@ -140,7 +157,11 @@ impl ClaudeState {
         if turn.sent || turn.cancelled {
             return;
         }
-        turn.prompt = prompt::shape(spec, &self.cwd, first);
+        let text = self
+            .prepared
+            .as_ref()
+            .map_or(spec.prompt.as_str(), |p| p.prompt.as_str());
+        turn.prompt = prompt::shape(spec, text, &self.cwd, first);
         turn.sent = proc.send_line(turn.user_line());
         let p = turn.running(60, INIT_MESSAGE);
         self.turns_in_process += 1;
@@ -148,6 +169,28 @@ impl ClaudeState {
         self.last_output = Instant::now();
         self.turn_started = self.last_output;
         self.arm_watchdog(me);
+        self.start_monitor(me);
+    }
+
+    /// Refreshes the workbench's git part while the turn runs, off the actor.
+    fn start_monitor(&mut self, me: &ActorRef<AgentMsg>) {
+        self.stop_monitor();
+        let Some(repo) = self.prepared.as_ref().and_then(|p| p.repo.clone()) else {
+            return;
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        self.monitor = Some(stop.clone());
+        let (me, turn, every) = (
+            me.clone(),
+            self.turn_seq,
+            self.args.cfg.workspace.workbench_interval,
+        );
+        tokio::spawn(crate::workspace::workbench::monitor(
+            repo,
+            every,
+            stop,
+            move |snapshot| me.cast(AgentMsg::Workbench { turn, snapshot }).is_ok(),
+        ));
     }
 
     pub(super) fn on_event(&mut self, me: &ActorRef<AgentMsg>, event: ProcessEvent) {
@@ -282,7 +325,7 @@ impl ClaudeState {
             return;
         }
         self.claude_session = Some(id.to_string());
-        let (path, id) = (self.cwd.join(SESSION_ID_FILE), id.to_string());
+        let (path, id) = (self.task_dir.join(SESSION_ID_FILE), id.to_string());
         tokio::spawn(async move {
             if let Err(e) = tokio::fs::write(&path, id).await {
                 tracing::warn!("cannot save Claude session id to {}: {e}", path.display());
@@ -316,4 +359,30 @@ impl ClaudeState {
         });
         self.timers.arm(TimerKind::Interrupt, t);
     }
+}
+
+/// The workbench of a subtask, from the task dict and its prepared repository.
+fn new_workbench(
+    spec: &TaskSpec,
+    prepared: &crate::workspace::Prepared,
+) -> crate::workspace::workbench::Workbench {
+    use crate::workspace::workbench::{Workbench, WorkbenchInfo};
+    let ws = &spec.workspace;
+    let repository = ws
+        .git_repo
+        .clone()
+        .or_else(|| spec.git_url.clone())
+        .unwrap_or_default();
+    Workbench::new(
+        WorkbenchInfo {
+            task_title: &spec.task_title,
+            task_id: spec.task_id,
+            subtask_title: &spec.subtask_title,
+            prompt: &spec.prompt,
+            repository: &crate::workspace::git::strip_userinfo(&repository),
+            branch: spec.branch.as_deref().unwrap_or_default(),
+            git_domain: ws.git_domain.as_deref().unwrap_or_default(),
+        },
+        prepared.repo.clone(),
+    )
 }

@@ -1,0 +1,315 @@
+//! Workspace preparation: everything a subtask needs on disk before its agent runs (contract
+//! §6, §5.3 `pre_execute`): the task directory, the repository clone (credentials through a
+//! helper, never written down), instruction files, coordinate-mode sub-agents, skills and
+//! attachments. It is slow I/O, so sessions run [`prepare`] in a task of its own and get the
+//! [`Prepared`] result back as a message.
+
+pub mod attachments;
+pub mod download;
+pub mod git;
+pub mod instructions;
+pub mod skills;
+pub mod workbench;
+
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RuntimeConfig, Secret};
+use crate::task::TaskSpec;
+use git::GitCredentials;
+use workbench::RepoState;
+
+/// What the agent gets from preparation.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `<workspace_root>/<task_id>`: session id file, Claude config, attachments.
+    pub task_dir: PathBuf,
+    /// Where the agent works: the clone, or the task directory.
+    pub workdir: PathBuf,
+    /// The prompt with attachment markers rewritten.
+    pub prompt: String,
+    /// The repository and its state at the start of the subtask (for the workbench).
+    pub repo: Option<RepoState>,
+    /// Extra environment for the agent process (`GIT_*` and the credential helper's
+    /// variables, so the agent can push). Holds secrets: never log it.
+    pub agent_env: Vec<(String, Secret)>,
+    /// Things that went wrong without failing the subtask (skills, attachments).
+    pub notices: Vec<String>,
+}
+
+/// Why preparation failed; the texts carry no credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The subtask was cancelled while its workspace was being prepared.
+    #[error("cancelled")]
+    Cancelled,
+    /// The task id cannot name a directory under the workspace root.
+    #[error("task id {0} cannot be used as a workspace directory")]
+    BadTaskId(i64),
+    /// Creating or writing a file failed.
+    #[error("could not prepare {path}: {message}")]
+    Io {
+        /// What we tried to create or write.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The clone failed.
+    #[error("Failed to clone {url} into {path}: {message}")]
+    Clone {
+        /// The clean URL.
+        url: String,
+        /// The destination.
+        path: String,
+        /// git's message, scrubbed.
+        message: String,
+    },
+}
+
+/// Creates a directory (and its parents) readable by the executor's user only.
+pub async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = tokio::fs::DirBuilder::new();
+    b.recursive(true).mode(0o700);
+    b.create(dir).await
+}
+
+/// `<root>/<task_id>`, refusing anything that would not be a plain child of the root.
+pub fn task_dir(root: &Path, task_id: i64) -> Result<PathBuf, PrepareError> {
+    if task_id < 0 {
+        return Err(PrepareError::BadTaskId(task_id));
+    }
+    let dir = root.join(task_id.to_string());
+    if dir.parent() != Some(root) {
+        return Err(PrepareError::BadTaskId(task_id));
+    }
+    Ok(dir)
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> PrepareError + '_ {
+    move |e| PrepareError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Prepares the workspace of one subtask; `progress` gets human messages for RUNNING callbacks.
+pub async fn prepare(
+    cfg: &RuntimeConfig,
+    spec: &TaskSpec,
+    progress: &(dyn Fn(String) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<Prepared, PrepareError> {
+    let task_dir = task_dir(&cfg.workspace_root, spec.task_id)?;
+    create_private_dir(&task_dir)
+        .await
+        .map_err(io_err(&task_dir))?;
+    let ws = &spec.workspace;
+    let mut out = Prepared {
+        task_dir: task_dir.clone(),
+        workdir: task_dir.clone(),
+        prompt: spec.prompt.clone(),
+        repo: None,
+        agent_env: Vec::new(),
+        notices: Vec::new(),
+    };
+    if let Some(url) = spec.git_url.as_deref() {
+        let (clean, url_creds) = git::split_credentials(url.trim());
+        let creds = match (&ws.git_token, url_creds) {
+            (Some(token), _) => Some(GitCredentials {
+                username: ws.git_username.clone().unwrap_or_else(|| "token".into()),
+                token: token.clone(),
+            }),
+            (None, Some((user, pass))) if !pass.is_empty() => Some(GitCredentials {
+                username: if user.is_empty() {
+                    "token".into()
+                } else {
+                    user
+                },
+                token: Secret::new(pass),
+            }),
+            _ => None,
+        };
+        let dest = task_dir.join(git::repo_name(&clean));
+        let helper = match &creds {
+            Some(_) => Some(
+                git::write_helper(&task_dir)
+                    .await
+                    .map_err(io_err(&task_dir))?,
+            ),
+            None => None,
+        };
+        if !tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+            progress(format!("Cloning {clean}"));
+            tracing::info!(
+                "task {}: cloning {clean} into {}",
+                spec.task_id,
+                dest.display()
+            );
+            let job = git::CloneJob {
+                url: &clean,
+                branch: spec
+                    .branch
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty()),
+                dest: &dest,
+                helper: helper.as_deref(),
+                creds: creds.as_ref(),
+                timeout: cfg.workspace.git_timeout,
+            };
+            git::clone(job, cancel).await.map_err(|e| match e {
+                git::GitError::Cancelled => PrepareError::Cancelled,
+                other => PrepareError::Clone {
+                    url: clean.clone(),
+                    path: dest.display().to_string(),
+                    message: other.to_string(),
+                },
+            })?;
+            configure_clone(cfg, spec, &dest, helper.as_deref(), cancel).await?;
+        }
+        out.agent_env
+            .push(("GIT_URL".into(), Secret::new(clean.clone())));
+        if let Some(c) = &creds {
+            for (k, v) in c.env() {
+                out.agent_env.push((k.into(), Secret::new(v)));
+            }
+        }
+        setup_instructions(cfg, &dest)
+            .await
+            .map_err(io_err(&dest))?;
+        out.repo = Some(workbench::repo_state(&dest, spec.branch.as_deref()).await);
+        out.workdir = dest;
+    }
+    for (name, value) in [
+        ("GIT_DOMAIN", &ws.git_domain),
+        ("GIT_REPO", &ws.git_repo),
+        ("GIT_REPO_ID", &ws.git_repo_id),
+        ("BRANCH_NAME", &spec.branch),
+    ] {
+        if let Some(v) = value {
+            out.agent_env.push((name.into(), Secret::new(v.clone())));
+        }
+    }
+    if ws.mode.as_deref() == Some("coordinate") && !ws.sub_agents.is_empty() {
+        instructions::write_sub_agents(&out.workdir, &ws.sub_agents)
+            .await
+            .map_err(io_err(&out.workdir))?;
+        instructions::exclude(&out.workdir, &[".claude/agents/"])
+            .await
+            .map_err(io_err(&out.workdir))?;
+    }
+    if cancel.is_cancelled() {
+        return Err(PrepareError::Cancelled);
+    }
+    let needs_http = !ws.skills.is_empty() || !ws.attachments.is_empty();
+    let http = needs_http.then(download::client);
+    if let (false, Some(http)) = (ws.skills.is_empty(), &http) {
+        match &ws.auth_token {
+            Some(token) => {
+                progress("Downloading skills".into());
+                let dir = task_dir
+                    .join(crate::agent::claude_spawn::CONFIG_DIR)
+                    .join("skills");
+                let problems = skills::deploy(
+                    &cfg.workspace,
+                    http,
+                    token,
+                    &ws.team_namespace,
+                    &dir,
+                    &ws.skills,
+                    cancel,
+                )
+                .await;
+                out.notices.extend(problems);
+            }
+            None => out
+                .notices
+                .push("skills were not deployed: the task has no auth_token".into()),
+        }
+    }
+    if let (false, Some(http)) = (ws.attachments.is_empty(), &http) {
+        progress("Downloading attachments".into());
+        let dir = attachments::folder(&task_dir, spec.task_id, spec.subtask_id);
+        let results = attachments::fetch_all(
+            &cfg.workspace,
+            http,
+            ws.auth_token.as_ref(),
+            &dir,
+            &ws.attachments,
+            cancel,
+        )
+        .await;
+        out.prompt = attachments::rewrite_prompt(&out.prompt, &results);
+    }
+    if cancel.is_cancelled() {
+        return Err(PrepareError::Cancelled);
+    }
+    Ok(out)
+}
+
+/// After a fresh clone: credentials helper for this repository only (so the agent can push),
+/// hooks path, author identity.
+async fn configure_clone(
+    cfg: &RuntimeConfig,
+    spec: &TaskSpec,
+    repo: &Path,
+    helper: Option<&Path>,
+    cancel: &CancellationToken,
+) -> Result<(), PrepareError> {
+    let ws = &spec.workspace;
+    let mut settings: Vec<Vec<String>> = Vec::new();
+    if let Some(h) = helper {
+        // An empty value first resets helpers inherited from global config.
+        settings.push(vec!["credential.helper".into(), String::new()]);
+        settings.push(vec![
+            "--add".into(),
+            "credential.helper".into(),
+            git::helper_config_value(h),
+        ]);
+    }
+    if tokio::fs::metadata(repo.join(".githooks"))
+        .await
+        .is_ok_and(|m| m.is_dir())
+    {
+        settings.push(vec!["core.hooksPath".into(), ".githooks".into()]);
+    }
+    if let Some(login) = &ws.git_login {
+        let email = ws.git_email.clone().unwrap_or_else(|| match &ws.git_id {
+            Some(id) => format!("{id}+{login}@users.noreply.github.com"),
+            None => format!("{login}@users.noreply.github.com"),
+        });
+        settings.push(vec!["user.name".into(), login.clone()]);
+        settings.push(vec!["user.email".into(), email]);
+    }
+    for s in settings {
+        let mut args = vec!["config".to_string(), "--local".to_string()];
+        args.extend(s);
+        git::run(
+            &args,
+            repo,
+            None,
+            cfg.workspace.git_timeout,
+            cancel,
+            "config",
+        )
+        .await
+        .map_err(|e| PrepareError::Io {
+            path: repo.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// `.claudecode/` copies, `CLAUDE.md` link and their exclude entries.
+async fn setup_instructions(cfg: &RuntimeConfig, repo: &Path) -> std::io::Result<()> {
+    let mut excludes = Vec::new();
+    if instructions::copy_custom_files(repo, &cfg.workspace.custom_instruction_files).await? {
+        excludes.push(".claudecode/");
+    }
+    if instructions::link_claude_md(repo).await? {
+        excludes.push("CLAUDE.md");
+    }
+    instructions::exclude(repo, &excludes).await
+}
