@@ -104,6 +104,10 @@ async fn bad_bodies_are_rejected_with_exact_statuses_and_nothing_runs() {
         ("agent_config as list", bot(json!({"agent_config": [1]})), 422, "agent_config"),
         ("allowed_tools as number", bot(json!({"allowed_tools": 3})), 422, "allowed_tools"),
         ("negative task_id", task(json!({"task_id": -1})), 422, "task_id"),
+        ("task_id as a path", task(json!({"task_id": "../../etc"})), 422, "task_id"),
+        ("user as list", task(json!({"user": ["x"]})), 422, "user"),
+        ("attachments as string", task(json!({"attachments": "a.txt"})), 422, "attachments"),
+        ("skills as number", bot(json!({"skills": 5})), 422, "skills"),
         ("task_id i64::MAX+1", r#"{"task_id": 9223372036854775808, "prompt": "x"}"#.into(), 422, "task_id"),
         ("task_id 10^20", r#"{"task_id": 100000000000000000000, "prompt": "x"}"#.into(), 422, "task_id"),
     ];

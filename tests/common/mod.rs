@@ -18,6 +18,7 @@ pub mod procs;
 pub mod raw_http;
 mod server;
 pub mod tasks;
+pub mod test_backend;
 
 pub use callback_receiver::{
     is_subtask, is_task, is_terminal, json_i64, CallbackReceiver, ReceivedCallback,

@@ -243,6 +243,8 @@ pub async fn run(
         .stderr(Stdio::piped())
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("LC_ALL", "C")
+        // Our queries must never take index.lock from under the agent's own git commands.
+        .env("GIT_OPTIONAL_LOCKS", "0")
         .env_remove("GIT_ASKPASS")
         .env_remove("SSH_ASKPASS")
         .env_remove(USERNAME_ENV)

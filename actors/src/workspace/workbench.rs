@@ -395,7 +395,7 @@ mod tests {
     #[test]
     fn diff_and_log_parse() {
         let status = "M\0src/a.rs\0R100\0old.txt\0new.txt\0D\0gone.md\0";
-        let numstat = "3\t1\tsrc/a.rs\00\t0\t\0old.txt\0new.txt\00\t5\tgone.md\0";
+        let numstat = "3\t1\tsrc/a.rs\x000\t0\t\x00old.txt\x00new.txt\x000\t5\tgone.md\x00";
         let f = file_changes(status, numstat);
         assert_eq!(f.len(), 3);
         assert_eq!(f[0]["added_lines"], 3);

@@ -14,6 +14,8 @@ pub enum ReplyPart {
     Env(String),
     /// `FAKE:argv`: report the command line.
     Argv,
+    /// `FAKE:prompt`: report the whole user message as received.
+    Prompt,
     /// `FAKE:stamp`: the wall-clock time (µs since the Unix epoch) the reply is written, for
     /// measuring how fast the executor relays a line as a callback.
     Stamp,
@@ -54,6 +56,13 @@ pub struct Script {
     pub ignore_sigterm: bool,
     /// `FAKE:exit_after_result:<code>`.
     pub exit_after_result: Option<i32>,
+    /// `FAKE:sh:<command>`: run it with `sh -c` in the working directory (as a Bash tool call,
+    /// reported as `tool_use`/`tool_result`), in order of appearance.
+    pub shell: Vec<String>,
+    /// `FAKE:wait_file:<path>`: keep working (an assistant line every 100 ms, interruptible)
+    /// until the file exists, at most 60 s — lets a test hold a turn open until it has seen
+    /// what it waits for.
+    pub wait_file: Option<String>,
     /// `FAKE:env:<NAME>` and `FAKE:argv`, in order of appearance.
     pub reply: Vec<ReplyPart>,
     /// Problems with unknown or malformed directives, for stderr.
@@ -105,8 +114,11 @@ impl Script {
             ("spawn_daemon", None) => self.spawn_daemon = true,
             ("ignore_sigterm", None) => self.ignore_sigterm = true,
             ("exit_after_result", Some(code)) => self.exit_after_result = Some(number(code)?),
+            ("sh", Some(cmd)) if !cmd.is_empty() => self.shell.push(cmd.to_string()),
+            ("wait_file", Some(path)) if !path.is_empty() => self.wait_file = Some(path.into()),
             ("env", Some(var)) if !var.is_empty() => self.reply.push(ReplyPart::Env(var.into())),
             ("argv", None) => self.reply.push(ReplyPart::Argv),
+            ("prompt", None) => self.reply.push(ReplyPart::Prompt),
             ("stamp", None) => self.reply.push(ReplyPart::Stamp),
             _ => return Err("unknown directive or wrong argument".to_string()),
         }

@@ -68,6 +68,50 @@ impl Session {
             }]);
             emit(&self.msgs.user(tool_result))?;
         }
+        for (i, cmd) in script.shell.iter().enumerate() {
+            let id = format!("toolu_fake_sh_{i}");
+            let tool_use = json!([{"type": "tool_use", "id": id, "name": "Bash",
+                                   "input": {"command": cmd}}]);
+            emit(
+                &self
+                    .msgs
+                    .assistant(&format!("msg_fake_{n}_sh_{i}"), tool_use),
+            )?;
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .stdin(Stdio::null())
+                .output();
+            let (text, failed) = match out {
+                Ok(o) => (
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    !o.status.success(),
+                ),
+                Err(e) => (e.to_string(), true),
+            };
+            let result = json!([{"type": "tool_result", "tool_use_id": id,
+                                 "content": text, "is_error": failed}]);
+            emit(&self.msgs.user(result))?;
+        }
+        if let Some(path) = &script.wait_file {
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            let mut i = 0;
+            while !std::path::Path::new(path).exists() && Instant::now() < deadline {
+                i += 1;
+                emit(
+                    &self
+                        .msgs
+                        .assistant_text(&format!("msg_fake_{n}_wait_{i}"), "working"),
+                )?;
+                if self.serve_for(100)? == Flow::Interrupted {
+                    return self.abort(start);
+                }
+            }
+        }
         for i in 1..=script.lines {
             let id = format!("msg_fake_{n}_chunk_{i}");
             emit(&self.msgs.assistant_text(&id, &format!("chunk {i}")))?;
@@ -87,7 +131,7 @@ impl Session {
             emit(&self.msgs.assistant_text(&id, &"x".repeat(bytes)))?;
         }
 
-        let reply = self.reply_text(n, &script);
+        let reply = self.reply_text(n, &script, text);
         emit(&self.msgs.assistant_text(&format!("msg_fake_{n}"), &reply))?;
         if script.no_result {
             std::process::exit(0);
@@ -129,7 +173,7 @@ impl Session {
     }
 
     /// The final assistant text: the echo, or what `env`/`argv` ask for.
-    fn reply_text(&self, n: u64, script: &Script) -> String {
+    fn reply_text(&self, n: u64, script: &Script, text: &str) -> String {
         if script.reply.is_empty() {
             return format!("fake reply #{n} to: {}", script.echo);
         }
@@ -143,6 +187,7 @@ impl Session {
                         .unwrap_or_else(|| "<unset>".to_string());
                     format!("env {name}={value}")
                 }
+                ReplyPart::Prompt => format!("prompt {text}"),
                 ReplyPart::Argv => {
                     serde_json::to_string(&self.argv).unwrap_or_else(|_| "[]".to_string())
                 }

@@ -1,0 +1,498 @@
+//! Workspace preparation end to end (issue: workspaces): the real binary clones from a real git
+//! server that demands basic auth, with the fake CLI as the agent; attachments and skills come
+//! from a test backend. Secrets are searched for everywhere they must not be.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::test_backend::{git, zip_archive, Backend, GitServer};
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "ghp-SECRET-token-4711";
+
+/// Every process's command line (NUL-separated arguments joined by spaces).
+fn all_cmdlines() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let s: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            out.push((pid, s.join(" ")));
+        }
+    }
+    out
+}
+
+fn git_task(task_id: i64, subtask_id: i64, url: &str, token: &str, prompt: &str) -> Value {
+    json!({
+        "task_id": task_id, "subtask_id": subtask_id, "task_title": "T", "subtask_title": "S",
+        "git_url": url, "branch_name": "feature", "git_domain": "127.0.0.1", "git_repo": "org/src",
+        "user": {"id": 1, "name": "u", "user_name": "alice", "git_token": token,
+                 "git_login": "octo", "git_id": "9"},
+        "mode": "coordinate",
+        "bot": [{"id": 11, "name": "coder", "shell_type": "ClaudeCode"},
+                {"id": 12, "name": "Code Reviewer", "shell_type": "ClaudeCode",
+                 "system_prompt": "Review carefully."}],
+        "prompt": prompt,
+    })
+}
+
+async fn post(exec: &Executor, body: &Value) {
+    let (status, reply) = exec.post_json("/api/tasks/execute", body).await;
+    assert_eq!(status, 200, "{reply}\n{}", exec.logs_tail(40));
+}
+
+fn config_of(repo: &Path) -> String {
+    std::fs::read_to_string(repo.join(".git/config")).unwrap()
+}
+
+fn workbench_has(cb: &Value, file: &str, commit_msg: &str) -> bool {
+    let wb = &cb["result"]["workbench"];
+    let files = wb["file_changes"].as_array().cloned().unwrap_or_default();
+    let commits = wb["git_info"]["task_commits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    files.iter().any(|f| f["new_path"] == file)
+        && commits.iter().any(|c| c["message"] == commit_msg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_with_a_token_leaks_it_nowhere_and_the_agent_can_push() {
+    let server = GitServer::start("alice", TOKEN);
+    server.create_repo(
+        "src",
+        &[
+            ("README.md", "hello\n"),
+            ("AGENTS.md", "# rules\n"),
+            (".cursorrules", "be nice\n"),
+            (".githooks/pre-commit", "#!/bin/sh\nexit 0\n"),
+        ],
+        &["feature"],
+    );
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let ws = exec.workspace().to_path_buf();
+
+    // While the clone is in flight, no process anywhere carries the token in its arguments.
+    server.hold();
+    post(
+        &exec,
+        &git_task(31, 1, &server.url("src"), TOKEN, "FAKE:prompt\nfirst"),
+    )
+    .await;
+    assert!(
+        server.wait_held(1, Duration::from_secs(20)).await,
+        "the clone never reached the git server\n{}",
+        exec.logs_tail(40)
+    );
+    let procs = all_cmdlines();
+    let clones: Vec<_> = procs
+        .iter()
+        .filter(|(_, c)| c.contains(&server.url("src")))
+        .collect();
+    assert!(!clones.is_empty(), "no git process seen during the clone");
+    let leaking: Vec<_> = procs.iter().filter(|(_, c)| c.contains(TOKEN)).collect();
+    assert!(
+        leaking.is_empty(),
+        "token in process arguments: {leaking:?}"
+    );
+    server.release();
+
+    let done = rx.wait_terminal(31, 1, FAKE_WAIT).await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "{done}\n{}",
+        exec.logs_tail(40)
+    );
+    let repo = ws.join("31/src");
+    let value = done["result"]["value"].as_str().unwrap().to_string();
+    assert!(
+        value.contains(&format!("Current working directory: {}", repo.display())),
+        "the agent works in the clone: {value}"
+    );
+    assert!(
+        value.contains(&format!("project url:{}", server.url("src"))),
+        "{value}"
+    );
+
+    // The requested branch, identity, hooks, credential helper — and no token on disk.
+    assert_eq!(
+        git(&repo, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        "feature"
+    );
+    assert!(repo.join("feature.txt").exists());
+    let config = config_of(&repo);
+    assert!(
+        !config.contains(TOKEN),
+        ".git/config holds the token:\n{config}"
+    );
+    assert!(config.contains("hooksPath = .githooks"), "{config}");
+    assert_eq!(git(&repo, &["config", "user.name"]), "octo");
+    assert_eq!(
+        git(&repo, &["config", "user.email"]),
+        "9+octo@users.noreply.github.com"
+    );
+    assert_eq!(
+        git(&repo, &["remote", "get-url", "origin"]),
+        server.url("src")
+    );
+    for entry in walk(&ws) {
+        if entry.is_file() {
+            let body = std::fs::read(&entry).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&body).contains(TOKEN),
+                "token written to {}",
+                entry.display()
+            );
+        }
+    }
+
+    // Instruction files, symlink, sub-agents and their exclude entries.
+    assert_eq!(
+        std::fs::read_link(repo.join("CLAUDE.md")).unwrap(),
+        Path::new("AGENTS.md")
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join(".claudecode/.cursorrules")).unwrap(),
+        "be nice\n"
+    );
+    let agent = std::fs::read_to_string(repo.join(".claude/agents/code-reviewer-12.md")).unwrap();
+    assert!(agent.starts_with("---\nname: code-reviewer\n"), "{agent}");
+    assert!(agent.contains("Review carefully."), "{agent}");
+    let exclude = std::fs::read_to_string(repo.join(".git/info/exclude")).unwrap();
+    for e in [".claudecode/", "CLAUDE.md", ".claude/agents/"] {
+        assert!(
+            exclude.lines().any(|l| l == e),
+            "{e} not excluded:\n{exclude}"
+        );
+    }
+    assert_eq!(
+        git(&repo, &["status", "--porcelain"]),
+        "",
+        "nothing the executor added shows up"
+    );
+    let fetches_after_clone = server.seen().len();
+
+    // Follow-up: same tree (no new clone), the agent commits and pushes with the helper; the
+    // workbench reports the changed file and the commit while the turn still runs.
+    let release = ws.join("release-31");
+    let prompt = format!(
+        "FAKE:sh:echo change >> README.md && echo new > added.txt && git add -A && git commit -q -m 'agent commit' && git push -q origin HEAD:feature 2>&1\n\
+         FAKE:sh:echo more >> README.md\n\
+         FAKE:wait_file:{}\nsecond",
+        release.display()
+    );
+    post(&exec, &git_task(31, 2, &server.url("src"), TOKEN, &prompt)).await;
+    let seen = rx
+        .wait_for(FAKE_WAIT, |cbs| {
+            cbs.iter().any(|c| {
+                is_subtask(c, 31, 2)
+                    && c["status"] == "RUNNING"
+                    && workbench_has(c, "added.txt", "agent commit")
+            })
+        })
+        .await;
+    let running = seen
+        .iter()
+        .find(|c| {
+            is_subtask(c, 31, 2)
+                && c["status"] == "RUNNING"
+                && workbench_has(c, "added.txt", "agent commit")
+        })
+        .unwrap_or_else(|| panic!("no workbench with the agent's work\n{}", rx.dump()));
+    let wb = &running["result"]["workbench"];
+    assert_eq!(wb["status"], "running");
+    assert_eq!(wb["repository"], "org/src");
+    assert_eq!(wb["branch"], "feature");
+    let readme = wb["file_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["new_path"] == "README.md")
+        .unwrap_or_else(|| panic!("README.md not in {wb}"));
+    assert!(readme["added_lines"].as_u64().unwrap() >= 2, "{readme}");
+    assert_eq!(wb["git_info"]["target_branch"], "feature");
+    std::fs::write(&release, "go").unwrap();
+    let done = rx.wait_terminal(31, 2, FAKE_WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["result"]["workbench"]["status"], "completed");
+    let pushed = git(
+        &server.bare_path("src"),
+        &["log", "-1", "--format=%s", "feature"],
+    );
+    assert_eq!(
+        pushed, "agent commit",
+        "the agent's push reached the server"
+    );
+    let git_requests_for_push = server.seen().len() - fetches_after_clone;
+    assert!(git_requests_for_push > 0 && server.seen().iter().all(|r| !r.target.contains("clone")));
+    assert!(
+        repo.join("added.txt").exists(),
+        "the follow-up reused the tree"
+    );
+
+    // Nowhere in logs or callbacks.
+    let logs = exec.logs().join("\n");
+    assert!(!logs.contains(TOKEN), "token in the executor's logs");
+    let callbacks = serde_json::to_string(&rx.callbacks()).unwrap();
+    assert!(!callbacks.contains(TOKEN), "token in callbacks");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_fails_clearly_and_the_task_stays_usable() {
+    let server = GitServer::start("alice", TOKEN);
+    server.create_repo("src", &[("README.md", "x\n")], &["feature"]);
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let wrong = "wrong-token-0815";
+    post(&exec, &git_task(32, 1, &server.url("src"), wrong, "hello")).await;
+    let done = rx.wait_terminal(32, 1, FAKE_WAIT).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let msg = done["error_message"].as_str().unwrap();
+    assert!(
+        msg.contains("Failed to clone") && msg.contains(&server.url("src")),
+        "{msg}"
+    );
+    assert!(
+        msg.to_lowercase().contains("authentication failed"),
+        "git's reason is kept: {msg}"
+    );
+    assert!(!msg.contains(wrong), "{msg}");
+    assert_eq!(
+        rx.for_subtask(32, 1)
+            .iter()
+            .filter(|c| is_terminal(c))
+            .count(),
+        1
+    );
+    assert!(
+        !exec.workspace().join("32/src").exists(),
+        "no half clone left behind"
+    );
+    assert!(server.seen().iter().any(|r| r.status == 401));
+
+    // The same task goes on: the right token now clones and runs.
+    post(&exec, &git_task(32, 2, &server.url("src"), TOKEN, "again")).await;
+    let done = rx.wait_terminal(32, 2, FAKE_WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let logs = exec.logs().join("\n");
+    assert!(!logs.contains(wrong) && !logs.contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_clone_times_out_and_a_cancel_stops_a_clone() {
+    let server = GitServer::start("alice", TOKEN);
+    server.create_repo("src", &[("README.md", "x\n")], &["feature"]);
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("GIT_CLONE_TIMEOUT_SECS", "1")]).await;
+    server.hold();
+    post(&exec, &git_task(33, 1, &server.url("src"), TOKEN, "hello")).await;
+    let done = rx.wait_terminal(33, 1, FAKE_WAIT).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert!(
+        done["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 1 s"),
+        "{done}"
+    );
+
+    // Cancel while the clone hangs: CANCELLED, no git process left, the task still works.
+    post(&exec, &git_task(34, 1, &server.url("src"), TOKEN, "hello")).await;
+    assert!(server.wait_held(1, Duration::from_secs(20)).await);
+    let (status, body) = exec
+        .post_json("/api/tasks/cancel?task_id=34", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = rx.wait_terminal(34, 1, FAKE_WAIT).await;
+    assert_eq!(done["status"], "CANCELLED", "{done}");
+    let url = server.url("src");
+    let gone = wait_until(Duration::from_secs(10), || {
+        !all_cmdlines()
+            .iter()
+            .any(|(p, c)| c.contains(&url) && descendants_of(exec.pid()).contains(p))
+    })
+    .await;
+    assert!(
+        gone,
+        "a git process of the cancelled clone is still running"
+    );
+    server.release();
+    post(
+        &exec,
+        &git_task(34, 2, &server.url("src"), TOKEN, "after cancel"),
+    )
+    .await;
+    let done = rx.wait_terminal(34, 2, FAKE_WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_and_skills_are_fetched_safely() {
+    let auth = "jwt-SECRET-auth-token";
+    let backend = Backend::start(auth);
+    backend.add_attachment("7", b"attached notes\n".to_vec());
+    backend.add_attachment("8", vec![b'x'; 5000]);
+    backend.add_skill("pdf", zip_archive(&[("pdf/SKILL.md", b"# PDF skill")], &[]));
+    backend.add_skill(
+        "evil",
+        zip_archive(
+            &[("evil/SKILL.md", b"ok"), ("../../escaped.txt", b"pwned")],
+            &[],
+        ),
+    );
+    backend.add_skill(
+        "linky",
+        zip_archive(
+            &[("linky/SKILL.md", b"ok")],
+            &[("linky/passwd", "/etc/passwd")],
+        ),
+    );
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(
+        &rx,
+        &[
+            ("TASK_API_DOMAIN", &backend.base_url()),
+            ("MAX_ATTACHMENT_BYTES", "1000"),
+        ],
+    )
+    .await;
+    let ws = exec.workspace().to_path_buf();
+    let task = json!({
+        "task_id": 41, "subtask_id": 5, "auth_token": auth,
+        "bot": [{"shell_type": "ClaudeCode", "skills": ["pdf", "evil", "linky", "missing"]}],
+        "attachments": [
+            {"id": 7, "original_filename": "../notes\r\n.txt", "file_extension": ".txt",
+             "file_size": 15, "mime_type": "text/plain"},
+            {"id": 8, "original_filename": "big.bin", "file_size": 5000,
+             "mime_type": "application/octet-stream"}],
+        "prompt": "FAKE:prompt\nread [attachment:7] and [attachment:8]",
+    });
+    post(&exec, &task).await;
+    let done = rx.wait_terminal(41, 5, FAKE_WAIT).await;
+    assert_eq!(
+        done["status"], "COMPLETED",
+        "attachments never fail a task: {done}"
+    );
+
+    let dir = ws.join("41/41:executor:attachments/5");
+    let saved = dir.join(".._notes.txt");
+    assert_eq!(std::fs::read_to_string(&saved).unwrap(), "attached notes\n");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec![".._notes.txt".to_string()],
+        "the oversized file is not kept"
+    );
+
+    let prompt = done["result"]["value"].as_str().unwrap();
+    assert!(
+        prompt.contains(&format!(
+            "read [Attachment downloaded to: {}]",
+            saved.display()
+        )),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("[Attachment 8 unavailable - download failed]"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("- big.bin (Error: larger than the limit of 1000 bytes)"),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains(&format!(
+            "📎 Available attachments:\n- .._notes.txt (text/plain, 15 bytes): {}",
+            saved.display()
+        )),
+        "{prompt}"
+    );
+
+    let skills = ws.join("41/.claude/skills");
+    assert_eq!(
+        std::fs::read_to_string(skills.join("pdf/SKILL.md")).unwrap(),
+        "# PDF skill"
+    );
+    assert!(
+        !skills.join("evil").exists(),
+        "a zip-slip archive is refused as a whole"
+    );
+    assert!(
+        !skills.join("linky").exists(),
+        "an archive with a symlink is refused"
+    );
+    for p in [
+        ws.join("escaped.txt"),
+        ws.join("41/escaped.txt"),
+        ws.join("41/.claude/escaped.txt"),
+    ] {
+        assert!(!p.exists(), "{} escaped the skills folder", p.display());
+    }
+    let notices: Vec<String> = done["result"]["thinking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["title"] == "thinking.workspace_notice")
+        .map(|s| s["details"]["message"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("evil") && n.contains("unsafe path")),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("linky") && n.contains("symlink")),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("missing") && n.contains("not found")),
+        "{notices:?}"
+    );
+    assert!(backend
+        .seen()
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {auth}"))));
+    assert!(!exec.logs().join("\n").contains(auth), "auth token in logs");
+    assert!(
+        !serde_json::to_string(&rx.callbacks())
+            .unwrap()
+            .contains(auth),
+        "auth token in callbacks"
+    );
+}
