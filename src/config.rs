@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actors::config::{
-    CallbackConfig, ClaudeConfig, RuntimeConfig, Secret, StopConfig, WorkspaceConfig,
+    AgnoConfig, CallbackConfig, ClaudeConfig, RuntimeConfig, Secret, StopConfig, WorkspaceConfig,
 };
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -165,6 +165,15 @@ pub struct Cli {
     /// Workspace preparation.
     #[command(flatten)]
     pub workspace: WorkspaceFlags,
+    /// Python of the agno venv [default: .tools/agno-venv/bin/python if present, else python3].
+    #[arg(long, env = "AGNO_PYTHON")]
+    pub agno_python: Option<PathBuf>,
+    /// SQLite file with Agno conversation history [default: WORKSPACE_ROOT/.agno/agno_data.db].
+    #[arg(long, env = "AGNO_DB_FILE")]
+    pub agno_db_file: Option<PathBuf>,
+    /// Pre-started agno clients kept ready; 0 disables [default: 1].
+    #[arg(long, env = "AGNO_POOL_SIZE")]
+    pub agno_pool_size: Option<usize>,
 }
 
 /// Flags of workspace preparation (git, attachments, skills).
@@ -222,6 +231,9 @@ pub struct FileConfig {
     max_line_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     task_api_domain: Option<String>,
+    agno_python: Option<PathBuf>,
+    agno_db_file: Option<PathBuf>,
+    agno_pool_size: Option<usize>,
     custom_instruction_files: Option<Vec<String>>,
     skill_clear_cache: Option<bool>,
     git_clone_timeout_secs: Option<u64>,
@@ -329,6 +341,9 @@ impl Settings {
             ),
             format!("MAX_ATTACHMENT_BYTES={}", r.workspace.max_attachment_bytes),
             format!("MAX_SKILL_BYTES={}", r.workspace.max_skill_bytes),
+            format!("AGNO_PYTHON={}", r.agno.python.display()),
+            format!("AGNO_DB_FILE={}", r.agno.db_file.display()),
+            format!("AGNO_POOL_SIZE={}", r.agno.pool_size),
             format!("LOG_LEVEL={}", self.log_level),
             format!("LOG_FORMAT={}", if self.log_json { "json" } else { "text" }),
             format!(
@@ -354,6 +369,7 @@ impl Settings {
         };
         let executor_env = parse_executor_env(std::env::var("EXECUTOR_ENV").ok())?;
         let workspace = workspace_config(&cli.workspace, &file)?;
+        let agno = agno_config(&cli, &file, &workspace_root_of(&cli, &file));
         let workspace_root = pick(
             cli.workspace_root,
             file.workspace_root,
@@ -456,6 +472,7 @@ impl Settings {
                 .map(Duration::from_secs),
             },
             workspace,
+            agno,
             stop: StopConfig {
                 eof_grace: ms(pick(
                     cli.session_eof_grace_ms,
@@ -500,6 +517,50 @@ impl Settings {
             runtime,
         })
     }
+}
+
+fn workspace_root_of(cli: &Cli, file: &FileConfig) -> PathBuf {
+    let root = cli
+        .workspace_root
+        .clone()
+        .or_else(|| file.workspace_root.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_ROOT));
+    std::path::absolute(&root).unwrap_or(root)
+}
+
+/// Where `bash agno/install.sh` puts the agno venv's interpreter.
+pub const LOCAL_AGNO_PYTHON: &str = ".tools/agno-venv/bin/python";
+
+/// The Agno agent's settings.
+fn agno_config(cli: &Cli, file: &FileConfig, workspace_root: &Path) -> AgnoConfig {
+    let mut cfg = AgnoConfig::under(workspace_root);
+    let python = cli
+        .agno_python
+        .clone()
+        .or_else(|| file.agno_python.clone())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            let local = PathBuf::from(LOCAL_AGNO_PYTHON);
+            if local.is_file() {
+                local
+            } else {
+                PathBuf::from("python3")
+            }
+        });
+    cfg.python = if python.components().count() > 1 {
+        std::path::absolute(&python).unwrap_or(python)
+    } else {
+        python
+    };
+    if let Some(db) = cli
+        .agno_db_file
+        .clone()
+        .or_else(|| file.agno_db_file.clone())
+    {
+        cfg.db_file = std::path::absolute(&db).unwrap_or(db);
+    }
+    cfg.pool_size = cli.agno_pool_size.or(file.agno_pool_size).unwrap_or(1);
+    cfg
 }
 
 /// Workspace preparation settings (contract §6, §8.3 names).

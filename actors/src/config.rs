@@ -120,6 +120,41 @@ pub struct RuntimeConfig {
     pub heartbeat: Option<crate::heartbeat::HeartbeatConfig>,
     /// Workspace preparation: git, instruction files, attachments, skills.
     pub workspace: WorkspaceConfig,
+    /// The Agno agent's client processes.
+    pub agno: AgnoConfig,
+}
+
+/// How Agno tasks run: a Python client process (agno 2.1.5) per session, JSON lines over its
+/// pipes, with a pool of pre-started clients so a new session does not wait for Python to
+/// import agno (~3 s).
+#[derive(Debug, Clone)]
+pub struct AgnoConfig {
+    /// The Python interpreter of the agno venv (`AGNO_PYTHON`).
+    pub python: PathBuf,
+    /// Where the client script (embedded in the binary) is written at start-up.
+    pub client_script: PathBuf,
+    /// The SQLite file holding every session's history (`AGNO_DB_FILE`).
+    pub db_file: PathBuf,
+    /// Pre-started clients kept ready (`AGNO_POOL_SIZE`; 0 disables the pool).
+    pub pool_size: usize,
+    /// How long a client may take to import agno and say it is ready.
+    pub ready_timeout: Duration,
+    /// After a cancel, how long the run has to end before the client is killed.
+    pub cancel_timeout: Duration,
+}
+
+impl AgnoConfig {
+    /// Defaults under a workspace root (python from PATH, no pool).
+    pub fn under(workspace_root: &std::path::Path) -> Self {
+        Self {
+            python: PathBuf::from("python3"),
+            client_script: workspace_root.join(".agno").join("agno_client.py"),
+            db_file: workspace_root.join(".agno").join("agno_data.db"),
+            pool_size: 0,
+            ready_timeout: Duration::from_secs(30),
+            cancel_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// How a task's workspace is prepared (contract §6).
@@ -162,6 +197,7 @@ impl RuntimeConfig {
     /// A configuration for unit tests and examples: no callbacks, `claude` from PATH.
     pub fn for_tests(workspace_root: PathBuf) -> Self {
         Self {
+            agno: AgnoConfig::under(&workspace_root),
             workspace_root,
             executor_name: None,
             executor_namespace: None,

@@ -40,6 +40,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The agno client could not be started or failed (the text says what to install).
+    #[error("{0}")]
+    Agno(String),
     /// Preparing the task's workspace failed.
     #[error("Failed to prepare workspace {path}: {source}")]
     Workspace {

@@ -22,6 +22,7 @@ const EXECUTE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Runtime {
     supervisor: ActorRef<SupervisorMsg>,
+    agno_pool: Option<ActorRef<crate::agent::agno::pool::PoolMsg>>,
     callbacks: ActorRef<CallbackMsg>,
     index: SessionIndex,
     cfg: Arc<RuntimeConfig>,
@@ -46,10 +47,25 @@ impl Runtime {
                 .await
                 .map_err(unavailable)?;
         let index = SessionIndex::default();
+        if let Err(e) = crate::agent::agno::client::install_script(&cfg).await {
+            tracing::warn!(
+                "cannot write the agno client to {}: {e}; Agno tasks will fail",
+                cfg.agno.client_script.display()
+            );
+        }
+        let agno_pool = if cfg.agno.pool_size > 0 {
+            let (pool, _) = Actor::spawn(None, crate::agent::agno::pool::AgnoPool, cfg.clone())
+                .await
+                .map_err(unavailable)?;
+            Some(pool)
+        } else {
+            None
+        };
         let args = SupervisorArgs {
             cfg: cfg.clone(),
             callbacks: callbacks.clone(),
             index: index.clone(),
+            agno_pool: agno_pool.clone(),
         };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await
@@ -61,6 +77,7 @@ impl Runtime {
         }
         Ok(Self {
             supervisor,
+            agno_pool,
             callbacks,
             index,
             cfg,
@@ -147,6 +164,9 @@ impl Runtime {
             .supervisor
             .stop_and_wait(None, Some(self.cfg.stop.budget()))
             .await;
+        if let Some(pool) = &self.agno_pool {
+            let _ = pool.stop_and_wait(None, Some(self.cfg.stop.budget())).await;
+        }
         let ms = flush_deadline.as_millis() as u64;
         if ractor::call_t!(self.callbacks, CallbackMsg::Flush, ms).is_err() {
             tracing::warn!("some callbacks were not delivered before the shutdown deadline");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::agent::agno::{AgnoAgent, AgnoMsg};
 use crate::agent::claude_code::{AgentMsg, ClaudeCodeAgent};
 use crate::agent::{AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
@@ -14,6 +15,7 @@ use crate::config::RuntimeConfig;
 use crate::index::SessionStatus;
 use crate::payload::{SubtaskContext, TaskStatus};
 use crate::supervisor::{SessionUpdate, SupervisorMsg};
+use crate::task::AgentKind;
 use crate::task::TaskSpec;
 use crate::workspace::{self, PrepareError, Prepared};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,61 @@ pub struct SessionArgs {
     pub callbacks: ActorRef<CallbackMsg>,
     /// Told about every state change (it maintains the session index).
     pub supervisor: ActorRef<SupervisorMsg>,
+    /// Pre-started agno clients, when the pool is on.
+    pub agno_pool: Option<ActorRef<crate::agent::agno::pool::PoolMsg>>,
+}
+
+/// The session's agent child, whichever kind runs the task.
+#[derive(Clone)]
+pub enum AgentHandle {
+    /// Claude Code.
+    Claude(ActorRef<AgentMsg>),
+    /// Agno.
+    Agno(ActorRef<AgnoMsg>),
+}
+
+impl AgentHandle {
+    fn kind(&self) -> AgentKind {
+        match self {
+            Self::Claude(_) => AgentKind::ClaudeCode,
+            Self::Agno(_) => AgentKind::Agno,
+        }
+    }
+
+    fn id(&self) -> ractor::ActorId {
+        match self {
+            Self::Claude(a) => a.get_id(),
+            Self::Agno(a) => a.get_id(),
+        }
+    }
+
+    fn turn(&self, req: TurnRequest) -> Result<(), ()> {
+        match self {
+            Self::Claude(a) => a.cast(AgentMsg::Turn(Box::new(req))).map_err(|_| ()),
+            Self::Agno(a) => a.cast(AgnoMsg::Turn(Box::new(req))).map_err(|_| ()),
+        }
+    }
+
+    fn interrupt(&self) {
+        let _ = match self {
+            Self::Claude(a) => a.cast(AgentMsg::Interrupt).map_err(|_| ()),
+            Self::Agno(a) => a.cast(AgnoMsg::Interrupt).map_err(|_| ()),
+        };
+    }
+
+    fn suspend(&self) {
+        let _ = match self {
+            Self::Claude(a) => a.cast(AgentMsg::Suspend).map_err(|_| ()),
+            Self::Agno(a) => a.cast(AgnoMsg::Suspend).map_err(|_| ()),
+        };
+    }
+
+    fn stop(&self) {
+        match self {
+            Self::Claude(a) => a.stop(None),
+            Self::Agno(a) => a.stop(None),
+        }
+    }
 }
 
 /// The actor; see the module docs.
@@ -72,7 +129,7 @@ pub struct Session;
 /// State of a [`Session`].
 pub struct SessionState {
     args: SessionArgs,
-    agent: Option<ActorRef<AgentMsg>>,
+    agent: Option<AgentHandle>,
     current: Option<SubtaskContext>,
     queue: VecDeque<Box<TaskSpec>>,
     close_reason: Option<String>,
@@ -104,10 +161,10 @@ impl Actor for Session {
 
     async fn pre_start(
         &self,
-        me: ActorRef<SessionMsg>,
+        _me: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        let mut st = SessionState {
+        let st = SessionState {
             args,
             agent: None,
             current: None,
@@ -119,7 +176,6 @@ impl Actor for Session {
             prep_seq: 0,
             prep_cancelled: false,
         };
-        st.agent = Some(st.spawn_agent(&me).await?);
         Ok(st)
     }
 
@@ -164,7 +220,7 @@ impl Actor for Session {
             }
             SessionMsg::Suspend => {
                 if let (None, Some(agent)) = (&st.current, &st.agent) {
-                    let _ = agent.cast(AgentMsg::Suspend);
+                    agent.suspend();
                 }
             }
             SessionMsg::Close(reason) => {
@@ -198,7 +254,8 @@ impl Actor for Session {
             ),
             _ => return Ok(()),
         };
-        if st.agent.as_ref().map(|a| a.get_id()) != Some(cell.get_id()) || st.close_reason.is_some()
+        if st.agent.as_ref().map(AgentHandle::id) != Some(cell.get_id())
+            || st.close_reason.is_some()
         {
             return Ok(());
         }
@@ -248,15 +305,27 @@ impl SessionState {
     async fn spawn_agent(
         &self,
         me: &ActorRef<SessionMsg>,
-    ) -> Result<ActorRef<AgentMsg>, ActorProcessingErr> {
+        kind: &AgentKind,
+    ) -> Result<AgentHandle, ActorProcessingErr> {
         let args = AgentArgs {
             task_id: self.args.task_id,
             cfg: self.args.cfg.clone(),
             callbacks: self.args.callbacks.clone(),
             session: me.clone(),
+            agno_pool: self.args.agno_pool.clone(),
         };
-        let (agent, _) = Actor::spawn_linked(None, ClaudeCodeAgent, args, me.get_cell()).await?;
-        Ok(agent)
+        Ok(match kind {
+            AgentKind::Agno => AgentHandle::Agno(
+                Actor::spawn_linked(None, AgnoAgent, args, me.get_cell())
+                    .await?
+                    .0,
+            ),
+            _ => AgentHandle::Claude(
+                Actor::spawn_linked(None, ClaudeCodeAgent, args, me.get_cell())
+                    .await?
+                    .0,
+            ),
+        })
     }
 
     fn emit(&self, p: crate::payload::CallbackPayload) {
@@ -338,9 +407,14 @@ impl SessionState {
                 return self.start_next(me).await;
             }
         };
+        if let Some(old) = self.agent.as_ref().filter(|a| a.kind() != spec.agent) {
+            // The task switched agent types: the old agent (and its process) goes.
+            old.stop();
+            self.agent = None;
+        }
         let agent = match &self.agent {
             Some(a) => a.clone(),
-            None => match self.spawn_agent(me).await {
+            None => match self.spawn_agent(me, &spec.agent).await {
                 Ok(a) => {
                     self.agent = Some(a.clone());
                     a
@@ -362,7 +436,7 @@ impl SessionState {
             spec: *spec,
             prepared,
         };
-        if agent.cast(AgentMsg::Turn(Box::new(req))).is_err() {
+        if agent.turn(req).is_err() {
             self.emit(ctx.payload(100, TaskStatus::Failed, "the agent is not running", None));
             self.current = None;
             return self.start_next(me).await;
@@ -388,7 +462,7 @@ impl SessionState {
                 token.cancel();
                 self.prep_cancelled = true;
             } else if let Some(agent) = &self.agent {
-                let _ = agent.cast(AgentMsg::Interrupt);
+                agent.interrupt();
             }
             busy = true;
         }

@@ -91,6 +91,8 @@ pub struct SupervisorArgs {
     pub callbacks: ActorRef<CallbackMsg>,
     /// The index it alone writes.
     pub index: SessionIndex,
+    /// Pre-started agno clients, when the pool is on.
+    pub agno_pool: Option<ActorRef<crate::agent::agno::pool::PoolMsg>>,
 }
 
 /// The actor; see the module docs.
@@ -278,6 +280,7 @@ impl SupervisorState {
             cfg: self.args.cfg.clone(),
             callbacks: self.args.callbacks.clone(),
             supervisor: me.clone(),
+            agno_pool: self.args.agno_pool.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), task_id);

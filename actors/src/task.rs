@@ -11,13 +11,15 @@ use crate::error::TaskError;
 pub enum AgentKind {
     /// `shell_type: "ClaudeCode"` / `agent_type: "claude_code"`.
     ClaudeCode,
+    /// `shell_type: "Agno"` / `agent_type: "agno"`.
+    Agno,
     /// Any other value, kept verbatim for the error message (`""` when none was given).
     Unsupported(String),
 }
 
 impl AgentKind {
     /// Agent types this build can run, as listed in error messages.
-    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode"];
+    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode", "Agno"];
 
     /// Reads a `shell_type`/`agent_type` the way the original does: case-insensitive, and the
     /// seed's snake_case spelling (`claude_code`) means the same.
@@ -30,6 +32,7 @@ impl AgentKind {
             .collect();
         match norm.as_str() {
             "claudecode" => Self::ClaudeCode,
+            "agno" => Self::Agno,
             _ => Self::Unsupported(raw.trim().to_string()),
         }
     }
@@ -38,6 +41,7 @@ impl AgentKind {
     pub fn name(&self) -> &str {
         match self {
             Self::ClaudeCode => "ClaudeCode",
+            Self::Agno => "Agno",
             Self::Unsupported(s) => s,
         }
     }
@@ -97,6 +101,9 @@ pub struct TaskSpec {
     pub trace: crate::payload::TraceContext,
     /// What the workspace needs: credentials, attachments, skills, sub-agents.
     pub workspace: WorkspaceSpec,
+    /// Every bot, as the Agno agent needs them (`name`, `system_prompt`, `role`,
+    /// `agent_config`, `mcp_servers` with placeholders filled). May hold secrets.
+    pub bots: Vec<Value>,
 }
 
 /// Everything workspace preparation reads from the task dict (contract §3, §6).
@@ -195,6 +202,7 @@ impl TaskSpec {
             git_url: first_str(obj, &["git_url", "repo_url"])?,
             branch: first_str(obj, &["branch_name", "branch"])?,
             workspace: workspace_spec(obj, bot)?,
+            bots: all_bots(obj, value),
         })
     }
 
@@ -202,6 +210,31 @@ impl TaskSpec {
     pub fn label(&self) -> String {
         format!("[task_id: {}.{}]", self.task_id, self.subtask_id)
     }
+}
+
+/// The bots of the task as the Agno client takes them (a single object counts as a list of one).
+fn all_bots(obj: &Map<String, Value>, task: &Value) -> Vec<Value> {
+    let list: Vec<&Map<String, Value>> = match obj.get("bot") {
+        Some(Value::Array(bots)) => bots.iter().filter_map(Value::as_object).collect(),
+        Some(Value::Object(b)) => vec![b],
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .map(|b| {
+            let mut out = Map::new();
+            for key in ["id", "name", "system_prompt", "role", "agent_config"] {
+                if let Some(v) = b.get(key).filter(|v| !v.is_null()) {
+                    out.insert(key.into(), v.clone());
+                }
+            }
+            if let Some(servers) = crate::mcp::servers_of(b) {
+                let mut v = Value::Object(servers);
+                crate::mcp::substitute(&mut v, task);
+                out.insert("mcp_servers".into(), v);
+            }
+            Value::Object(out)
+        })
+        .collect()
 }
 
 fn workspace_spec(

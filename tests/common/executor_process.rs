@@ -281,6 +281,8 @@ impl Executor {
             ("BIND_ADDRESS".into(), "127.0.0.1".into()),
             ("LOG_LEVEL".into(), "DEBUG".into()),
             ("CLAUDE_BIN".into(), claude_bin.display().to_string()),
+            // No pre-started agno client unless a test asks for one (process-count checks).
+            ("AGNO_POOL_SIZE".into(), "0".into()),
         ];
         if let Some(url) = &opts.callback_url {
             env.push(("CALLBACK_URL".into(), url.clone()));

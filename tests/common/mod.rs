@@ -11,9 +11,11 @@
 #![allow(dead_code)]
 #![allow(unused_imports)]
 
+pub mod agno_env;
 pub mod callback_receiver;
 pub mod executor_process;
 pub mod mock_anthropic;
+pub mod mock_openai;
 pub mod procs;
 pub mod raw_http;
 mod server;
@@ -28,6 +30,7 @@ pub use executor_process::{fake_claude_path, Executor, ExecutorOptions, StartFai
 pub use mock_anthropic::{
     claude_cli_path, last_user_message, last_user_text, real_claude_env, MockAnthropic, MockRequest,
 };
+pub use mock_openai::MockOpenAi;
 pub use procs::{
     children_of, descendants_of, describe, is_alive, process_state, processes_in,
     zombie_children_of,

@@ -1,5 +1,6 @@
 //! Agent child actors: each owns the conversation with one agent runtime for one session.
 
+pub mod agno;
 pub mod claude_code;
 pub mod claude_env;
 pub mod claude_spawn;
@@ -31,6 +32,8 @@ pub struct AgentArgs {
     pub callbacks: ActorRef<CallbackMsg>,
     /// The owning session, told when a turn ends.
     pub session: ActorRef<SessionMsg>,
+    /// Pre-started agno clients, when the pool is on.
+    pub agno_pool: Option<ActorRef<agno::pool::PoolMsg>>,
 }
 
 /// One subtask handed to an agent.

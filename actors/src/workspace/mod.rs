@@ -105,6 +105,9 @@ pub async fn prepare(
         .await
         .map_err(io_err(&task_dir))?;
     let ws = &spec.workspace;
+    // Instruction files, sub-agents, skills and attachments are Claude Code's (as the original);
+    // every agent gets the clone.
+    let claude = spec.agent == crate::task::AgentKind::ClaudeCode;
     let mut out = Prepared {
         task_dir: task_dir.clone(),
         workdir: task_dir.clone(),
@@ -191,7 +194,7 @@ pub async fn prepare(
             out.agent_env.push((name.into(), Secret::new(v.clone())));
         }
     }
-    if ws.mode.as_deref() == Some("coordinate") && !ws.sub_agents.is_empty() {
+    if claude && ws.mode.as_deref() == Some("coordinate") && !ws.sub_agents.is_empty() {
         instructions::write_sub_agents(&out.workdir, &ws.sub_agents)
             .await
             .map_err(io_err(&out.workdir))?;
@@ -202,7 +205,7 @@ pub async fn prepare(
     if cancel.is_cancelled() {
         return Err(PrepareError::Cancelled);
     }
-    let needs_http = !ws.skills.is_empty() || !ws.attachments.is_empty();
+    let needs_http = claude && (!ws.skills.is_empty() || !ws.attachments.is_empty());
     let http = needs_http.then(download::client);
     if let (false, Some(http)) = (ws.skills.is_empty(), &http) {
         match &ws.auth_token {

@@ -1,0 +1,143 @@
+//! A few agno clients started ahead of time. Python needs ~3 s to import agno; a new Agno
+//! session claims a client that already did, so its first event comes in well under a second.
+//! Claimed clients are replaced at once; a client that dies in the pool is dropped. When clients
+//! cannot start (no interpreter, agno missing), refilling backs off instead of spinning.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::client::{start_ready, Client};
+use crate::config::RuntimeConfig;
+use crate::error::AgentError;
+
+/// Longest wait between refill attempts after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Messages of the [`AgnoPool`].
+pub enum PoolMsg {
+    /// Hand over a ready client, if one is there.
+    Claim(RpcReplyPort<Option<Client>>),
+    /// A client finished starting (or failed to).
+    Warmed(Result<Client, AgentError>),
+    /// Time to try refilling again after a failure.
+    Retry,
+}
+
+/// The actor; see the module docs.
+pub struct AgnoPool;
+
+/// State of the [`AgnoPool`].
+pub struct PoolState {
+    cfg: Arc<RuntimeConfig>,
+    ready: VecDeque<Client>,
+    warming: usize,
+    failures: u32,
+    backing_off: bool,
+}
+
+impl Actor for AgnoPool {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = Arc<RuntimeConfig>;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<PoolMsg>,
+        cfg: Arc<RuntimeConfig>,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let mut st = PoolState {
+            cfg,
+            ready: VecDeque::new(),
+            warming: 0,
+            failures: 0,
+            backing_off: false,
+        };
+        st.fill(&me);
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<PoolMsg>,
+        msg: PoolMsg,
+        st: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PoolMsg::Claim(reply) => {
+                let mut found = None;
+                while let Some(c) = st.ready.pop_front() {
+                    if !c.process.has_exited() {
+                        found = Some(c);
+                        break;
+                    }
+                }
+                tracing::debug!(
+                    "agno pool: claim {}",
+                    if found.is_some() { "served" } else { "missed" }
+                );
+                let _ = reply.send(found);
+                st.fill(&me);
+            }
+            PoolMsg::Warmed(result) => {
+                st.warming = st.warming.saturating_sub(1);
+                match result {
+                    Ok(c) => {
+                        st.failures = 0;
+                        tracing::debug!("agno pool: client {} ready", c.process.pid());
+                        st.ready.push_back(c);
+                    }
+                    Err(e) => {
+                        st.failures += 1;
+                        if st.failures == 1 {
+                            tracing::warn!("agno pool: a client did not start: {e}");
+                        }
+                        let delay =
+                            Duration::from_secs(1u64 << st.failures.min(6)).min(MAX_BACKOFF);
+                        st.backing_off = true;
+                        me.send_after(delay, || PoolMsg::Retry);
+                    }
+                }
+                st.fill(&me);
+            }
+            PoolMsg::Retry => {
+                st.backing_off = false;
+                st.fill(&me);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _me: ActorRef<PoolMsg>,
+        st: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        let stop = st.cfg.stop;
+        futures::future::join_all(st.ready.iter_mut().map(|c| c.process.terminate(stop))).await;
+        st.ready.clear();
+        Ok(())
+    }
+}
+
+impl PoolState {
+    fn fill(&mut self, me: &ActorRef<PoolMsg>) {
+        if self.backing_off {
+            return;
+        }
+        while self.ready.len() + self.warming < self.cfg.agno.pool_size {
+            self.warming += 1;
+            let (cfg, me) = (self.cfg.clone(), me.clone());
+            tokio::spawn(async move {
+                let result = start_ready(&cfg, cfg.agno.ready_timeout).await;
+                if let Err(ractor::MessagingErr::SendErr(PoolMsg::Warmed(Ok(c)))) =
+                    me.cast(PoolMsg::Warmed(result))
+                {
+                    drop(c); // the pool is gone: Drop kills the process group
+                }
+            });
+        }
+    }
+}
