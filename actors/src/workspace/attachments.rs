@@ -78,7 +78,7 @@ pub async fn fetch_all(
         let url = format!(
             "{}/api/attachments/{}/executor-download",
             cfg.api_base,
-            url_segment(&a.id)
+            super::percent_encode(&a.id)
         );
         let r = download::to_file(
             http,
@@ -185,18 +185,6 @@ pub fn human_size(n: u64) -> String {
     } else {
         format!("{:.1} MB", n as f64 / (1024.0 * 1024.0))
     }
-}
-
-fn url_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -53,6 +53,23 @@ fn http_err(e: &reqwest::Error) -> DownloadError {
     DownloadError::Http(text)
 }
 
+/// Sends an authenticated GET; any non-2xx answer is an error.
+async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&Secret>,
+) -> Result<reqwest::Response, DownloadError> {
+    let mut req = http.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t.expose());
+    }
+    let resp = req.send().await.map_err(|e| http_err(&e))?;
+    if !resp.status().is_success() {
+        return Err(DownloadError::Status(resp.status().as_u16()));
+    }
+    Ok(resp)
+}
+
 /// GETs `url` into `dest` (written as `dest.part`, renamed when complete, mode 0600); returns
 /// the size. A partial file is removed on any failure.
 pub async fn to_file(
@@ -91,14 +108,7 @@ async fn fetch(
     part: &Path,
     limit: u64,
 ) -> Result<u64, DownloadError> {
-    let mut req = http.get(url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t.expose());
-    }
-    let mut resp = req.send().await.map_err(|e| http_err(&e))?;
-    if !resp.status().is_success() {
-        return Err(DownloadError::Status(resp.status().as_u16()));
-    }
+    let mut resp = get(http, url, token).await?;
     if resp.content_length().is_some_and(|n| n > limit) {
         return Err(DownloadError::TooLarge { limit });
     }
@@ -135,14 +145,7 @@ pub async fn json(
     timeout: Duration,
 ) -> Result<serde_json::Value, DownloadError> {
     let work = async {
-        let mut req = http.get(url);
-        if let Some(t) = token {
-            req = req.bearer_auth(t.expose());
-        }
-        let mut resp = req.send().await.map_err(|e| http_err(&e))?;
-        if !resp.status().is_success() {
-            return Err(DownloadError::Status(resp.status().as_u16()));
-        }
+        let mut resp = get(http, url, token).await?;
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| http_err(&e))? {
             body.extend_from_slice(&chunk);

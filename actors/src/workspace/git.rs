@@ -50,7 +50,7 @@ impl GitCredentials {
         let token = self.token.expose();
         if token.len() >= 4 {
             out = out.replace(token, "***");
-            let encoded = percent_encode(token);
+            let encoded = super::percent_encode(token);
             if encoded != token {
                 out = out.replace(&encoded, "***");
             }
@@ -341,18 +341,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -67,11 +67,20 @@ pub enum PrepareError {
     },
 }
 
-/// Creates a directory (and its parents) readable by the executor's user only.
-pub async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = tokio::fs::DirBuilder::new();
-    b.recursive(true).mode(0o700);
-    b.create(dir).await
+pub use crate::agent::process::create_private_dir;
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (URL path segments and
+/// query values; also how a secret may appear inside a URL).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// `<root>/<task_id>`, refusing anything that would not be a plain child of the root.

@@ -63,8 +63,8 @@ async fn deploy_one(
     let lookup = format!(
         "{}/api/v1/kinds/skills?name={}&namespace={}",
         cfg.api_base,
-        enc(name),
-        enc(namespace)
+        super::percent_encode(name),
+        super::percent_encode(namespace)
     );
     let found = download::json(
         http,
@@ -90,8 +90,8 @@ async fn deploy_one(
     let url = format!(
         "{}/api/v1/kinds/skills/{}/download?namespace={}",
         cfg.api_base,
-        enc(&id),
-        enc(ns)
+        super::percent_encode(&id),
+        super::percent_encode(ns)
     );
     let archive = skills_dir.join(format!(".{name}.zip"));
     download::to_file(
@@ -219,18 +219,6 @@ fn safe_relative(raw: &str) -> Option<PathBuf> {
         }
     }
     (!out.as_os_str().is_empty()).then_some(out)
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
