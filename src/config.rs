@@ -341,6 +341,14 @@ impl Settings {
             ),
             format!("MAX_ATTACHMENT_BYTES={}", r.workspace.max_attachment_bytes),
             format!("MAX_SKILL_BYTES={}", r.workspace.max_skill_bytes),
+            format!(
+                "GIT_TOKEN_AES_KEY/IV={}",
+                if std::env::var("GIT_TOKEN_AES_KEY").is_ok_and(|v| !v.trim().is_empty()) {
+                    "*** (set)"
+                } else {
+                    "(the original's public test defaults)"
+                }
+            ),
             format!("AGNO_PYTHON={}", r.agno.python.display()),
             format!("AGNO_DB_FILE={}", r.agno.db_file.display()),
             format!("AGNO_POOL_SIZE={}", r.agno.pool_size),
@@ -609,6 +617,13 @@ fn workspace_config(cli: &WorkspaceFlags, file: &FileConfig) -> anyhow::Result<W
             .max_skill_bytes
             .or(file.max_skill_bytes)
             .unwrap_or(d.max_skill_bytes),
+        // Secrets: environment only, never flags or the config file.
+        cipher: actors::crypto::TokenCipher::new(
+            &non_empty(std::env::var("GIT_TOKEN_AES_KEY").ok())
+                .unwrap_or_else(|| actors::crypto::DEFAULT_KEY.into()),
+            &non_empty(std::env::var("GIT_TOKEN_AES_IV").ok())
+                .unwrap_or_else(|| actors::crypto::DEFAULT_IV.into()),
+        ),
         ..d
     })
 }

@@ -297,12 +297,31 @@ async fn a_wrong_token_fails_clearly_and_the_task_stays_usable() {
     );
     assert!(server.seen().iter().any(|r| r.status == 401));
 
-    // The same task goes on: the right token now clones and runs.
-    post(&exec, &git_task(32, 2, &server.url("src"), TOKEN, "again")).await;
+    // The same task goes on: the right token — sent AES-encrypted, as the backend does — now
+    // clones and runs.
+    let encrypted = encrypt_like_the_backend(TOKEN);
+    post(
+        &exec,
+        &git_task(32, 2, &server.url("src"), &encrypted, "again"),
+    )
+    .await;
     let done = rx.wait_terminal(32, 2, FAKE_WAIT).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
     let logs = exec.logs().join("\n");
     assert!(!logs.contains(wrong) && !logs.contains(TOKEN));
+}
+
+/// AES-256-CBC/PKCS#7/base64 with the original's default key and IV.
+fn encrypt_like_the_backend(plain: &str) -> String {
+    use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+    use base64::Engine as _;
+    let enc = cbc::Encryptor::<aes::Aes256>::new_from_slices(
+        b"12345678901234567890123456789012",
+        b"1234567890123456",
+    )
+    .unwrap();
+    base64::engine::general_purpose::STANDARD
+        .encode(enc.encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,6 +176,8 @@ pub struct WorkspaceConfig {
     pub max_skill_bytes: u64,
     /// How often the workbench (changed files, commits) is refreshed while the agent works.
     pub workbench_interval: Duration,
+    /// Decrypts tokens the backend sends encrypted (`GIT_TOKEN_AES_KEY`/`GIT_TOKEN_AES_IV`).
+    pub cipher: crate::crypto::TokenCipher,
 }
 
 impl Default for WorkspaceConfig {
@@ -189,6 +191,7 @@ impl Default for WorkspaceConfig {
             max_attachment_bytes: 100 * 1024 * 1024,
             max_skill_bytes: 50 * 1024 * 1024,
             workbench_interval: Duration::from_secs(2),
+            cipher: crate::crypto::TokenCipher::default(),
         }
     }
 }

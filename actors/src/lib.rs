@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod callback;
 pub mod config;
+pub mod crypto;
 pub mod delivery;
 pub mod error;
 pub mod events;

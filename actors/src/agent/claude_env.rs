@@ -115,7 +115,7 @@ pub fn claude_env(
         env.entry("ANTHROPIC_AUTH_TOKEN".into())
             .or_insert_with(|| tok.expose().to_string());
     }
-    env.extend(model_env(&bot.agent_config, &env));
+    env.extend(model_env(&bot.agent_config, &env, &cfg.workspace.cipher));
     env.insert("CLAUDE_CONFIG_DIR".into(), config_dir.display().to_string());
     // bypassPermissions as root needs exactly "1" here (research/claude-code-cli.md §4.3);
     // other values such as "yes" are refused by the CLI.
@@ -136,7 +136,11 @@ pub fn claude_env(
 /// `bot[0].agent_config` → variables, as the original's `create_claude_model_config`: with
 /// `env.model` set the well-known keys are mapped; without it the object is a raw Claude
 /// settings object whose `env` is used as is.
-fn model_env(agent_config: &Value, base: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+fn model_env(
+    agent_config: &Value,
+    base: &BTreeMap<String, String>,
+    cipher: &crate::crypto::TokenCipher,
+) -> BTreeMap<String, String> {
     let Some(env) = agent_config.get("env").and_then(Value::as_object) else {
         return BTreeMap::new();
     };
@@ -157,7 +161,7 @@ fn model_env(agent_config: &Value, base: &BTreeMap<String, String>) -> BTreeMap<
         out.insert("ANTHROPIC_DEFAULT_HAIKU_MODEL".into(), small);
     }
     if let Some(key) = text("api_key")
-        .map(|k| resolve(&k, base))
+        .map(|k| cipher.decrypt(&resolve(&k, base)))
         .filter(|k| !k.is_empty())
     {
         out.insert("ANTHROPIC_AUTH_TOKEN".into(), key);

@@ -130,7 +130,8 @@ pub async fn prepare(
         let creds = match (&ws.git_token, url_creds) {
             (Some(token), _) => Some(GitCredentials {
                 username: ws.git_username.clone().unwrap_or_else(|| "token".into()),
-                token: token.clone(),
+                // The backend may send the token AES-encrypted (contract §6.2).
+                token: Secret::new(cfg.workspace.cipher.decrypt(token.expose())),
             }),
             (None, Some((user, pass))) if !pass.is_empty() => Some(GitCredentials {
                 username: if user.is_empty() {
