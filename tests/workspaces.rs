@@ -307,6 +307,32 @@ async fn a_wrong_token_fails_clearly_and_the_task_stays_usable() {
     .await;
     let done = rx.wait_terminal(32, 2, FAKE_WAIT).await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
+    // No token in the task: the original's `~/.ssh/<domain>` token file is used.
+    std::fs::create_dir_all(exec.home().join(".ssh")).unwrap();
+    std::fs::write(exec.home().join(".ssh/127.0.0.1"), format!("{TOKEN}\n")).unwrap();
+    let mut no_token = git_task(35, 1, &server.url("src"), "", "from the token file");
+    no_token["user"]
+        .as_object_mut()
+        .unwrap()
+        .remove("git_token");
+    post(&exec, &no_token).await;
+    let done = rx.wait_terminal(35, 1, FAKE_WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+
+    // A branch that would read as an option is refused before git runs.
+    let mut evil = git_task(36, 1, &server.url("src"), TOKEN, "x");
+    evil["branch_name"] = json!("--upload-pack=touch /tmp/pwned-by-branch");
+    post(&exec, &evil).await;
+    let done = rx.wait_terminal(36, 1, FAKE_WAIT).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert!(
+        done["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid branch name"),
+        "{done}"
+    );
+
     let logs = exec.logs().join("\n");
     assert!(!logs.contains(wrong) && !logs.contains(TOKEN));
 }

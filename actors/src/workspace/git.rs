@@ -242,6 +242,8 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("GIT_TERMINAL_PROMPT", "0")
+        // No `ext::`/`fd::` transports: a task's URL must not run commands.
+        .env("GIT_ALLOW_PROTOCOL", "http:https:ssh:git:file")
         .env("LC_ALL", "C")
         // Our queries must never take index.lock from under the agent's own git commands.
         .env("GIT_OPTIONAL_LOCKS", "0")

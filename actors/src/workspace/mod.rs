@@ -55,6 +55,10 @@ pub enum PrepareError {
         /// The OS error.
         message: String,
     },
+    /// The branch name cannot be a branch (it would read as an option, or holds control
+    /// characters).
+    #[error("invalid branch name {0:?}")]
+    BadBranch(String),
     /// The clone failed.
     #[error("Failed to clone {url} into {path}: {message}")]
     Clone {
@@ -143,6 +147,22 @@ pub async fn prepare(
             }),
             _ => None,
         };
+        // No token in the task: the original reads one from `~/.ssh/<domain>`.
+        let creds = match creds {
+            Some(c) => Some(c),
+            None => token_file(&clean).await.map(|token| GitCredentials {
+                username: ws.git_username.clone().unwrap_or_else(|| "token".into()),
+                token,
+            }),
+        };
+        let branch = spec
+            .branch
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty());
+        if let Some(b) = branch.filter(|b| b.starts_with('-') || b.chars().any(char::is_control)) {
+            return Err(PrepareError::BadBranch(b.to_string()));
+        }
         let dest = task_dir.join(git::repo_name(&clean));
         let helper = match &creds {
             Some(_) => Some(
@@ -259,6 +279,22 @@ pub async fn prepare(
         return Err(PrepareError::Cancelled);
     }
     Ok(out)
+}
+
+/// `$HOME/.ssh/<host>` of an http(s) URL, trimmed, when it exists and is not empty.
+async fn token_file(url: &str) -> Option<Secret> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let host = rest.split(['/', ':']).next()?;
+    if host.is_empty() || host.starts_with('.') || host.contains(['\\', '\0']) {
+        return None;
+    }
+    let home = std::env::var_os("HOME")?;
+    let text = tokio::fs::read_to_string(Path::new(&home).join(".ssh").join(host))
+        .await
+        .ok()?;
+    Secret::non_empty(Some(text.trim().to_string()))
 }
 
 /// After a fresh clone: credentials helper for this repository only (so the agent can push),
