@@ -235,8 +235,14 @@ def make_mcp(cfg):
         raise ValueError(f"unsupported MCP server type {kind!r}")
     if not cfg.get("command"):
         raise ValueError("MCP stdio server needs a command")
+    env = dict(cfg.get("env") or {})
+    # The executor finds (and ends) every process of a session by this marker, also MCP servers
+    # that start their own session and so leave the client's process group.
+    marker = os.environ.get("EXECUTOR_AGENT_MARKER")
+    if marker:
+        env["EXECUTOR_AGENT_MARKER"] = marker
     params = StdioServerParameters(command=cfg["command"], args=cfg.get("args") or [],
-                                   env=cfg.get("env"))
+                                   env=env, cwd=os.getcwd())
     return MCPTools(transport="stdio", server_params=params, timeout_seconds=timeout)
 
 
@@ -359,6 +365,11 @@ class Client:
         where = "build"
         try:
             if self.runner is None:
+                # The task's workspace (its clone) is where the agent and its stdio MCP servers
+                # run; one client serves one session, so changing the process's cwd is safe.
+                cwd = op.get("cwd")
+                if isinstance(cwd, str) and os.path.isdir(cwd):
+                    os.chdir(cwd)
                 self.mode = op.get("mode") or ""
                 self.runner = await self.build(op)
             if self.cancel_requested:  # cancelled while building: never start the model

@@ -604,6 +604,16 @@ fn workspace_config(cli: &WorkspaceFlags, file: &FileConfig) -> anyhow::Result<W
     if git_secs == 0 {
         bail!("GIT_CLONE_TIMEOUT_SECS must be at least 1");
     }
+    // Secrets: environment only, never flags or the config file. A wrong size would silently
+    // leave every encrypted token undecrypted, so it stops start-up instead.
+    let key = non_empty(std::env::var("GIT_TOKEN_AES_KEY").ok())
+        .unwrap_or_else(|| actors::crypto::DEFAULT_KEY.into());
+    let iv = non_empty(std::env::var("GIT_TOKEN_AES_IV").ok())
+        .unwrap_or_else(|| actors::crypto::DEFAULT_IV.into());
+    if key.len() != 32 || iv.len() != 16 {
+        bail!("GIT_TOKEN_AES_KEY must be 32 bytes and GIT_TOKEN_AES_IV 16 bytes (AES-256-CBC)");
+    }
+    let cipher = actors::crypto::TokenCipher::new(&key, &iv);
     Ok(WorkspaceConfig {
         api_base,
         custom_instruction_files: files,
@@ -617,13 +627,7 @@ fn workspace_config(cli: &WorkspaceFlags, file: &FileConfig) -> anyhow::Result<W
             .max_skill_bytes
             .or(file.max_skill_bytes)
             .unwrap_or(d.max_skill_bytes),
-        // Secrets: environment only, never flags or the config file.
-        cipher: actors::crypto::TokenCipher::new(
-            &non_empty(std::env::var("GIT_TOKEN_AES_KEY").ok())
-                .unwrap_or_else(|| actors::crypto::DEFAULT_KEY.into()),
-            &non_empty(std::env::var("GIT_TOKEN_AES_IV").ok())
-                .unwrap_or_else(|| actors::crypto::DEFAULT_IV.into()),
-        ),
+        cipher,
         ..d
     })
 }

@@ -45,6 +45,14 @@ pub enum SessionMsg {
     Process(ProcessState),
     /// End the agent's process if it is idle (the supervisor's live-process cap).
     Suspend,
+    /// Workspace preparation number `seq` has news for a RUNNING callback (sent only while
+    /// that preparation is still the current one).
+    PrepProgress {
+        /// Which preparation this is about.
+        seq: u64,
+        /// The message.
+        message: String,
+    },
     /// Workspace preparation of the current subtask (number `seq`) finished.
     Prepared {
         /// Which preparation this is about.
@@ -227,6 +235,13 @@ impl Actor for Session {
                 st.close_reason = Some(reason);
                 me.stop(None);
             }
+            SessionMsg::PrepProgress { seq, message } => {
+                if seq == st.prep_seq && st.preparing.is_some() {
+                    if let Some(ctx) = &st.current {
+                        st.emit(ctx.payload(50, TaskStatus::Running, message, None));
+                    }
+                }
+            }
             SessionMsg::Prepared { seq, spec, result } => {
                 if seq == st.prep_seq && st.preparing.is_some() {
                     st.preparing = None;
@@ -261,6 +276,11 @@ impl Actor for Session {
         }
         tracing::error!("task {}: {why}", st.args.task_id);
         st.agent = None;
+        if st.preparing.is_some() {
+            // The current subtask is still being prepared: it never reached that agent and
+            // gets a new one when it is ready.
+            return Ok(());
+        }
         if let Some(ctx) = st.current.take() {
             st.emit(ctx.payload(100, TaskStatus::Failed, why, None));
         }
@@ -342,12 +362,10 @@ impl SessionState {
                 self.prep_seq += 1;
                 self.prep_cancelled = false;
                 let (seq, cfg, me) = (self.prep_seq, self.args.cfg.clone(), me.clone());
-                let (callbacks, pctx, stop) =
-                    (self.args.callbacks.clone(), ctx.clone(), token.clone());
+                let (stop, news) = (token.clone(), me.clone());
                 tokio::spawn(async move {
                     let progress = move |message: String| {
-                        let p = pctx.payload(50, TaskStatus::Running, message, None);
-                        let _ = callbacks.cast(CallbackMsg::Send(Box::new(p)));
+                        let _ = news.cast(SessionMsg::PrepProgress { seq, message });
                     };
                     let result = workspace::prepare(&cfg, &spec, &progress, &stop).await;
                     let _ = me.cast(SessionMsg::Prepared {
@@ -357,7 +375,9 @@ impl SessionState {
                     });
                 });
                 self.current = Some(ctx);
-                self.preparing = Some(token);
+                if let Some(old) = self.preparing.replace(token) {
+                    old.cancel();
+                }
             }
         }
         self.report();

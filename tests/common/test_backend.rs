@@ -209,6 +209,11 @@ impl GitServer {
         self.shared.gate.open();
     }
 
+    /// How many requests are held right now.
+    pub fn held(&self) -> usize {
+        self.shared.gate.parked()
+    }
+
     /// Waits until `n` requests are held.
     pub async fn wait_held(&self, n: usize, timeout: Duration) -> bool {
         wait_on_events(&self.shared.events, timeout, || {

@@ -259,15 +259,28 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        self.kill_group(libc::SIGKILL);
-        // Processes that left the group (own sessions, daemons) are found by their marker.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (pid, marker) = (self.pid, std::mem::take(&mut self.marker));
-            rt.spawn_blocking(move || {
-                let mut all = family::descendants(pid);
-                all.extend(family::marked(&marker));
-                family::signal_all(&all, libc::SIGKILL);
-            });
+        // Processes that left the group (own sessions, daemons, MCP servers) are found by their
+        // marker and by the process tree. The tree must be read *before* the leader dies (its
+        // children are re-parented then), so the scan and the kill run together off the caller.
+        let (pid, marker) = (self.pid, std::mem::take(&mut self.marker));
+        let sweep = move || {
+            let mut all = family::descendants(pid);
+            all.extend(family::marked(&marker));
+            if let Ok(leader) = i32::try_from(pid).map(|p| p.max(0)) {
+                if leader > 0 {
+                    // SAFETY: signalling the process group this process leads.
+                    unsafe {
+                        libc::killpg(leader, libc::SIGKILL);
+                    }
+                }
+            }
+            family::signal_all(&all, libc::SIGKILL);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(sweep);
+            }
+            Err(_) => sweep(),
         }
         for t in &self.tasks {
             t.abort();

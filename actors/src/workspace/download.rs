@@ -53,6 +53,17 @@ fn http_err(e: &reqwest::Error) -> DownloadError {
     DownloadError::Http(text)
 }
 
+/// A temporary name next to `dest` that no other download (or downloaded file) uses.
+fn part_path(dest: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dest
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{}-{n}.part", std::process::id()))
+}
+
 /// Sends an authenticated GET; any non-2xx answer is an error.
 async fn get(
     http: &reqwest::Client,
@@ -81,7 +92,7 @@ pub async fn to_file(
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<u64, DownloadError> {
-    let part = dest.with_extension("part");
+    let part = part_path(dest);
     let work = fetch(http, url, token, &part, limit);
     let result = tokio::select! {
         r = tokio::time::timeout(timeout, work) => r.unwrap_or(Err(DownloadError::TimedOut(timeout.as_secs()))),

@@ -25,6 +25,9 @@ pub const HELPER_PATH: &str = ".executor/git-credential-helper";
 
 /// Most bytes of git's stderr kept for an error message.
 const STDERR_KEEP: usize = 16 * 1024;
+/// Most bytes of git's stdout read (a huge untracked tree must not cost memory every refresh);
+/// git is stopped when it has more to say.
+pub const STDOUT_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// Credentials for one repository, kept out of every URL and argument.
 #[derive(Clone, Debug)]
@@ -188,16 +191,12 @@ pub struct CloneJob<'a> {
     pub timeout: Duration,
 }
 
-/// Clones into a temporary sibling of `dest` and renames it into place, so a failed or killed
-/// clone never leaves a half tree that a follow-up would take for the repository.
-pub async fn clone(job: CloneJob<'_>, cancel: &CancellationToken) -> Result<(), GitError> {
+/// Clones into a temporary sibling of `dest` and returns it: the caller configures it and
+/// moves it into place with [`finish_clone`], so a failed, killed or half-configured clone never
+/// leaves a tree that a follow-up would take for the repository.
+pub async fn clone(job: CloneJob<'_>, cancel: &CancellationToken) -> Result<PathBuf, GitError> {
+    let staging = staging_path(job.dest);
     let parent = job.dest.parent().unwrap_or(Path::new("."));
-    let name = job
-        .dest
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let staging = parent.join(format!(".{name}.cloning"));
     let _ = tokio::fs::remove_dir_all(&staging).await;
     let mut args: Vec<String> = vec!["-c".into(), "credential.helper=".into()];
     if let Some(h) = job.helper {
@@ -213,16 +212,36 @@ pub async fn clone(job: CloneJob<'_>, cancel: &CancellationToken) -> Result<(), 
         job.url.to_string(),
         staging.display().to_string(),
     ]);
-    let result = run(&args, parent, job.creds, job.timeout, cancel, "clone").await;
-    match result {
-        Ok(_) => tokio::fs::rename(&staging, job.dest)
-            .await
-            .map_err(|e| GitError::Io(format!("could not move the clone into place: {e}"))),
+    match run(&args, parent, job.creds, job.timeout, cancel, "clone").await {
+        Ok(_) => Ok(staging),
         Err(e) => {
             let _ = tokio::fs::remove_dir_all(&staging).await;
             Err(e)
         }
     }
+}
+
+fn staging_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.cloning"))
+}
+
+/// Moves a configured clone into place (or removes it when `ok` is an error).
+pub async fn finish_clone<E>(staging: &Path, dest: &Path, ok: Result<(), E>) -> Result<(), E>
+where
+    E: From<std::io::Error>,
+{
+    let moved = match ok {
+        Ok(()) => tokio::fs::rename(staging, dest).await.map_err(E::from),
+        Err(e) => Err(e),
+    };
+    if moved.is_err() {
+        let _ = tokio::fs::remove_dir_all(staging).await;
+    }
+    moved
 }
 
 /// Runs one git command in `cwd` (no terminal prompts, no ssh password prompts), killing its
@@ -270,8 +289,10 @@ pub async fn run(
     let read_out = async {
         let mut buf = Vec::new();
         if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_end(&mut buf).await;
+            let _ = s.take(STDOUT_LIMIT).read_to_end(&mut buf).await;
         }
+        // Past the limit nobody reads: close the pipe so git ends (SIGPIPE) instead of blocking.
+        drop(stdout.take());
         buf
     };
     let read_err = async {

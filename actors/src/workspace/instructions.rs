@@ -3,7 +3,7 @@
 //! sub-agents in `.claude/agents/`, and `.git/info/exclude` entries so none of it is committed.
 //! Every step is idempotent: it runs again for each subtask.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::task::SubAgentSpec;
 
@@ -36,9 +36,9 @@ pub async fn copy_custom_files(repo: &Path, names: &[String]) -> std::io::Result
         let Some(base) = rel.file_name() else {
             continue;
         };
-        let dir = repo.join(CLAUDECODE_DIR);
-        tokio::fs::create_dir_all(&dir).await?;
-        tokio::fs::copy(&src, dir.join(base)).await?;
+        let dir = safe_dir(repo, Path::new(CLAUDECODE_DIR)).await?;
+        let body = tokio::fs::read(&src).await?;
+        write_no_follow(&dir.join(base), &body).await?;
         copied = true;
     }
     Ok(copied)
@@ -68,8 +68,7 @@ pub async fn link_claude_md(repo: &Path) -> std::io::Result<bool> {
 
 /// Writes one `.claude/agents/<slug>-<id>.md` per sub-agent (the original's format).
 pub async fn write_sub_agents(target: &Path, agents: &[SubAgentSpec]) -> std::io::Result<()> {
-    let dir = target.join(AGENTS_DIR);
-    tokio::fs::create_dir_all(&dir).await?;
+    let dir = safe_dir(target, Path::new(AGENTS_DIR)).await?;
     for a in agents {
         let slug = slug(&a.name);
         let file = match a.id {
@@ -86,9 +85,58 @@ pub async fn write_sub_agents(target: &Path, agents: &[SubAgentSpec]) -> std::io
             "---\nname: {slug}\ndescription: \"{description}\"\nmodel: inherit\n---\n\n{}\n",
             a.system_prompt
         );
-        tokio::fs::write(dir.join(file), body).await?;
+        write_no_follow(&dir.join(file), body.as_bytes()).await?;
     }
     Ok(())
+}
+
+/// `base/rel`, creating missing folders, refusing any component that is a symlink: a cloned
+/// repository must not be able to redirect our writes outside itself.
+async fn safe_dir(base: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    let mut dir = base.to_path_buf();
+    for part in rel.components() {
+        dir.push(part);
+        match tokio::fs::symlink_metadata(&dir).await {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(std::io::Error::other(format!(
+                    "refusing to write through the symlink {}",
+                    dir.display()
+                )))
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::fs::create_dir(&dir).await?
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dir)
+}
+
+/// Writes a file, replacing a symlink at that name instead of following it.
+async fn write_no_follow(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if tokio::fs::symlink_metadata(path)
+        .await
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        tokio::fs::remove_file(path).await?;
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await?;
+    f.write_all(body).await?;
+    f.flush().await
 }
 
 /// Lower-case letters, digits and dashes: a safe file and agent name.
@@ -174,5 +222,43 @@ mod tests {
         exclude(repo, &[".claudecode/", "CLAUDE.md"]).await.unwrap();
         let ex = std::fs::read_to_string(repo.join(".git/info/exclude")).unwrap();
         assert_eq!(ex, ".claudecode/\nCLAUDE.md\n");
+    }
+
+    #[tokio::test]
+    async fn symlinks_in_the_repository_never_redirect_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        std::fs::write(repo.join(".cursorrules"), "cursor").unwrap();
+        std::os::unix::fs::symlink(outside.path(), repo.join(CLAUDECODE_DIR)).unwrap();
+        let err = copy_custom_files(repo, &[".cursorrules".into()])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        std::fs::remove_file(repo.join(CLAUDECODE_DIR)).unwrap();
+        std::fs::create_dir(repo.join(CLAUDECODE_DIR)).unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, repo.join(".claudecode/.cursorrules")).unwrap();
+        copy_custom_files(repo, &[".cursorrules".into()])
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(repo.join(".claudecode/.cursorrules")).unwrap(),
+            "cursor"
+        );
+        std::os::unix::fs::symlink(outside.path(), repo.join(".claude")).unwrap();
+        let agents = vec![SubAgentSpec {
+            id: Some(1),
+            name: "a".into(),
+            description: None,
+            system_prompt: "p".into(),
+        }];
+        assert!(write_sub_agents(repo, &agents).await.is_err());
+        assert!(
+            std::fs::read_dir(outside.path()).unwrap().count() == 1,
+            "nothing written outside"
+        );
     }
 }

@@ -41,6 +41,9 @@ pub struct Prepared {
 /// Why preparation failed; the texts carry no credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
+    /// Moving the clone into place failed.
+    #[error("could not move the clone into place: {0}")]
+    File(#[from] std::io::Error),
     /// The subtask was cancelled while its workspace was being prepared.
     #[error("cancelled")]
     Cancelled,
@@ -163,7 +166,7 @@ pub async fn prepare(
         if let Some(b) = branch.filter(|b| b.starts_with('-') || b.chars().any(char::is_control)) {
             return Err(PrepareError::BadBranch(b.to_string()));
         }
-        let dest = task_dir.join(git::repo_name(&clean));
+        let dest = task_dir.join(repo_dir_name(&clean));
         let helper = match &creds {
             Some(_) => Some(
                 git::write_helper(&task_dir)
@@ -191,7 +194,7 @@ pub async fn prepare(
                 creds: creds.as_ref(),
                 timeout: cfg.workspace.git_timeout,
             };
-            git::clone(job, cancel).await.map_err(|e| match e {
+            let staging = git::clone(job, cancel).await.map_err(|e| match e {
                 git::GitError::Cancelled => PrepareError::Cancelled,
                 other => PrepareError::Clone {
                     url: clean.clone(),
@@ -199,7 +202,13 @@ pub async fn prepare(
                     message: other.to_string(),
                 },
             })?;
-            configure_clone(cfg, spec, &dest, helper.as_deref(), cancel).await?;
+            let configured = configure_clone(cfg, spec, &staging, cancel).await;
+            git::finish_clone(&staging, &dest, configured).await?;
+        }
+        if let Some(h) = &helper {
+            // Every subtask: the repository names the helper (also for a clone made before
+            // credentials were given), and a rotated token reaches it through the agent's env.
+            configure_helper(cfg, &dest, h, cancel).await?;
         }
         out.agent_env
             .push(("GIT_URL".into(), Secret::new(clean.clone())));
@@ -208,10 +217,14 @@ pub async fn prepare(
                 out.agent_env.push((k.into(), Secret::new(v)));
             }
         }
-        setup_instructions(cfg, &dest)
-            .await
-            .map_err(io_err(&dest))?;
-        out.repo = Some(workbench::repo_state(&dest, spec.branch.as_deref()).await);
+        if claude {
+            if let Err(e) = setup_instructions(cfg, &dest).await {
+                tracing::warn!("task {}: instruction files: {e}", spec.task_id);
+                out.notices
+                    .push(format!("instruction files were not set up: {e}"));
+            }
+        }
+        out.repo = Some(workbench::repo_state(&dest, spec.branch.as_deref(), cancel).await);
         out.workdir = dest;
     }
     for (name, value) in [
@@ -225,12 +238,15 @@ pub async fn prepare(
         }
     }
     if claude && ws.mode.as_deref() == Some("coordinate") && !ws.sub_agents.is_empty() {
-        instructions::write_sub_agents(&out.workdir, &ws.sub_agents)
-            .await
-            .map_err(io_err(&out.workdir))?;
-        instructions::exclude(&out.workdir, &[".claude/agents/"])
-            .await
-            .map_err(io_err(&out.workdir))?;
+        let written = async {
+            instructions::write_sub_agents(&out.workdir, &ws.sub_agents).await?;
+            instructions::exclude(&out.workdir, &[".claude/agents/"]).await
+        };
+        if let Err(e) = written.await {
+            tracing::warn!("task {}: sub-agent files: {e}", spec.task_id);
+            out.notices
+                .push(format!("sub-agent files were not written: {e}"));
+        }
     }
     if cancel.is_cancelled() {
         return Err(PrepareError::Cancelled);
@@ -297,26 +313,57 @@ async fn token_file(url: &str) -> Option<Secret> {
     Secret::non_empty(Some(text.trim().to_string()))
 }
 
-/// After a fresh clone: credentials helper for this repository only (so the agent can push),
-/// hooks path, author identity.
+/// Names the credential helper in the repository's own config (this repository only).
+async fn configure_helper(
+    cfg: &RuntimeConfig,
+    repo: &Path,
+    helper: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), PrepareError> {
+    let value = git::helper_config_value(helper);
+    // An empty value first resets helpers inherited from global config.
+    let settings = [
+        vec!["--unset-all", "credential.helper"],
+        vec!["--add", "credential.helper", ""],
+        vec!["--add", "credential.helper", value.as_str()],
+    ];
+    for (i, s) in settings.iter().enumerate() {
+        let mut args = vec!["config".to_string(), "--local".to_string()];
+        args.extend(s.iter().map(|a| a.to_string()));
+        match git::run(
+            &args,
+            repo,
+            None,
+            cfg.workspace.git_timeout,
+            cancel,
+            "config",
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(git::GitError::Cancelled) => return Err(PrepareError::Cancelled),
+            // `--unset-all` fails when there was nothing to unset.
+            Err(_) if i == 0 => {}
+            Err(e) => {
+                return Err(PrepareError::Io {
+                    path: repo.display().to_string(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a fresh clone (before it is moved into place): hooks path and author identity.
 async fn configure_clone(
     cfg: &RuntimeConfig,
     spec: &TaskSpec,
     repo: &Path,
-    helper: Option<&Path>,
     cancel: &CancellationToken,
 ) -> Result<(), PrepareError> {
     let ws = &spec.workspace;
     let mut settings: Vec<Vec<String>> = Vec::new();
-    if let Some(h) = helper {
-        // An empty value first resets helpers inherited from global config.
-        settings.push(vec!["credential.helper".into(), String::new()]);
-        settings.push(vec![
-            "--add".into(),
-            "credential.helper".into(),
-            git::helper_config_value(h),
-        ]);
-    }
     if tokio::fs::metadata(repo.join(".githooks"))
         .await
         .is_ok_and(|m| m.is_dir())
@@ -343,12 +390,34 @@ async fn configure_clone(
             "config",
         )
         .await
-        .map_err(|e| PrepareError::Io {
-            path: repo.display().to_string(),
-            message: e.to_string(),
+        .map_err(|e| match e {
+            git::GitError::Cancelled => PrepareError::Cancelled,
+            e => PrepareError::Io {
+                path: repo.display().to_string(),
+                message: e.to_string(),
+            },
         })?;
     }
     Ok(())
+}
+
+/// The clone's folder name: the original's, unless it would land on one of the executor's own
+/// files in the task directory (then `repo-<name>`).
+fn repo_dir_name(url: &str) -> String {
+    let name = git::repo_name(url);
+    let reserved = [
+        crate::agent::claude_spawn::CONFIG_DIR,
+        crate::agent::claude_spawn::SESSION_ID_FILE,
+        ".executor",
+    ];
+    if reserved.contains(&name.as_str())
+        || name.contains(":executor:attachments")
+        || name.ends_with(".cloning")
+    {
+        format!("repo-{}", name.trim_start_matches('.'))
+    } else {
+        name
+    }
 }
 
 /// `.claudecode/` copies, `CLAUDE.md` link and their exclude entries.

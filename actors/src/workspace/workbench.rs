@@ -31,8 +31,11 @@ pub struct RepoState {
 }
 
 /// Reads `HEAD` and the current branch of a repository.
-pub async fn repo_state(path: &Path, branch: Option<&str>) -> RepoState {
-    let cancel = CancellationToken::new();
+pub async fn repo_state(
+    path: &Path,
+    branch: Option<&str>,
+    cancel: &CancellationToken,
+) -> RepoState {
     let q = |args: &[&str]| {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let cancel = cancel.clone();

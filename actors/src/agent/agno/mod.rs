@@ -224,10 +224,21 @@ impl AgnoState {
                 crate::workspace::git::strip_userinfo(url)
             ));
         }
+        // Keys the backend sends encrypted are decrypted here, as for Claude Code.
+        let mut bots = spec.bots.clone();
+        let cipher = &self.args.cfg.workspace.cipher;
+        for b in &mut bots {
+            if let Some(key) = b.pointer_mut("/agent_config/env/api_key") {
+                if let Some(k) = key.as_str().map(|k| cipher.decrypt(k)) {
+                    *key = Value::String(k);
+                }
+            }
+        }
         self.pending_run = Some(json!({
             "op": "run", "run_seq": self.run_seq, "session_id": session_id,
             "user_id": session_id, "mode": spec.workspace.mode.clone().unwrap_or_default(),
-            "prompt": prompt, "bots": spec.bots, "default_headers": null,
+            "prompt": prompt, "bots": bots, "default_headers": null,
+            "cwd": req.prepared.workdir,
         }));
         self.emit(turn.running(60, "${{thinking.starting_agent_async}}"));
         self.turn = Some(turn);

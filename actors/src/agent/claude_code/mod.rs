@@ -121,6 +121,9 @@ pub struct ClaudeState {
     turn_seq: u64,
     /// Stops the current turn's workbench monitor.
     monitor: Option<tokio_util::sync::CancellationToken>,
+    /// Working directory and extra environment the current process was started with (a
+    /// digest): when a subtask needs others (a rotated token), the process is replaced.
+    started_with: Option<u64>,
     proc: Option<AgentProcess>,
     gen: u64,
     spawning: bool,
@@ -158,6 +161,7 @@ impl Actor for ClaudeCodeAgent {
             prepared: None,
             turn_seq: 0,
             monitor: None,
+            started_with: None,
             proc: None,
             gen: 0,
             spawning: false,

@@ -40,6 +40,14 @@ impl ClaudeState {
             self.next_resume = Resume::Fresh;
         }
         self.spec = Some(req.spec);
+        let wanted = launch_digest(&req.prepared);
+        if self.proc.is_some() && self.started_with.is_some_and(|d| d != wanted) {
+            tracing::info!(
+                "task {}: the workspace or credentials changed; restarting the CLI (the conversation resumes)",
+                self.args.task_id
+            );
+            self.retire_process();
+        }
         if self.proc.is_none() && !self.spawning {
             self.cwd = req.prepared.workdir.clone();
         }
@@ -62,6 +70,7 @@ impl ClaudeState {
             Ok(env) => env,
             Err(e) => return self.fail_turn(&e.to_string()),
         };
+        self.started_with = self.prepared.as_ref().map(launch_digest);
         if let Some(p) = &self.prepared {
             env.extend(
                 p.agent_env
@@ -385,4 +394,17 @@ fn new_workbench(
         },
         prepared.repo.clone(),
     )
+}
+
+/// A digest of what a process is started with from the prepared workspace: its working
+/// directory and extra environment (secrets are hashed, never kept twice).
+fn launch_digest(p: &crate::workspace::Prepared) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.workdir.hash(&mut h);
+    for (k, v) in &p.agent_env {
+        k.hash(&mut h);
+        v.expose().hash(&mut h);
+    }
+    h.finish()
 }
