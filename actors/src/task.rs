@@ -71,7 +71,7 @@ pub struct BotSpec {
 }
 
 /// One subtask to run, with everything the runtime needs from the task dict.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskSpec {
     /// Session key and workspace directory name.
     pub task_id: i64,
@@ -164,6 +164,19 @@ pub struct SubAgentSpec {
     pub description: Option<String>,
     /// `system_prompt`.
     pub system_prompt: String,
+}
+
+/// Only what identifies the subtask: the rest (bots, model settings, MCP servers, tokens) may
+/// hold secrets, and a `{:?}` in a log line must never print them.
+impl std::fmt::Debug for TaskSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSpec")
+            .field("task_id", &self.task_id)
+            .field("subtask_id", &self.subtask_id)
+            .field("agent", &self.agent)
+            .field("new_session", &self.new_session)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskSpec {
@@ -478,6 +491,19 @@ fn bool_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let spec = TaskSpec::from_value(&serde_json::json!({"task_id": 1, "prompt": "x",
+            "auth_token": "jwt-secret-1", "user": {"git_token": "ghp-secret-2"},
+            "bot": [{"shell_type": "Agno", "agent_config": {"env": {"api_key": "sk-secret-3"}}}]}))
+        .unwrap();
+        let shown = format!("{spec:?}");
+        for secret in ["jwt-secret-1", "ghp-secret-2", "sk-secret-3"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("task_id: 1"), "{shown}");
+    }
     use serde_json::json;
 
     #[test]
