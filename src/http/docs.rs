@@ -29,10 +29,24 @@ pub struct TaskRequest {
     pub prompt: Option<String>,
     /// The seed's spelling of `prompt`.
     pub content: Option<String>,
-    /// Seed: `claude_code`. Wegent uses `bot[0].shell_type: "ClaudeCode"`.
+    /// Seed: `claude_code` or `agno`. Wegent uses `bot[0].shell_type: "ClaudeCode" | "Agno"`.
     pub agent_type: Option<String>,
-    /// Wegent bots; `bot[0]` drives Claude Code (`shell_type`, `system_prompt`, `agent_config.env`).
+    /// Wegent bots; `bot[0]` drives Claude Code (`shell_type`, `system_prompt`, `agent_config.env`,
+    /// `mcp_servers`, `skills`; `bot[1..]` are coordinate-mode sub-agents); for Agno every bot is
+    /// a team member (`name`, `role: "leader"`, `system_prompt`, `agent_config.env`, `mcp_servers`).
     pub bot: Option<Vec<serde_json::Value>>,
+    /// Team mode: `coordinate`, `collaborate`, `route`, ...
+    pub mode: Option<String>,
+    /// Git identity and credentials: `user_name` (clone user, default `token`), `git_token`
+    /// (plain or AES-encrypted; never written anywhere), `git_login`, `git_email`, `git_id`.
+    pub user: Option<serde_json::Value>,
+    /// Bearer token for attachment and skill downloads from `TASK_API_DOMAIN`.
+    pub auth_token: Option<String>,
+    /// Files to download into the workspace: `{id, original_filename, mime_type, file_size}`;
+    /// `[attachment:<id>]` in the prompt is rewritten to the local path.
+    pub attachments: Option<Vec<serde_json::Value>>,
+    /// Namespace the skills of `bot[0].skills` are looked up in (default `default`).
+    pub team_namespace: Option<String>,
     /// Task type, copied into callbacks as `task_type`.
     #[serde(rename = "type")]
     pub task_type: Option<String>,
@@ -49,9 +63,9 @@ pub struct TaskRequest {
 pub struct SessionRow {
     /// The task.
     pub task_id: i64,
-    /// `ClaudeCode`.
+    /// `ClaudeCode` or `Agno`.
     pub agent_type: String,
-    /// `idle` or `running`.
+    /// `idle`, `running` or `suspended`.
     pub status: String,
     /// Seconds since the Unix epoch.
     pub created_at: f64,
