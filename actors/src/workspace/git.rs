@@ -27,7 +27,7 @@ pub const HELPER_PATH: &str = ".executor/git-credential-helper";
 const STDERR_KEEP: usize = 16 * 1024;
 /// Most bytes of git's stdout read (a huge untracked tree must not cost memory every refresh);
 /// git is stopped when it has more to say.
-pub const STDOUT_LIMIT: u64 = 4 * 1024 * 1024;
+const STDOUT_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// Credentials for one repository, kept out of every URL and argument.
 #[derive(Clone, Debug)]

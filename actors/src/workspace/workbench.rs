@@ -262,11 +262,6 @@ impl Workbench {
         }
     }
 
-    /// The repository it watches.
-    pub fn repo(&self) -> Option<&RepoState> {
-        self.repo.as_ref()
-    }
-
     /// Takes a fresh git snapshot.
     pub fn update(&mut self, s: GitSnapshot) {
         self.snapshot = s;
