@@ -3,6 +3,7 @@
 //! pre-started one from the pool (`AGNO_POOL_SIZE=1`), plus a follow-up on a live session.
 //! Real agno 2.1.5 against the mock OpenAI server. `cargo bench --bench agno`; rounds:
 //! `BENCH_AGNO_ROUNDS` (5). Needs the agno venv (`bash agno/install.sh`; installed on first use).
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -1,6 +1,7 @@
 //! Micro benchmarks (criterion) of the per-event hot paths: reading a stream-json line from the
 //! CLI into a progress event, building and serialising a callback payload, and masking secrets.
 //! Run with `cargo bench --bench hot_paths` (or everything with `cargo bench --workspace`).
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 use actors::agent::claude_turn::Turn;
 use actors::mask::mask_str;

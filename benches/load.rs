@@ -5,6 +5,7 @@
 //! `cargo bench --workspace`; this part alone with `cargo bench --workspace --bench load`.
 //! Prints a table and writes `target/bench-load.json`. Sizes: `BENCH_TASKS` (200 accept, 500
 //! throughput), `BENCH_CLIENTS` (16), `BENCH_SESSIONS` ("100,500").
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 #[path = "../tests/common/mod.rs"]
 mod common;

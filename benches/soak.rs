@@ -2,6 +2,7 @@
 //! each task two subtasks on one session that is then deleted. Samples the executor's RSS, open
 //! file descriptors and threads at start, middle and end, and checks that no process leaked and
 //! no callback was lost. Run with `cargo bench --bench soak`; prints a table.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 #[path = "../tests/common/mod.rs"]
 mod common;

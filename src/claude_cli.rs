@@ -40,19 +40,19 @@ async fn install() -> Result<(), String> {
     tokio::fs::create_dir_all(LOCAL_CLAUDE_DIR)
         .await
         .map_err(|e| e.to_string())?;
-    let status = tokio::process::Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--prefix",
-            LOCAL_CLAUDE_DIR,
-        ])
-        .arg(format!(
-            "@anthropic-ai/claude-code@{PINNED_CLAUDE_CODE_VERSION}"
-        ))
-        .stdin(Stdio::null())
-        .status()
+    let mut npm = tokio::process::Command::new("npm");
+    npm.args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        LOCAL_CLAUDE_DIR,
+    ])
+    .arg(format!(
+        "@anthropic-ai/claude-code@{PINNED_CLAUDE_CODE_VERSION}"
+    ))
+    .stdin(Stdio::null());
+    let status = actors::child::status(&mut npm)
         .await
         .map_err(|e| format!("cannot run npm ({e}); install Node.js and npm first"))?;
     if !status.success() {

@@ -1,6 +1,7 @@
 //! Callbacks are never lost: while the receiver is down they wait in the on-disk spool; if the
 //! executor is killed (SIGKILL) and restarted on the same workspace, they are replayed, each
 //! exactly once per (subtask, sequence) and in order; a drained spool leaves no files behind.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

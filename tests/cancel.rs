@@ -1,6 +1,7 @@
 //! `POST /api/tasks/cancel` (contract §2.4): unknown tasks, cancelling a running subtask (one
 //! `CANCELLED` callback, nothing after it, the process survives for the next subtask), an idle
 //! session (no callback), and subtasks queued behind the running one (cancelled, never run).
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

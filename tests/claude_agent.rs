@@ -1,6 +1,7 @@
 //! The Claude Code agent against the real CLI (pinned) and a mock Anthropic API: tool use in the
 //! task's workspace, conversations that survive an executor restart, `new_session`, per-task
 //! model settings, resume fallback, idle suspension (fake CLI) and MCP/tool flags.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

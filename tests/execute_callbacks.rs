@@ -1,6 +1,7 @@
 //! `POST /api/tasks/execute` and the callbacks it produces (contract §2.3, §4): response shape,
 //! payload keys, the progress sequence, conversation continuity, ordering, retries and the
 //! start-up `TASK_INFO` path. The agent is the project's fake `claude`.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

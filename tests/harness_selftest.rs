@@ -1,6 +1,7 @@
 //! Proves the shared harness itself works, without the executor: the callback receiver's
 //! recording, failure injection and wake-ups; the mock Anthropic API against the pinned real
 //! Claude Code CLI; and the `/proc` helpers.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

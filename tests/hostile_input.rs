@@ -2,6 +2,7 @@
 //! odd Unicode and NUL bytes, deep nesting, oversized and slow bodies, unknown routes and bad
 //! queries. Every rejection is an exact status with a `{"detail": "..."}` body, nothing runs
 //! for it, and afterwards the service is healthy and still runs a task to COMPLETED.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

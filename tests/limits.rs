@@ -1,5 +1,6 @@
 //! Limits: the liveness watchdog tells a running tool from a hung CLI, the turn time limit, the
 //! session cap (429 with Retry-After), and refusing new tasks while shutting down.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

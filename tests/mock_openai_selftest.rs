@@ -1,5 +1,6 @@
 //! Self-test of the mock OpenAI chat-completions server (`tests/common/mock_openai.rs`) used by
 //! the Agno end-to-end tests, plus one run of the real Agno client process against it.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

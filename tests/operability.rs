@@ -1,5 +1,6 @@
 //! Operability: liveness and readiness probes, request ids in and out, and the optional
 //! bearer token (`EXECUTOR_AUTH_TOKEN`) that guards every route but the probes.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

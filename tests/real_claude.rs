@@ -2,6 +2,7 @@
 //! against a mock Anthropic Messages API served by this test: a task completes with the mock's
 //! text, a follow-up subtask continues the same conversation, and cancel interrupts a turn
 //! without killing the conversation.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

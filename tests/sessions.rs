@@ -2,6 +2,7 @@
 //! every live session and what it runs, deleting one or all sessions ends their processes (no
 //! strays, no zombies) and fails what was running exactly once, and subtasks posted to a busy
 //! task wait their turn in order on the same process.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

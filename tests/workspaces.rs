@@ -1,6 +1,7 @@
 //! Workspace preparation end to end (issue: workspaces): the real binary clones from a real git
 //! server that demands basic auth, with the fake CLI as the agent; attachments and skills come
 //! from a test backend. Secrets are searched for everywhere they must not be.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

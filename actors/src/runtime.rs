@@ -35,7 +35,7 @@ impl Runtime {
     pub async fn start(cfg: RuntimeConfig) -> Result<Self, SupervisorError> {
         let cfg = Arc::new(cfg);
         match crate::agent::family::become_subreaper() {
-            Ok(()) => crate::agent::family::start_reaper(),
+            Ok(()) => crate::child::start_reaper(),
             Err(e) => tracing::warn!(
                 "cannot become a child subreaper ({e}); orphaned tool processes may escape"
             ),

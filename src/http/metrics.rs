@@ -86,7 +86,7 @@ fn render(rt: &Runtime) -> String {
         "executor_agent_processes",
         "gauge",
         "Agent (CLI) processes alive.",
-        actors::agent::family::managed().len() as u64,
+        actors::child::owned_count(actors::child::ChildKind::Agent) as u64,
     );
     histogram(
         &mut out,

@@ -5,19 +5,16 @@
 //! each agent process gets a unique marker in its environment (inherited by every descendant
 //! that keeps its environment), the process tree below the agent is walked through `/proc`, and
 //! the executor is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so orphans are re-parented to
-//! it — where [`reap_adopted`] collects them so that no zombie accumulates.
+//! it — where [`crate::child::reap_adopted`] collects them so that no zombie accumulates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex};
 
 /// Environment variable carrying an agent process's marker to all its descendants.
 pub const MARKER_ENV: &str = "EXECUTOR_AGENT_MARKER";
 
 static NEXT_MARKER: AtomicU64 = AtomicU64::new(1);
-
-/// Pids whose exit status belongs to a tokio `Child` (never reaped here).
-static MANAGED: LazyLock<Mutex<HashSet<u32>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
 
 /// A marker unique to this executor process and this agent process.
 pub fn new_marker(task_id: i64) -> String {
@@ -52,17 +49,6 @@ pub fn become_subreaper() -> std::io::Result<()> {
     }
 }
 
-/// Locks the registry of managed pids; spawning holds it until the new pid is registered so
-/// that [`reap_adopted`] can never take an exit status tokio is waiting for.
-pub fn managed() -> MutexGuard<'static, HashSet<u32>> {
-    MANAGED.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Forgets a pid once tokio has reaped it.
-pub fn unregister(pid: u32) {
-    managed().remove(&pid);
-}
-
 /// A recent `(pid, ppid, state)` table (at most [`TABLE_TTL`] old).
 fn recent_table() -> Table {
     let mut guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
@@ -77,7 +63,7 @@ fn recent_table() -> Table {
 }
 
 /// `(pid, ppid, state)` of every process, from `/proc/<pid>/stat`.
-fn process_table() -> Vec<(u32, u32, char)> {
+pub(crate) fn process_table() -> Vec<(u32, u32, char)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -98,7 +84,7 @@ pub fn descendants(root: u32) -> Vec<u32> {
     descendants_in(&recent_table(), &[root])
 }
 
-fn descendants_in(table: &[(u32, u32, char)], roots: &[u32]) -> Vec<u32> {
+pub(crate) fn descendants_in(table: &[(u32, u32, char)], roots: &[u32]) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for (pid, ppid, state) in table {
         if *state != 'Z' {
@@ -124,7 +110,7 @@ pub fn marked(marker: &str) -> Vec<u32> {
     let table = recent_table();
     let candidates: Vec<u32> = if SUBREAPER.load(Ordering::Relaxed) {
         let me = std::process::id();
-        let managed = managed().clone();
+        let managed = crate::child::owned_pids();
         let adopted: Vec<u32> = table
             .iter()
             .filter(|(pid, ppid, state)| *ppid == me && *state != 'Z' && !managed.contains(pid))
@@ -176,52 +162,4 @@ pub fn wait_gone(pids: &[u32], limit: std::time::Duration) {
     while pids.iter().any(alive) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-}
-
-/// Reaps zombie children of the executor that tokio does not manage (adopted orphans).
-/// Returns how many were reaped.
-pub fn reap_adopted() -> usize {
-    let me = std::process::id();
-    let guard = managed();
-    let mut n = 0;
-    for (pid, ppid, state) in process_table() {
-        if ppid == me && state == 'Z' && !guard.contains(&pid) {
-            if let Ok(p) = i32::try_from(pid) {
-                let mut status = 0;
-                // SAFETY: waitpid on one specific child pid that no one else waits for.
-                if unsafe { libc::waitpid(p, &mut status, libc::WNOHANG) } == p {
-                    n += 1;
-                }
-            }
-        }
-    }
-    n
-}
-
-/// Runs [`reap_adopted`] on every SIGCHLD (and once a second as a backstop) for the life of
-/// the runtime.
-pub fn start_reaper() {
-    tokio::spawn(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigchld = signal(SignalKind::child()).ok();
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            match sigchld.as_mut() {
-                Some(s) => {
-                    tokio::select! {
-                        _ = s.recv() => {}
-                        _ = tick.tick() => {}
-                    }
-                }
-                None => {
-                    tick.tick().await;
-                }
-            }
-            if let Ok(n) = tokio::task::spawn_blocking(reap_adopted).await {
-                if n > 0 {
-                    tracing::debug!("reaped {n} adopted orphan process(es)");
-                }
-            }
-        }
-    });
 }

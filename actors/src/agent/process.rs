@@ -105,16 +105,10 @@ impl AgentProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = {
-            // Registered before anyone can see it exit: the orphan reaper must never take it.
-            let mut managed = family::managed();
-            let child = cmd.spawn()?;
-            managed.insert(child.id().unwrap_or(0));
-            child
-        };
+        let mut child = crate::child::spawn(&mut cmd, crate::child::ChildKind::Agent)?;
         let pid = child.id().unwrap_or(0);
         let (stdout, stderr, stdin) =
-            (child.stdout.take(), child.stderr.take(), child.stdin.take());
+            (child.take_stdout(), child.take_stderr(), child.take_stdin());
         let sink = Arc::new(sink);
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let (exit_tx, exit) = watch::channel(None);
@@ -154,7 +148,6 @@ impl AgentProcess {
                     signal: None,
                 },
             };
-            family::unregister(pid);
             let _ = exit_tx.send(Some(info));
             reaper_sink(ProcessEvent::Exited(info));
         });

@@ -280,12 +280,11 @@ pub async fn run(
             cmd.env(k, v);
         }
     }
-    let mut child = cmd
-        .spawn()
+    let mut child = crate::child::spawn(&mut cmd, crate::child::ChildKind::Helper)
         .map_err(|e| GitError::Io(format!("could not run git: {e}")))?;
     let pid = child.id();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    let mut stdout = child.take_stdout();
+    let mut stderr = child.take_stderr();
     let read_out = async {
         let mut buf = Vec::new();
         if let Some(s) = stdout.as_mut() {

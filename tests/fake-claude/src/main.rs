@@ -57,6 +57,7 @@
 //!
 //! * `FAKE_CLAUDE_STARTUP_MS`: sleep this long before reading stdin.
 //! * `FAKE_CLAUDE_LOG=<path>`: append every received stdin line to `<path>`.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod args;
 mod directives;
