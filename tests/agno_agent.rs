@@ -1,6 +1,7 @@
 //! The Agno agent end to end: the real binary runs the real agno 2.1.5 library (in the client
 //! process `agno/agno_client.py`) against a mock OpenAI chat-completions server, with callbacks
 //! to a real receiver. Installs the pinned venv on first use (`agno/install.sh`); never skips.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 
@@ -394,4 +395,41 @@ async fn a_missing_interpreter_fails_at_once_with_what_to_install() {
     assert_eq!(done["status"], "FAILED", "{done}");
     let msg = done["error_message"].as_str().unwrap();
     assert!(msg.contains("install"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_all_ends_the_pools_spare_client_and_the_pool_refills_on_demand() {
+    let mock = MockOpenAi::start();
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[("AGNO_POOL_SIZE", "1")]).await;
+    let warmed = wait_until(AGNO_WAIT, || !agno_clients(&exec).is_empty()).await;
+    assert!(
+        warmed,
+        "the pool never started a spare\n{}",
+        exec.logs_tail(30)
+    );
+    let (status, _) = exec.delete("/api/tasks/sessions/close").await;
+    assert_eq!(status, 200);
+    let left = children_of(exec.pid());
+    assert!(
+        left.iter().all(|p| !is_alive(*p)),
+        "close-all left processes running: {}",
+        describe(&left)
+    );
+
+    // An Agno task still runs (its claim misses once), and the pool refills behind it.
+    post(&exec, &task(71, 1, vec![bot("Solo", &mock)], "hi")).await;
+    let done = rx.wait_terminal(71, 1, AGNO_WAIT).await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "{done}\n{}",
+        exec.logs_tail(40)
+    );
+    let refilled = wait_until(AGNO_WAIT, || agno_clients(&exec).len() >= 2).await;
+    assert!(
+        refilled,
+        "the pool did not refill: {:?}",
+        agno_clients(&exec)
+    );
 }

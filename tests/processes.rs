@@ -1,6 +1,7 @@
 //! No leaked processes: closing a session ends every descendant of its agent — including tool
 //! processes in their own sessions, daemons re-parented away from the CLI and processes that
 //! ignore SIGTERM — and the executor (a child subreaper) leaves no zombie behind.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 
@@ -104,4 +105,136 @@ async fn sigterm_to_the_executor_ends_escaped_descendants_too() {
     );
     let left = processes_in(&ws);
     assert!(left.is_empty(), "left behind: {}", describe(&left));
+}
+
+/// A tool that sheds everything the sweeps follow: no marker (`env -i`), its own session, and
+/// SIGTERM ignored; its parent exits at once, so the executor adopts it. `tag` is the sleep's
+/// argument, to find it by command line; `cd` is where it works.
+fn shedder(tag: u32, cd: &str) -> String {
+    format!(
+        "FAKE:sh:cd {cd} && setsid env -i sh -c 'trap \"\" TERM; exec sleep {tag}' </dev/null >/dev/null 2>&1 &\nshed"
+    )
+}
+
+/// The pid of the process whose command line is `sleep <tag>`, once it exists.
+async fn find_sleep(tag: u32) -> u32 {
+    let wanted = format!("sleep {tag}");
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(15), || {
+        found = common::procs::all_pids()
+            .into_iter()
+            .find(|p| common::procs::cmdline(*p).as_deref() == Some(wanted.as_str()));
+        found.is_some()
+    })
+    .await;
+    assert!(ok, "no `{wanted}` process appeared");
+    found.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adopted_tools_without_marker_end_with_their_task_and_at_close_all() {
+    let rx = CallbackReceiver::start();
+    let mut exec = start_fake(&rx, GRACE).await;
+
+    // Working in its task's directory: ended when that task's session is closed.
+    let done = run_task(&exec, &rx, 31, 1, &shedder(31311, ".")).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let pid = find_sleep(31311).await;
+    let adopted = wait_until(Duration::from_secs(10), || {
+        common::procs::proc_stat(pid).is_some_and(|(_, ppid, _)| ppid == exec.pid())
+    })
+    .await;
+    assert!(adopted, "the shed tool was not adopted by the executor");
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&env).contains("EXECUTOR_AGENT_MARKER"),
+        "the tool was meant to shed the marker"
+    );
+    let (status, _) = exec.delete("/api/tasks/session?task_id=31").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !is_alive(pid),
+        "the adopted tool survived closing its session"
+    );
+
+    // Working elsewhere: nobody can tell its task, so close-all ends it.
+    let done = run_task(&exec, &rx, 32, 1, &shedder(31312, "/")).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let pid = find_sleep(31312).await;
+    let (status, _) = exec.delete("/api/tasks/sessions/close").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!is_alive(pid), "the adopted tool survived close-all");
+    assert_clean(&exec).await;
+
+    // And at SIGTERM.
+    let done = run_task(&exec, &rx, 33, 1, &shedder(31313, "/")).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let pid = find_sleep(31313).await;
+    assert_eq!(
+        exec.terminate().await.code(),
+        Some(0),
+        "{}",
+        exec.logs_tail(20)
+    );
+    assert!(
+        !is_alive(pid),
+        "the adopted tool survived the executor's SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_killed_executor_left_running_is_ended_before_the_next_one_serves() {
+    let rx = CallbackReceiver::start();
+    let root = tempfile::tempdir().unwrap();
+    let ws = root.path().join("ws");
+    let opts = || {
+        ExecutorOptions::new()
+            .callback_url(rx.url())
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .workspace(&ws)
+    };
+    let mut first = Executor::start(opts()).await;
+    // A running turn with a marked orphan, a daemon and a tool that shed the marker.
+    post_task(
+        &first,
+        41,
+        1,
+        &format!(
+            "FAKE:spawn_orphan\nFAKE:spawn_daemon\n{}\nFAKE:wait_file:{}\nbusy",
+            shedder(31314, ".").lines().next().unwrap_or_default(),
+            root.path().join("never").display()
+        ),
+    )
+    .await;
+    let dir = ws.join("41");
+    let ok = wait_until(Duration::from_secs(15), || processes_in(&dir).len() >= 4).await;
+    assert!(ok, "{}", describe(&processes_in(&dir)));
+    let shed = find_sleep(31314).await;
+    let before = processes_in(&dir);
+    first.kill();
+    assert!(
+        before.iter().all(|p| is_alive(*p)),
+        "the crash itself should leave them running"
+    );
+
+    let second = Executor::start(opts()).await;
+    // Ended before the listening line was printed; init reaps them.
+    let gone = wait_until(Duration::from_secs(5), || {
+        before.iter().all(|p| !is_alive(*p)) && !is_alive(shed)
+    })
+    .await;
+    assert!(
+        gone,
+        "left running by the killed executor: {}\n{}",
+        describe(&before),
+        second.logs_tail(20)
+    );
+    assert!(
+        second
+            .logs()
+            .iter()
+            .any(|l| l.contains("left running by an earlier executor")),
+        "{}",
+        second.logs_tail(20)
+    );
 }

@@ -20,6 +20,7 @@ pub mod index;
 pub mod mask;
 pub mod mcp;
 pub mod metrics;
+pub mod orphans;
 pub mod payload;
 pub mod runtime;
 pub mod session;

@@ -367,6 +367,17 @@ impl SupervisorState {
         let actors: Vec<ActorRef<SessionMsg>> =
             ids.iter().filter_map(|id| self.forget(*id)).collect();
         let budget = self.args.cfg.stop.budget();
+        // Adopted processes (tools that shed the marker and left the agent's tree) have no
+        // owner once their sessions are gone: those working in a closed task's directory, or
+        // all of them at close-all, are ended too.
+        let dirs: Option<Vec<std::path::PathBuf>> = match scope {
+            CloseScope::All => None,
+            _ => Some(
+                ids.iter()
+                    .map(|id| self.args.cfg.workspace_root.join(id.to_string()))
+                    .collect(),
+            ),
+        };
         tokio::spawn(async move {
             let n = actors.len();
             futures::future::join_all(actors.into_iter().map(|a| {
@@ -377,6 +388,13 @@ impl SupervisorState {
                 }
             }))
             .await;
+            let swept =
+                tokio::task::spawn_blocking(move || crate::orphans::end_adopted(dirs.as_deref()))
+                    .await
+                    .unwrap_or(0);
+            if swept > 0 {
+                tracing::info!("ended {swept} adopted process(es) left by closed sessions");
+            }
             let _ = reply.send(n);
         });
     }

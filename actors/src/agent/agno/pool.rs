@@ -2,6 +2,8 @@
 //! session claims a client that already did, so its first event comes in well under a second.
 //! Claimed clients are replaced at once; a client that dies in the pool is dropped. When clients
 //! cannot start (no interpreter, agno missing), refilling backs off instead of spinning.
+//! Close-all drains the pool (no spare python process outlives it); the next Agno task's claim
+//! misses once and refills it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,6 +26,11 @@ pub enum PoolMsg {
     Warmed(Result<Client, AgentError>),
     /// Time to try refilling again after a failure.
     Retry,
+    /// End every spare client, and every client still starting, and stay empty until the
+    /// next claim (close-all: no process is left running); replies once they are all gone.
+    Drain(RpcReplyPort<()>),
+    /// Spare clients being ended by a drain are gone.
+    Ended,
 }
 
 /// The actor; see the module docs.
@@ -36,6 +43,12 @@ pub struct PoolState {
     warming: usize,
     failures: u32,
     backing_off: bool,
+    /// Drained: no refill until an Agno task claims a client again.
+    dormant: bool,
+    /// Terminations under way for a drain.
+    ending: usize,
+    /// Drain requests waiting for every client to be gone.
+    drain_waiters: Vec<RpcReplyPort<()>>,
 }
 
 impl Actor for AgnoPool {
@@ -54,6 +67,9 @@ impl Actor for AgnoPool {
             warming: 0,
             failures: 0,
             backing_off: false,
+            dormant: false,
+            ending: 0,
+            drain_waiters: Vec::new(),
         };
         st.fill(&me);
         Ok(st)
@@ -67,6 +83,7 @@ impl Actor for AgnoPool {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             PoolMsg::Claim(reply) => {
+                st.dormant = false;
                 let mut found = None;
                 while let Some(c) = st.ready.pop_front() {
                     if !c.process.has_exited() {
@@ -84,6 +101,8 @@ impl Actor for AgnoPool {
             PoolMsg::Warmed(result) => {
                 st.warming = st.warming.saturating_sub(1);
                 match result {
+                    Ok(c) if st.dormant => st.end(&me, vec![c]), // drained meanwhile
+                    Err(_) if st.dormant => {}
                     Ok(c) => {
                         st.failures = 0;
                         tracing::debug!("agno pool: client {} ready", c.process.pid());
@@ -106,6 +125,18 @@ impl Actor for AgnoPool {
                 st.backing_off = false;
                 st.fill(&me);
             }
+            PoolMsg::Drain(reply) => {
+                st.dormant = true;
+                st.drain_waiters.push(reply);
+                let spares: Vec<Client> = st.ready.drain(..).collect();
+                st.end(&me, spares);
+            }
+            PoolMsg::Ended => st.ending = st.ending.saturating_sub(1),
+        }
+        if st.dormant && st.warming == 0 && st.ending == 0 {
+            for w in st.drain_waiters.drain(..) {
+                let _ = w.send(());
+            }
         }
         Ok(())
     }
@@ -123,8 +154,21 @@ impl Actor for AgnoPool {
 }
 
 impl PoolState {
+    /// Terminates `clients` off the handler (it takes the stop grace periods); each reports
+    /// [`PoolMsg::Ended`] when gone.
+    fn end(&mut self, me: &ActorRef<PoolMsg>, clients: Vec<Client>) {
+        for mut c in clients {
+            self.ending += 1;
+            let (stop, me) = (self.cfg.stop, me.clone());
+            tokio::spawn(async move {
+                c.process.terminate(stop).await;
+                let _ = me.cast(PoolMsg::Ended);
+            });
+        }
+    }
+
     fn fill(&mut self, me: &ActorRef<PoolMsg>) {
-        if self.backing_off {
+        if self.backing_off || self.dormant {
             return;
         }
         while self.ready.len() + self.warming < self.cfg.agno.pool_size {
