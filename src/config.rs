@@ -59,8 +59,10 @@ pub const DEFAULT_SPOOL_DIR_NAME: &str = ".callback-spool";
 pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: u64 = 10;
 /// `MAX_LINE_BYTES`: longest stdout line accepted from the CLI (16 MiB).
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
-/// `SHUTDOWN_GRACE_SECS`: time SIGTERM gives callbacks to flush (fits Kubernetes' 30 s).
-pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
+/// `SHUTDOWN_GRACE_SECS`: the whole time from SIGTERM to exit (sessions closed, callbacks
+/// flushed; the rest stays in the spool). Well inside `docker stop`'s 10 s, after which Docker
+/// SIGKILLs; Kubernetes' manifest sets a longer one under its 30 s grace period.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;
 /// Where `--install-claude` puts the pinned CLI, relative to the working directory.
 pub const LOCAL_CLAUDE_DIR: &str = ".tools/claude-code";
 

@@ -20,6 +20,9 @@ use clap::Parser;
 
 use crate::config::{Cli, Settings};
 
+/// At shutdown, the least time open connections get to close after the sessions are done.
+const SERVER_DRAIN_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli) {
@@ -105,21 +108,27 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         },
         settings.auth_token.clone().map(std::sync::Arc::new),
     );
-    warp::serve(service)
-        .incoming(listener)
-        .graceful({
-            let runtime = runtime.clone();
-            async move {
-                shutdown::signal().await;
-                runtime.begin_shutdown();
-            }
-        })
-        .run()
-        .await;
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        warp::serve(service)
+            .incoming(listener)
+            .graceful(async move {
+                let _ = serving_stopped.await;
+            })
+            .run(),
+    );
+    shutdown::signal().await;
+    // From here the clock runs: everything below fits in SHUTDOWN_GRACE_SECS. Routes keep
+    // answering meanwhile (new tasks get 503, /ready false), so probes see the shutdown.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    runtime.begin_shutdown();
     tracing::info!("Shutting down: closing sessions and flushing callbacks");
-    runtime
-        .shutdown("executor shutting down", settings.shutdown_grace)
-        .await;
+    runtime.shutdown("executor shutting down", deadline).await;
+    // Open connections (event streams, keep-alive) get what is left of the deadline to end;
+    // the process does not wait for them beyond it.
+    let _ = stop_serving.send(());
+    let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let _ = tokio::time::timeout(rest.max(SERVER_DRAIN_MIN), server).await;
     tracing::info!("Executor stopped");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Supervision and fault handling: an agent process that crashes, ends without a result, writes
 //! a line over the limit, reports an error, or cannot start gives its subtask one `FAILED`
 //! callback saying why, and the task keeps working. Also graceful shutdown and secrets.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 
@@ -161,6 +162,66 @@ async fn a_missing_cli_fails_with_install_instructions() {
         msg.contains("Failed to start Claude Code CLI") && msg.contains("npm install"),
         "{msg}"
     );
+}
+
+/// executor_manager's delete runs `docker stop` (SIGTERM, SIGKILL 10 s later) while its own
+/// event loop — the callback receiver — is blocked in that very call. The executor must exit
+/// 0 well inside those 10 s with default settings (the bound is the point of this test), keep
+/// what it could not deliver in its spool, and deliver it, once, at its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_blocked_receiver_exits_inside_docker_stops_10_s_and_delivers_later() {
+    let rx = CallbackReceiver::start();
+    let root = tempfile::tempdir().unwrap();
+    let ws = root.path().join("ws");
+    let opts = || {
+        ExecutorOptions::new()
+            .callback_url(rx.url())
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .workspace(&ws)
+    };
+    let mut exec = Executor::start(opts()).await;
+    let never = root.path().join("never");
+    post_task(
+        &exec,
+        81,
+        1,
+        &format!("FAKE:wait_file:{}\nlong", never.display()),
+    )
+    .await;
+    rx.wait_for(WAIT, |cbs| cbs.iter().any(|c| c["progress"] == 60))
+        .await;
+    rx.hold();
+    let status = exec.terminate_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", exec.logs_tail(30));
+    assert!(
+        rx.for_subtask(81, 1).iter().all(|c| !is_terminal(c)),
+        "the receiver was blocked: nothing terminal can have been delivered"
+    );
+    let spooled =
+        std::fs::read_to_string(ws.join(".callback-spool/task-81.log")).unwrap_or_default();
+    assert!(
+        spooled.contains("executor shutting down"),
+        "the undelivered FAILED is not in the spool:\n{spooled}"
+    );
+    rx.release();
+
+    let next = Executor::start(opts()).await;
+    let done = rx.wait_terminal(81, 1, WAIT).await;
+    assert_eq!(
+        (done["status"].as_str(), message(&done)),
+        (Some("FAILED"), "executor shutting down"),
+        "{}",
+        next.logs_tail(20)
+    );
+    // A later subtask of the same task finished: callbacks are ordered per task, so every
+    // earlier one has arrived by now.
+    run_task(&next, &rx, 81, 2, "after").await;
+    let terminals = rx
+        .for_subtask(81, 1)
+        .into_iter()
+        .filter(is_terminal)
+        .count();
+    assert_eq!(terminals, 1, "{}", rx.dump());
 }
 
 #[tokio::test]

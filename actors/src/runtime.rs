@@ -13,7 +13,7 @@ use crate::index::SessionIndex;
 use crate::supervisor::{
     CancelOutcome, CloseScope, ExecuteOutcome, Supervisor, SupervisorArgs, SupervisorMsg,
 };
-use crate::task::TaskSpec;
+use crate::task::{AgentKind, TaskSpec};
 
 /// How long the frontend waits for the supervisor to accept a subtask.
 const EXECUTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +39,15 @@ impl Runtime {
             Err(e) => tracing::warn!(
                 "cannot become a child subreaper ({e}); orphaned tool processes may escape"
             ),
+        }
+        // What an earlier instance left running (after a SIGKILL, say) is ended before
+        // anything new starts.
+        let root = cfg.workspace_root.clone();
+        let left = tokio::task::spawn_blocking(move || crate::orphans::end_leftovers(&root))
+            .await
+            .unwrap_or(0);
+        if left > 0 {
+            tracing::warn!("ended {left} process(es) left running by an earlier executor");
         }
         let unavailable = |e: ractor::SpawnErr| SupervisorError::Unavailable(e.to_string());
         let events = EventBus::default();
@@ -144,32 +153,45 @@ impl Runtime {
     /// Ends sessions and returns how many; when it returns their processes are gone.
     pub async fn close(&self, scope: CloseScope, reason: &str) -> Result<usize, SupervisorError> {
         let ms = (self.cfg.stop.budget() + Duration::from_secs(5)).as_millis() as u64;
-        ractor::call_t!(
+        let drain_pool = matches!(scope, CloseScope::All | CloseScope::Kind(AgentKind::Agno));
+        let closed = ractor::call_t!(
             self.supervisor,
             SupervisorMsg::Close,
             ms,
             scope,
             reason.to_string()
         )
-        .map_err(|e| SupervisorError::Unavailable(e.to_string()))
+        .map_err(|e| SupervisorError::Unavailable(e.to_string()))?;
+        if let (true, Some(pool)) = (drain_pool, &self.agno_pool) {
+            // The warm pool's spare clients are processes too: none outlives a close-all.
+            let _ = ractor::call_t!(pool, crate::agent::agno::pool::PoolMsg::Drain, ms);
+        }
+        Ok(closed)
     }
 
-    /// Graceful stop: close every session (their running subtasks get `FAILED` with
-    /// `reason`), then give queued callbacks until `flush_deadline` to go out.
-    pub async fn shutdown(&self, reason: &str, flush_deadline: Duration) {
-        if let Err(e) = self.close(CloseScope::All, reason).await {
-            tracing::warn!("closing sessions at shutdown: {e}");
+    /// Graceful stop, bounded by `deadline`: close every session (their running subtasks get
+    /// `FAILED` with `reason`), end the warm pool, then deliver queued callbacks until the
+    /// deadline. Whatever is not delivered by then stays in the spool and goes out at the next
+    /// start, so the executor exits in time (docker stop SIGKILLs 10 s after its SIGTERM, and
+    /// the receiver may be the very executor_manager blocked in that docker stop).
+    pub async fn shutdown(&self, reason: &str, deadline: tokio::time::Instant) {
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left(), self.close(CloseScope::All, reason)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("closing sessions at shutdown: {e}"),
+            Err(_) => tracing::warn!("closing sessions at shutdown: out of time"),
         }
-        let _ = self
-            .supervisor
-            .stop_and_wait(None, Some(self.cfg.stop.budget()))
-            .await;
+        let budget = self.cfg.stop.budget().min(left());
+        let _ = self.supervisor.stop_and_wait(None, Some(budget)).await;
         if let Some(pool) = &self.agno_pool {
-            let _ = pool.stop_and_wait(None, Some(self.cfg.stop.budget())).await;
+            let budget = self.cfg.stop.budget().min(left());
+            let _ = pool.stop_and_wait(None, Some(budget)).await;
         }
-        let ms = flush_deadline.as_millis() as u64;
-        if ractor::call_t!(self.callbacks, CallbackMsg::Flush, ms).is_err() {
-            tracing::warn!("some callbacks were not delivered before the shutdown deadline");
+        let ms = left().as_millis() as u64;
+        if ractor::call_t!(self.callbacks, CallbackMsg::Flush, ms.max(1)).is_err() {
+            tracing::warn!(
+                "shutdown deadline reached: undelivered callbacks stay in the spool for the next start"
+            );
         }
         self.callbacks.stop(None);
     }
