@@ -122,6 +122,9 @@ pub struct RuntimeConfig {
     pub workspace: WorkspaceConfig,
     /// The Agno agent's client processes.
     pub agno: AgnoConfig,
+    /// `AGENT_NICE`: nice increment (with `SCHED_BATCH`) for agent processes and everything
+    /// they start, so they never slow the executor's HTTP answers and callbacks; `0` = off.
+    pub agent_nice: i32,
 }
 
 /// How Agno tasks run: a Python client process (agno 2.1.5) per session, JSON lines over its
@@ -233,6 +236,7 @@ impl RuntimeConfig {
             max_sessions: None,
             heartbeat: None,
             workspace: WorkspaceConfig::default(),
+            agent_nice: 0,
         }
     }
 }

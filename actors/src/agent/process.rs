@@ -76,6 +76,9 @@ pub struct SpawnSpec {
     pub max_line_bytes: usize,
     /// Unique tag put in the environment of the process (and so of its descendants).
     pub marker: String,
+    /// How much lower than the executor's the agent's CPU priority is: a nice increment, with
+    /// `SCHED_BATCH`, inherited by everything the agent starts. `0` = same priority.
+    pub nice: i32,
 }
 
 /// A running agent subprocess; see the module docs.
@@ -105,6 +108,17 @@ impl AgentProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if spec.nice != 0 {
+            let nice = spec.nice;
+            // SAFETY: runs in the forked child before exec; it only makes two syscalls
+            // (async-signal-safe) and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    lower_priority(nice);
+                    Ok(())
+                });
+            }
+        }
         let mut child = crate::child::spawn(&mut cmd, crate::child::ChildKind::Agent)?;
         let pid = child.id().unwrap_or(0);
         let (stdout, stderr, stdin) =
@@ -278,6 +292,19 @@ impl Drop for AgentProcess {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// Lowers the calling process's CPU priority by `nice` and makes it a batch process
+/// (`SCHED_BATCH`: the scheduler treats it as CPU-bound and never lets it preempt interactive
+/// work), so an agent — and every tool it starts, which inherit both — never competes with the
+/// executor's own threads as an equal. Failures are ignored: priority is best effort.
+fn lower_priority(nice: i32) {
+    // SAFETY: plain syscalls on the calling process; no memory is shared.
+    unsafe {
+        libc::nice(nice);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
     }
 }
 

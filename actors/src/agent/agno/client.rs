@@ -118,6 +118,7 @@ pub async fn start(cfg: &RuntimeConfig, tag: i64) -> Result<Client, AgentError> 
         cwd: dir,
         max_line_bytes: MAX_LINE_BYTES,
         marker: crate::agent::family::new_marker(tag),
+        nice: cfg.agent_nice,
     };
     let (tx, events) = mpsc::unbounded_channel();
     let python = spec.program.display().to_string();

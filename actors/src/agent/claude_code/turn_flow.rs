@@ -96,6 +96,7 @@ impl ClaudeState {
                 cwd: self.cwd.clone(),
                 max_line_bytes: cfg.claude.max_line_bytes,
                 marker: crate::agent::family::new_marker(self.args.task_id),
+                nice: cfg.agent_nice,
             },
             config_dir,
             task_dir: self.task_dir.clone(),
