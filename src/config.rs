@@ -40,9 +40,9 @@ pub const DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS: u64 = 10;
 /// `CLAUDE_IDLE_TIMEOUT_SECS`: an idle CLI process (250–400 MB) is ended after this; the next
 /// subtask resumes the conversation. 0 keeps processes alive.
 pub const DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS: u64 = 1800;
-/// `MAX_LIVE_PROCESSES`: most agent processes alive at once (0 = no cap); over it the least
-/// recently used idle sessions are suspended.
-pub const DEFAULT_MAX_LIVE_PROCESSES: usize = 64;
+/// `AGENT_NICE`: how much lower agent processes (and their tools) run than the executor: a
+/// nice increment, with `SCHED_BATCH` (0 = same priority).
+pub const DEFAULT_AGENT_NICE: i32 = 10;
 /// `WATCHDOG_SILENCE_SECS`: a turn with no CLI output this long and no tool running is hung.
 pub const DEFAULT_WATCHDOG_SILENCE_SECS: u64 = 600;
 /// `WATCHDOG_TOOL_SECS`: a tool call may run this long without output.
@@ -152,9 +152,14 @@ pub struct Cli {
     /// Most sessions at once (new tasks over it get 429); 0 = no cap [default: 1000].
     #[arg(long, env = "MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
-    /// Most agent processes alive at once; 0 = no cap [default: 64].
+    /// Most agent processes alive at once; 0 = no cap [default: the memory the executor may
+    /// use / 256 MiB].
     #[arg(long, env = "MAX_LIVE_PROCESSES")]
     pub max_live_processes: Option<usize>,
+    /// Nice increment (with SCHED_BATCH) for agent processes and their tools; 0 = off
+    /// [default: 10].
+    #[arg(long, env = "AGENT_NICE")]
+    pub agent_nice: Option<i32>,
     /// Seconds an idle CLI process lives before it is ended (0 = never) [default: 1800].
     #[arg(long, env = "CLAUDE_IDLE_TIMEOUT_SECS")]
     pub claude_idle_timeout_secs: Option<u64>,
@@ -224,6 +229,7 @@ pub struct FileConfig {
     claude_interrupt_timeout_secs: Option<u64>,
     claude_idle_timeout_secs: Option<u64>,
     max_live_processes: Option<usize>,
+    agent_nice: Option<i32>,
     watchdog_silence_secs: Option<u64>,
     watchdog_tool_secs: Option<u64>,
     turn_timeout_secs: Option<u64>,
@@ -324,6 +330,7 @@ impl Settings {
                 r.max_live_processes
                     .map_or("0 (no cap)".into(), |v| v.to_string())
             ),
+            format!("AGENT_NICE={}", r.agent_nice),
             format!("CLAUDE_IDLE_TIMEOUT_SECS={}", secs(r.claude.idle_timeout)),
             format!("WATCHDOG_SILENCE_SECS={}", secs(r.claude.silence_timeout)),
             format!("WATCHDOG_TOOL_SECS={}", secs(r.claude.tool_timeout)),
@@ -394,11 +401,11 @@ impl Settings {
                 pick(non_empty(cli.log_level), file.log_level, "info".into())
             };
         let ms = Duration::from_millis;
-        let max_live = pick(
-            cli.max_live_processes,
-            file.max_live_processes,
-            DEFAULT_MAX_LIVE_PROCESSES,
-        );
+        let max_live = cli
+            .max_live_processes
+            .or(file.max_live_processes)
+            .unwrap_or_else(actors::capacity::default_live_processes);
+        let agent_nice = pick(cli.agent_nice, file.agent_nice, DEFAULT_AGENT_NICE).clamp(0, 19);
         let secs = |v: u64| (v > 0).then(|| Duration::from_secs(v));
         let max_sessions = pick(cli.max_sessions, file.max_sessions, DEFAULT_MAX_SESSIONS);
         let runtime = RuntimeConfig {
@@ -407,6 +414,7 @@ impl Settings {
                 non_empty(cli.callback_url.clone()).or(non_empty(file.callback_url.clone())),
             ),
             max_live_processes: (max_live > 0).then_some(max_live),
+            agent_nice,
             workspace_root: workspace_root.clone(),
             executor_name: non_empty(cli.executor_name).or(file.executor_name),
             executor_namespace: non_empty(cli.executor_namespace).or(file.executor_namespace),

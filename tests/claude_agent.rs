@@ -323,3 +323,91 @@ async fn over_the_live_process_cap_the_least_recently_used_idle_session_is_suspe
     assert_eq!(status(11), "suspended", "{list}");
     assert_eq!(status(13), "idle", "{list}");
 }
+
+/// With every slot busy with a running turn, a new subtask waits — visibly: a RUNNING callback
+/// says so, the listing shows it queued, `/metrics` counts it — and starts as soon as a slot
+/// frees (here: a turn ends, its idle process is suspended for the waiter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_live_process_cap_a_new_subtask_waits_visibly_and_starts_when_a_slot_frees() {
+    let rx = CallbackReceiver::start();
+    let opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("MAX_LIVE_PROCESSES", "2");
+    let exec = Executor::start(opts).await;
+    let ws = exec.workspace().to_path_buf();
+    let release = |id: i64| ws.join(format!("release-{id}"));
+    let hold = |id: i64| format!("FAKE:wait_file:{}\nhold {id}", release(id).display());
+    for id in [21, 22] {
+        let body = json!({"task_id": id, "subtask_id": 1, "agent_type": "claude_code",
+                          "content": hold(id)});
+        exec.post_json("/api/tasks/execute", &body).await;
+    }
+    let running = wait_until(WAIT, || {
+        [21, 22]
+            .iter()
+            .all(|id| !processes_in(&ws.join(id.to_string())).is_empty())
+    })
+    .await;
+    assert!(running, "{}", exec.logs_tail(20));
+
+    let body = json!({"task_id": 23, "subtask_id": 1, "agent_type": "claude_code",
+                      "content": hold(23)});
+    let (status, reply) = exec.post_json("/api/tasks/execute", &body).await;
+    assert_eq!(
+        (status.as_u16(), reply["status"].as_str()),
+        (200, Some("RUNNING"))
+    );
+    let cbs = rx
+        .wait_for(WAIT, |cbs| {
+            cbs.iter().any(|c| {
+                c["task_id"] == 23
+                    && c["status"] == "RUNNING"
+                    && c["error_message"]
+                        .as_str()
+                        .or(c["message"].as_str())
+                        .is_some_and(|m| m.contains("waiting for a free agent process slot"))
+            })
+        })
+        .await;
+    assert!(!cbs.is_empty());
+    let (_, list) = exec.get("/api/tasks/sessions").await;
+    let row = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["task_id"] == 23)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["status"], "queued", "{list}");
+    let metrics = exec
+        .client()
+        .get(exec.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "executor_sessions{state=\"queued\"} 1"),
+        "{text}"
+    );
+    assert!(
+        processes_in(&ws.join("23")).is_empty(),
+        "task 23 started a third process over the cap"
+    );
+
+    // A turn ends: its idle process is suspended for the waiter, which then runs.
+    std::fs::write(release(21), "go").unwrap();
+    assert_eq!(rx.wait_terminal(21, 1, WAIT).await["status"], "COMPLETED");
+    let started = wait_until(WAIT, || !processes_in(&ws.join("23")).is_empty()).await;
+    assert!(started, "the waiter never started\n{}", exec.logs_tail(30));
+    assert!(
+        processes_in(&ws.join("21")).is_empty(),
+        "task 21 was not suspended"
+    );
+    std::fs::write(release(23), "go").unwrap();
+    std::fs::write(release(22), "go").unwrap();
+    assert_eq!(rx.wait_terminal(23, 1, WAIT).await["status"], "COMPLETED");
+    assert_eq!(rx.wait_terminal(22, 1, WAIT).await["status"], "COMPLETED");
+}

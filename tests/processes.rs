@@ -238,3 +238,64 @@ async fn what_a_killed_executor_left_running_is_ended_before_the_next_one_serves
         second.logs_tail(20)
     );
 }
+
+/// `(nice, scheduling policy)` from a `/proc/<pid>/stat` line (fields 19 and 41).
+fn nice_and_policy(stat: &str) -> (i64, i64) {
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse().ok()).unwrap_or(-1);
+    (num(16), num(38))
+}
+
+/// The CLI of task `id` while its turn is held, and what a tool it ran saw of itself.
+async fn priorities(exec: &Executor, rx: &CallbackReceiver, id: i64, sub: i64) -> [(i64, i64); 2] {
+    let dir = exec.workspace().join(id.to_string());
+    let release = exec.tmp_root().join(format!("release-{id}-{sub}"));
+    let seen = dir.join(format!("tool-stat-{sub}"));
+    let prompt = format!(
+        "FAKE:sh:cat /proc/self/stat > {}\nFAKE:wait_file:{}\nheld",
+        seen.display(),
+        release.display()
+    );
+    post_task(exec, id, sub, &prompt).await;
+    let ok = wait_until(Duration::from_secs(15), || {
+        seen.exists() && !processes_in(&dir).is_empty()
+    })
+    .await;
+    assert!(ok, "{}", exec.logs_tail(20));
+    let cli = processes_in(&dir)
+        .into_iter()
+        .find(|p| common::procs::cmdline(*p).is_some_and(|c| c.contains("fake-claude")))
+        .expect("the CLI process");
+    let cli_stat = std::fs::read_to_string(format!("/proc/{cli}/stat")).unwrap();
+    let tool_stat = std::fs::read_to_string(&seen).unwrap();
+    std::fs::write(&release, "go").unwrap();
+    assert_eq!(
+        rx.wait_terminal(id, sub, FAKE_WAIT).await["status"],
+        "COMPLETED"
+    );
+    [nice_and_policy(&cli_stat), nice_and_policy(&tool_stat)]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_and_their_tools_run_nicer_than_the_executor_also_after_a_resume() {
+    const SCHED_BATCH: i64 = 3;
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("CLAUDE_IDLE_TIMEOUT_SECS", "1")]).await;
+    let own = std::fs::read_to_string(format!("/proc/{}/stat", exec.pid())).unwrap();
+    assert_eq!(
+        nice_and_policy(&own),
+        (0, 0),
+        "the executor itself runs normally"
+    );
+    assert_eq!(priorities(&exec, &rx, 51, 1).await, [(10, SCHED_BATCH); 2]);
+    // Idle past the timeout: the process is suspended; the next subtask resumes in a new one.
+    let dir = exec.workspace().join("51");
+    let suspended = wait_until(Duration::from_secs(15), || processes_in(&dir).is_empty()).await;
+    assert!(suspended, "{}", exec.logs_tail(20));
+    assert_eq!(priorities(&exec, &rx, 51, 2).await, [(10, SCHED_BATCH); 2]);
+
+    let rx = CallbackReceiver::start();
+    let off = start_fake(&rx, &[("AGENT_NICE", "0")]).await;
+    assert_eq!(priorities(&off, &rx, 52, 1).await, [(0, 0); 2]);
+}

@@ -17,6 +17,9 @@ pub enum SessionStatus {
     Running,
     /// Idle, and its agent process was ended to free memory; the next subtask resumes.
     Suspended,
+    /// A subtask is ready to run but waits for a free agent process slot
+    /// (`MAX_LIVE_PROCESSES`); it starts as soon as one frees.
+    Queued,
 }
 
 /// One row of `GET /api/tasks/sessions`.

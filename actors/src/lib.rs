@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod callback;
+pub mod capacity;
 pub mod child;
 pub mod config;
 pub mod crypto;

@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// Reason reported for subtasks still running when a session stops without a given reason.
 const DEFAULT_STOP_REASON: &str = "session closed";
 
+/// Start of the RUNNING message of a subtask that waits for a live-process slot.
+pub const QUEUED_MESSAGE: &str = "Queued: waiting for a free agent process slot";
+
 /// Messages of a [`Session`].
 pub enum SessionMsg {
     /// Queue a subtask.
@@ -45,6 +48,11 @@ pub enum SessionMsg {
     Process(ProcessState),
     /// End the agent's process if it is idle (the supervisor's live-process cap).
     Suspend,
+    /// The supervisor granted the live-process slot this session waits for.
+    SlotGranted,
+    /// Every live-process slot is taken: the subtask waits (the supervisor grants a slot as
+    /// soon as one frees).
+    SlotQueued,
     /// Workspace preparation number `seq` has news for a RUNNING callback (sent only while
     /// that preparation is still the current one).
     PrepProgress {
@@ -149,6 +157,10 @@ pub struct SessionState {
     prep_seq: u64,
     /// A cancel arrived while the current subtask was being prepared.
     prep_cancelled: bool,
+    /// The current subtask, prepared, waiting for a live-process slot.
+    slot_wait: Option<(AgentHandle, Box<TurnRequest>)>,
+    /// The supervisor said the wait is real (every slot taken).
+    slot_queued: bool,
 }
 
 /// The agent process of a session, as the listing and the live-process cap see it.
@@ -183,6 +195,8 @@ impl Actor for Session {
             preparing: None,
             prep_seq: 0,
             prep_cancelled: false,
+            slot_wait: None,
+            slot_queued: false,
         };
         Ok(st)
     }
@@ -205,7 +219,22 @@ impl Actor for Session {
             SessionMsg::Cancel(reply) => {
                 let busy = st.cancel();
                 let _ = reply.send(busy);
+                if st.current.is_none() {
+                    st.start_next(&me).await;
+                }
             }
+            SessionMsg::SlotQueued => {
+                if st.slot_wait.is_some() && !st.slot_queued {
+                    st.slot_queued = true;
+                    st.queued_notice();
+                    st.report();
+                }
+            }
+            SessionMsg::SlotGranted => match st.slot_wait.take() {
+                Some((agent, req)) => st.hand_over(&me, agent, *req).await,
+                // Cancelled meanwhile: the report frees the slot again.
+                None => st.report(),
+            },
             SessionMsg::TurnDone { subtask_id, status } => {
                 if st
                     .current
@@ -456,12 +485,44 @@ impl SessionState {
             spec: *spec,
             prepared,
         };
+        if self.args.cfg.max_live_processes.is_some() && self.process != ProcessState::Started {
+            // A new agent process is needed: it takes a slot under the live-process cap.
+            self.slot_wait = Some((agent, Box::new(req)));
+            self.slot_queued = false;
+            let _ = self
+                .args
+                .supervisor
+                .cast(SupervisorMsg::WantSlot(self.args.task_id));
+            return;
+        }
+        self.hand_over(me, agent, req).await;
+    }
+
+    /// Gives the turn to the agent (or fails the subtask when the agent is gone).
+    async fn hand_over(&mut self, me: &ActorRef<SessionMsg>, agent: AgentHandle, req: TurnRequest) {
+        let ctx = req.ctx.clone();
         if agent.turn(req).is_err() {
             self.emit(ctx.payload(100, TaskStatus::Failed, "the agent is not running", None));
             self.current = None;
             return self.start_next(me).await;
         }
         self.report();
+    }
+
+    /// Tells the receiver the subtask is waiting for a slot (only when it really waits: a slot
+    /// that is free is granted at once, without a notice).
+    fn queued_notice(&self) {
+        let cap = self.args.cfg.max_live_processes.unwrap_or(0);
+        if let Some(ctx) = &self.current {
+            self.emit(ctx.payload(
+                50,
+                TaskStatus::Running,
+                format!(
+                    "{QUEUED_MESSAGE} ({cap} agent processes may run at once, MAX_LIVE_PROCESSES)"
+                ),
+                None,
+            ));
+        }
     }
 
     fn cancel(&mut self) -> bool {
@@ -475,6 +536,18 @@ impl SessionState {
                 None,
             );
             let _ = self.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
+            busy = true;
+        }
+        if let (Some(ctx), Some(_)) = (self.current.clone(), self.slot_wait.take()) {
+            // Never reached the agent: it ends here.
+            self.emit(ctx.payload(
+                100,
+                TaskStatus::Cancelled,
+                crate::agent::claude_turn::CANCEL_MESSAGE,
+                None,
+            ));
+            self.current = None;
+            self.completed += 1;
             busy = true;
         }
         if self.current.is_some() {
@@ -493,7 +566,9 @@ impl SessionState {
     fn report(&self) {
         let update = SessionUpdate {
             task_id: self.args.task_id,
-            status: if self.current.is_some() {
+            status: if self.slot_wait.is_some() && self.slot_queued {
+                SessionStatus::Queued
+            } else if self.current.is_some() {
                 SessionStatus::Running
             } else if self.process == ProcessState::Suspended {
                 SessionStatus::Suspended

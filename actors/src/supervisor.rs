@@ -81,6 +81,10 @@ pub enum SupervisorMsg {
     Close(CloseScope, String, RpcReplyPort<usize>),
     /// A session reports its state.
     SessionChanged(SessionUpdate),
+    /// A session needs a new agent process for its subtask: a slot under the live-process
+    /// cap. Answered with [`SessionMsg::SlotGranted`], or [`SessionMsg::SlotQueued`] first
+    /// when every slot is taken.
+    WantSlot(i64),
 }
 
 /// What the supervisor is started with.
@@ -103,7 +107,16 @@ struct Entry {
     kind: AgentKind,
     live: bool,
     idle: bool,
+    /// Granted a slot whose process has not started yet.
+    reserved: bool,
     last_active: std::time::Instant,
+}
+
+impl Entry {
+    /// Whether it takes a live-process slot (a live process, or one about to start).
+    fn holds_slot(&self) -> bool {
+        self.live || self.reserved
+    }
 }
 
 /// State of the [`Supervisor`].
@@ -111,6 +124,8 @@ pub struct SupervisorState {
     args: SupervisorArgs,
     sessions: HashMap<i64, Entry>,
     by_actor: HashMap<ActorId, i64>,
+    /// Sessions waiting for a live-process slot, first come first served.
+    slot_waiters: std::collections::VecDeque<i64>,
 }
 
 impl Actor for Supervisor {
@@ -127,6 +142,7 @@ impl Actor for Supervisor {
             args,
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
+            slot_waiters: std::collections::VecDeque::new(),
         })
     }
 
@@ -143,9 +159,12 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Cancel(task_id, reply) => st.cancel(task_id, reply),
             SupervisorMsg::Close(scope, reason, reply) => st.close(&scope, reason, reply),
+            SupervisorMsg::WantSlot(task_id) => st.want_slot(task_id),
             SupervisorMsg::SessionChanged(u) => {
                 if let Some(e) = st.sessions.get_mut(&u.task_id) {
                     e.live = u.live;
+                    // A reservation lasts until the process runs or the subtask is over.
+                    e.reserved = e.reserved && !u.live && u.current.is_some();
                     e.idle = u.status != SessionStatus::Running;
                     if !e.idle {
                         e.last_active = std::time::Instant::now();
@@ -158,6 +177,7 @@ impl Actor for Supervisor {
                         info.completed_subtasks = u.completed;
                     });
                     st.enforce_live_cap();
+                    st.grant_slots();
                 }
             }
         }
@@ -179,6 +199,8 @@ impl Actor for Supervisor {
             return Ok(());
         };
         st.sessions.remove(&task_id);
+        st.slot_waiters.retain(|t| *t != task_id);
+        st.grant_slots();
         let info = st.args.index.remove(task_id);
         if let Some(err) = failure {
             tracing::error!("task {task_id}: session crashed: {err}");
@@ -291,6 +313,7 @@ impl SupervisorState {
                 kind: kind.clone(),
                 live: false,
                 idle: true,
+                reserved: false,
                 last_active: std::time::Instant::now(),
             },
         );
@@ -310,29 +333,76 @@ impl SupervisorState {
         Ok(actor)
     }
 
-    /// Over the live-process cap, asks the least recently active idle sessions to suspend
-    /// their agent process (each can hold hundreds of MB); they resume on their next subtask.
-    fn enforce_live_cap(&self) {
+    /// A session needs a slot: granted at once when one is free; otherwise it waits (told
+    /// so), idle live sessions are asked to suspend, and it is granted the first slot freed.
+    fn want_slot(&mut self, task_id: i64) {
+        let Some(cap) = self.args.cfg.max_live_processes else {
+            return self.grant(task_id);
+        };
+        if self.slot_waiters.is_empty() && self.slots_in_use() < cap {
+            return self.grant(task_id);
+        }
+        if !self.slot_waiters.contains(&task_id) {
+            self.slot_waiters.push_back(task_id);
+        }
+        if let Some(e) = self.sessions.get(&task_id) {
+            let _ = e.actor.cast(SessionMsg::SlotQueued);
+        }
+        self.suspend_idle(self.slot_waiters.len());
+    }
+
+    fn slots_in_use(&self) -> usize {
+        self.sessions.values().filter(|e| e.holds_slot()).count()
+    }
+
+    fn grant(&mut self, task_id: i64) {
+        if let Some(e) = self.sessions.get_mut(&task_id) {
+            e.reserved = true;
+            let _ = e.actor.cast(SessionMsg::SlotGranted);
+        }
+    }
+
+    /// Hands freed slots to waiting sessions, in order.
+    fn grant_slots(&mut self) {
         let Some(cap) = self.args.cfg.max_live_processes else {
             return;
         };
-        let live = self.sessions.values().filter(|e| e.live).count();
-        if live <= cap {
-            return;
+        while !self.slot_waiters.is_empty() && self.slots_in_use() < cap {
+            if let Some(task_id) = self.slot_waiters.pop_front() {
+                self.grant(task_id);
+            }
         }
+    }
+
+    /// Asks up to `n` of the least recently active idle live sessions to suspend.
+    fn suspend_idle(&self, n: usize) {
         let mut idle: Vec<&Entry> = self
             .sessions
             .values()
             .filter(|e| e.live && e.idle)
             .collect();
         idle.sort_by_key(|e| e.last_active);
-        for e in idle.into_iter().take(live - cap) {
+        for e in idle.into_iter().take(n) {
             let _ = e.actor.cast(SessionMsg::Suspend);
+        }
+    }
+
+    /// Over the live-process cap, asks the least recently active idle sessions to suspend
+    /// their agent process (each can hold hundreds of MB); they resume on their next subtask.
+    fn enforce_live_cap(&self) {
+        let Some(cap) = self.args.cfg.max_live_processes else {
+            return;
+        };
+        let used = self.slots_in_use() + self.slot_waiters.len();
+        if used > cap {
+            self.suspend_idle(used - cap);
         }
     }
 
     fn forget(&mut self, task_id: i64) -> Option<ActorRef<SessionMsg>> {
         let entry = self.sessions.remove(&task_id)?;
+        self.slot_waiters.retain(|t| *t != task_id);
+        self.grant_slots();
         self.by_actor.remove(&entry.actor.get_id());
         self.args.index.remove(task_id);
         Some(entry.actor)

@@ -37,6 +37,7 @@ fn render(rt: &Runtime) -> String {
                 "state=\"suspended\"",
                 count(SessionStatus::Suspended) as u64,
             ),
+            ("state=\"queued\"", count(SessionStatus::Queued) as u64),
         ],
     );
     metric(

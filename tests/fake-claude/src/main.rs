@@ -56,10 +56,13 @@
 //! # Environment
 //!
 //! * `FAKE_CLAUDE_STARTUP_MS`: sleep this long before reading stdin.
+//! * `FAKE_CLAUDE_STARTUP_CPU_MS`, `FAKE_CLAUDE_LINE_CPU_US`: burn that much CPU time at start
+//!   and before every line written (CPU-heavy mode for benchmarks: production's CLI is node).
 //! * `FAKE_CLAUDE_LOG=<path>`: append every received stdin line to `<path>`.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod args;
+mod cpu;
 mod directives;
 mod input;
 mod proto;
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     if let Some(id) = &args.resume {
         eprintln!("resumed {id}");
     }
+    cpu::at_start();
     if let Some(ms) = std::env::var("FAKE_CLAUDE_STARTUP_MS")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())

@@ -54,6 +54,7 @@ impl Rng {
 /// Writes one JSON value as a line on stdout and flushes. Like the real
 /// CLI, a top-level `"type"` key comes first (the other keys are sorted).
 pub fn emit(value: &Value) -> io::Result<()> {
+    crate::cpu::per_line();
     let mut line = match value {
         Value::Object(map) if map.get("type").is_some_and(Value::is_string) => {
             let mut rest = map.clone();
@@ -72,6 +73,7 @@ pub fn emit(value: &Value) -> io::Result<()> {
 
 /// Writes raw bytes plus a newline on stdout (for lines that are not JSON on purpose).
 pub fn emit_raw(text: &str) -> io::Result<()> {
+    crate::cpu::per_line();
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.write_all(b"\n")?;

@@ -1,0 +1,328 @@
+//! Control-plane benchmark: do the executor's own answers stay fast when the agents saturate
+//! the CPU? Production's CLI is node (hundreds of ms of CPU per start), so besides the instant
+//! fake CLI this runs a CPU-heavy one (`FAKE_CLAUDE_STARTUP_CPU_MS`, `FAKE_CLAUDE_LINE_CPU_US`;
+//! defaults 15 ms and 200 µs), each with `AGENT_NICE` on (10) and off (0). Per scenario:
+//! accept p50/p99 of 200 sequential new tasks; then 200 new tasks from 16 clients with `GET /`
+//! and `/health` probed every 10 ms — accept p50/p99, probe p50/p99, POST → terminal callback
+//! p50, tasks/s, and the executor's own CPU per task (utime + stime of its process). The fake
+//! alone (started directly, same input, 16 at a time) gives the machine's ceiling for tasks/s.
+//! Run with `cargo bench --bench control_plane`. Sizes: `BENCH_TASKS` (200), `BENCH_CLIENTS`
+//! (16), `BENCH_CPU_START_MS` (15), `BENCH_CPU_LINE_US` (200). Exits non-zero when a task is
+//! left without its terminal callback. Targets (issue "control plane") are reported, not
+//! asserted: timings depend on the machine.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn task(task_id: i64) -> Value {
+    json!({"task_id": task_id, "subtask_id": 1, "agent_type": "claude_code", "content": "hi"})
+}
+
+/// p50/p99 in milliseconds.
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let ms: Vec<f64> = v.into_iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let at = |p: f64| {
+        ms.get(((ms.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (at(0.5), at(0.99))
+}
+
+/// CPU time (user + system) the process `pid` itself has used.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// `GET path` on one keep-alive connection every `every` until `stop`; each latency.
+fn probe(port: u16, path: &str, every: Duration, stop: &AtomicBool) -> Vec<Duration> {
+    let mut lat = Vec::new();
+    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return lat;
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok(read_half) = stream.try_clone() else {
+        return lat;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = stream;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        if writer.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return lat;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            break;
+        }
+        lat.push(t.elapsed());
+        std::thread::sleep(every.saturating_sub(t.elapsed()));
+    }
+    lat
+}
+
+/// One fake CLI run as the executor drives it (initialize, one user message, result), started
+/// directly: what the machine sustains without the executor.
+fn fake_alone_once(fake_env: &[(String, String)]) -> bool {
+    let mut cmd = std::process::Command::new(fake_claude_path());
+    cmd.args([
+        "--output-format",
+        "stream-json",
+        "--input-format",
+        "stream-json",
+        "--verbose",
+    ])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    for (k, v) in fake_env {
+        cmd.env(k, v);
+    }
+    let Ok(mut child) = cmd.spawn() else {
+        return false;
+    };
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return false;
+    };
+    let init = json!({"type": "control_request", "request_id": "r1",
+                      "request": {"subtype": "initialize"}});
+    let user = json!({"type": "user", "message": {"role": "user", "content": "hi"}});
+    let _ = writeln!(stdin, "{init}\n{user}");
+    let mut ok = false;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.starts_with("{\"type\":\"result\"") {
+            ok = true;
+            break;
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+    ok
+}
+
+/// Tasks per second of `n` fake runs, `clients` at a time.
+fn fake_alone(n: usize, clients: usize, fake_env: &[(String, String)]) -> f64 {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, env) = (next.clone(), fake_env.to_vec());
+            std::thread::spawn(move || {
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    assert!(fake_alone_once(&env), "a fake run did not finish");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+struct Scenario {
+    fake: &'static str,
+    nice: &'static str,
+    fake_env: Vec<(String, String)>,
+}
+
+/// Results of one scenario, as table cells.
+struct Row {
+    cells: Vec<String>,
+    unfinished: usize,
+}
+
+async fn run(s: &Scenario, n: usize, clients: usize, alone: f64) -> Row {
+    let rx = CallbackReceiver::start();
+    let mut opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-bench")
+        .env("MAX_LIVE_PROCESSES", "0")
+        .env("AGENT_NICE", s.nice)
+        .env("SESSION_EOF_GRACE_MS", "500")
+        .env("SESSION_TERM_GRACE_MS", "1000");
+    for (k, v) in &s.fake_env {
+        opts = opts.env(k.clone(), v.clone());
+    }
+    let exec = Executor::start(opts).await;
+
+    // Sequential accepts.
+    let mut seq = Vec::new();
+    for i in 0..n as i64 {
+        let t0 = Instant::now();
+        let (status, _) = exec
+            .post_json("/api/tasks/execute", &task(10_000 + i))
+            .await;
+        seq.push(t0.elapsed());
+        assert!(status.is_success());
+    }
+    let deadline = Duration::from_secs(300);
+    rx.wait_for(deadline, |cbs| {
+        cbs.iter().filter(|c| is_terminal(c)).count() >= n
+    })
+    .await;
+    exec.delete("/api/tasks/sessions/close").await;
+    rx.clear();
+
+    // 16 clients, probes every 10 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = exec.port();
+    let probes: Vec<_> = ["/", "/health"]
+        .into_iter()
+        .map(|path| {
+            let stop = stop.clone();
+            std::thread::spawn(move || probe(port, path, Duration::from_millis(10), &stop))
+        })
+        .collect();
+    let cpu0 = cpu_of(exec.pid());
+    let t0 = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let posts: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, url, next) = (exec.client(), exec.url("/api/tasks/execute"), next.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n as i64 {
+                        return out;
+                    }
+                    let t = Instant::now();
+                    let r = client.post(&url).json(&task(20_000 + i)).send().await;
+                    assert!(r.is_ok_and(|r| r.status().is_success()));
+                    out.push((20_000 + i, t, t.elapsed()));
+                }
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for p in posts {
+        accepted.extend(p.await.unwrap_or_default());
+    }
+    rx.wait_for(deadline, |cbs| {
+        cbs.iter().filter(|c| is_terminal(c)).count() >= n
+    })
+    .await;
+    let elapsed = t0.elapsed();
+    let cpu = cpu_of(exec.pid()).saturating_sub(cpu0);
+    stop.store(true, Ordering::Relaxed);
+    let mut probe_lat = Vec::new();
+    for p in probes {
+        probe_lat.push(p.join().unwrap_or_default());
+    }
+    let received = rx.received();
+    let to_terminal: Vec<Duration> = accepted
+        .iter()
+        .filter_map(|(id, sent, _)| {
+            received
+                .iter()
+                .find(|r| r.body["task_id"] == *id && is_terminal(&r.body))
+                .map(|r| r.at.saturating_duration_since(*sent))
+        })
+        .collect();
+    let unfinished = n - to_terminal.len();
+    let (a50, a99) = stats(accepted.iter().map(|a| a.2).collect());
+    let (s50, s99) = stats(seq);
+    let (g50, g99) = stats(probe_lat[0].clone());
+    let (h50, h99) = stats(probe_lat[1].clone());
+    let (t50, _) = stats(to_terminal);
+    let rate = n as f64 / elapsed.as_secs_f64();
+    exec.delete("/api/tasks/sessions/close").await;
+    Row {
+        cells: vec![
+            s.fake.to_string(),
+            s.nice.to_string(),
+            format!("{s50:.2} / {s99:.2}"),
+            format!("{a50:.2} / {a99:.2}"),
+            format!("{g50:.2} / {g99:.2}"),
+            format!("{h50:.2} / {h99:.2}"),
+            format!("{t50:.1}"),
+            format!("{rate:.0} ({:.0}% of {alone:.0})", rate / alone * 100.0),
+            format!("{:.2}", cpu.as_secs_f64() * 1000.0 / n as f64),
+        ],
+        unfinished,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n = env_u64("BENCH_TASKS", 200) as usize;
+    let clients = env_u64("BENCH_CLIENTS", 16) as usize;
+    let heavy = vec![
+        (
+            "FAKE_CLAUDE_STARTUP_CPU_MS".to_string(),
+            env_u64("BENCH_CPU_START_MS", 15).to_string(),
+        ),
+        (
+            "FAKE_CLAUDE_LINE_CPU_US".to_string(),
+            env_u64("BENCH_CPU_LINE_US", 200).to_string(),
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut unfinished = 0;
+    for (fake, env) in [("instant", Vec::new()), ("cpu-heavy", heavy)] {
+        let alone = fake_alone(n, clients, &env);
+        for nice in ["10", "0"] {
+            let s = Scenario {
+                fake,
+                nice,
+                fake_env: env.clone(),
+            };
+            let row = run(&s, n, clients, alone).await;
+            unfinished += row.unfinished;
+            rows.push(row.cells);
+        }
+    }
+    println!(
+        "\n{n} new tasks; accept and probe latencies in ms (p50 / p99); probes every 10 ms\n\n\
+         | fake CLI | AGENT_NICE | accept, sequential | accept, {clients} clients | GET / | /health | POST → terminal p50 | tasks/s (vs fake alone) | executor CPU ms/task |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    for r in rows {
+        println!("| {} |", r.join(" | "));
+    }
+    if unfinished > 0 {
+        eprintln!("{unfinished} task(s) never got their terminal callback");
+        std::process::exit(1);
+    }
+}
