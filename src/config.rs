@@ -64,14 +64,21 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 /// Where `--install-claude` puts the pinned CLI, relative to the working directory.
 pub const LOCAL_CLAUDE_DIR: &str = ".tools/claude-code";
 
+/// The executor's version, as `--version`, the start-up line and `/metrics` show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Command-line flags; each can also come from the environment variable it names.
 #[derive(Debug, Parser)]
 #[command(
     name = "executor",
-    version,
+    version = VERSION,
+    disable_version_flag = true,
     about = "Runs Claude Code tasks over HTTP (Wegent executor contract)"
 )]
 pub struct Cli {
+    /// Print the version alone and exit (as the original's `--version`/`-v`).
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
     /// TOML config file (see config/default.toml).
     #[arg(long, env = "EXECUTOR_CONFIG")]
     pub config: Option<PathBuf>,

@@ -1,6 +1,11 @@
 //! Log lines in the original's format: `2025-01-10 10:30:00 - task_executor - INFO - message`.
+//!
+//! Text lines are safe to read and to parse: control characters in anything logged (task
+//! strings included) are escaped, so a task cannot forge a line (CR/LF) or a terminal sequence
+//! (ESC); colour is used only on a terminal and never when `NO_COLOR` is set.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::io::IsTerminal;
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -32,7 +37,12 @@ where
             tracing::Level::DEBUG | tracing::Level::TRACE => "DEBUG",
         };
         let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
-        write!(w, "{now} - {LOGGER_NAME} - {level} - ")?;
+        let (on, off) = match (w.has_ansi_escapes(), *event.metadata().level()) {
+            (true, tracing::Level::ERROR) => ("\x1b[31m", "\x1b[0m"),
+            (true, tracing::Level::WARN) => ("\x1b[33m", "\x1b[0m"),
+            _ => ("", ""),
+        };
+        write!(w, "{now} - {LOGGER_NAME} - {on}{level}{off} - ")?;
         // Lines logged while handling a request carry its id, as the original's log lines.
         if let Some(rid) = ctx
             .lookup_current()
@@ -40,9 +50,30 @@ where
         {
             write!(w, "[{rid}] ")?;
         }
-        ctx.format_fields(w.by_ref(), event)?;
+        // Fields are rendered plain, then escaped: the line break below is the only one.
+        let mut fields = String::new();
+        ctx.format_fields(Writer::new(&mut fields), event)?;
+        write_escaped(&mut w, &fields)?;
         writeln!(w)
     }
+}
+
+/// Writes `text` with every control character escaped (`\n`, `\r`, `\t`, `\u{1b}`, ...).
+fn write_escaped(w: &mut Writer<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(w, "{}", c.escape_default())?;
+        } else {
+            w.write_char(c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether text lines may carry colour: only on a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>: any non-empty value).
+fn colour_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Installs the global subscriber; `level` is a level name or a full filter directive; `json`
@@ -52,9 +83,12 @@ pub fn init(level: &str, json: bool) {
         .or_else(|_| EnvFilter::try_new("info"))
         .unwrap_or_default()
         .add_directive("hyper=warn".parse().unwrap_or_default())
-        .add_directive("reqwest=warn".parse().unwrap_or_default());
+        .add_directive("reqwest=warn".parse().unwrap_or_default())
+        // warp's own per-request line duplicates the executor's `response: ...` line.
+        .add_directive("warp::filters::trace=off".parse().unwrap_or_default());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_wanted())
         .with_writer(std::io::stdout);
     let _ = if json {
         builder

@@ -21,6 +21,11 @@ use clap::Parser;
 use crate::config::{Cli, Settings};
 
 fn main() -> ExitCode {
+    // Before parsing anything else, as the original: a broken setting cannot hide the version.
+    if std::env::args().skip(1).any(|a| a == "--version" || a == "-v") {
+        println!("{}", config::VERSION);
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let settings = match Settings::load(cli) {
         Ok(s) => s,
@@ -95,7 +100,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(
         "Task executor {} listening on http://{local}",
-        env!("CARGO_PKG_VERSION")
+        config::VERSION
     );
     let service = http::service(
         runtime.clone(),

@@ -657,3 +657,148 @@ async fn secret_markers_appear_nowhere_but_the_child_environment_and_its_config_
         }
     }
 }
+
+#[tokio::test]
+async fn version_flag_prints_the_version_alone_as_metrics_and_the_start_up_line_say() {
+    let mut printed = Vec::new();
+    for flag in ["--version", "-v"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+            .arg(flag)
+            // A broken setting must not stop `--version` (the original prints before anything).
+            .env("PORT", "not-a-port")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flag}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let version = text.trim_end_matches('\n');
+        assert!(
+            !version.is_empty()
+                && !version.contains(char::is_whitespace)
+                && version.chars().next().is_some_and(|c| c.is_ascii_digit()),
+            "{flag} must print the version alone, got {text:?}"
+        );
+        printed.push(version.to_string());
+    }
+    assert_eq!(printed[0], printed[1], "--version and -v differ");
+    let version = &printed[0];
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let metrics = scrape(&exec).await;
+    assert!(
+        metrics.contains(&format!("executor_build_info{{version=\"{version}\"")),
+        "/metrics build info disagrees with --version {version}:\n{metrics}"
+    );
+    let start_up = exec.wait_for_log("listening on", FAKE_WAIT).await;
+    assert!(
+        start_up.contains(&format!("Task executor {version} listening")),
+        "start-up line disagrees with --version {version}: {start_up}"
+    );
+}
+
+/// The executor's lines that are not the harness's own.
+fn log_lines_with(exec: &Executor, needle: &str) -> Vec<String> {
+    exec.logs().into_iter().filter(|l| l.contains(needle)).collect()
+}
+
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_escape_codes_and_one_line_per_request() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("LOG_LEVEL", "info")]).await;
+    run_task(&exec, &rx, 1, 1, "hi").await;
+    for n in 0..3 {
+        let resp = exec
+            .client()
+            .get(exec.url("/api/tasks/sessions"))
+            .header("x-request-id", format!("one-line-{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    exec.wait_for_log("one-line-2", FAKE_WAIT).await;
+    let escaped: Vec<String> = exec
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains('\u{1b}'))
+        .collect();
+    assert!(escaped.is_empty(), "escape codes in piped logs: {escaped:?}");
+    for n in 0..3 {
+        let id = format!("one-line-{n}");
+        let lines = log_lines_with(&exec, &id);
+        assert_eq!(lines.len(), 1, "one line per request, got {lines:#?}");
+        // The original's access line: `response: {METHOD} {path} {request_id} {status} {ms}ms`.
+        let (_, message) = lines[0].split_once(" - INFO - ").unwrap_or(("", ""));
+        let message = message.trim_start_matches(&format!("[{id}] "));
+        let words: Vec<&str> = message.split(' ').collect();
+        assert_eq!(
+            words[..5.min(words.len())],
+            ["response:", "GET", "/api/tasks/sessions", id.as_str(), "200"],
+            "{}",
+            lines[0]
+        );
+        assert!(
+            words.get(5).is_some_and(|ms| ms.ends_with("ms")),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn control_characters_in_task_strings_cannot_forge_log_lines() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("LOG_LEVEL", "info")]).await;
+    let forged = "Nope\r\n2025-01-01 00:00:00 - task_executor - INFO - FORGEDMARK admin logged in\u{1b}[2K";
+    let task = serde_json::json!({"task_id": 7, "subtask_id": 1, "prompt": "x",
+        "bot": [{"shell_type": forged}]});
+    let (status, body) = exec.post_json("/api/tasks/execute", &task).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    rx.wait_terminal(7, 1, FAKE_WAIT).await;
+    let lines = exec.wait_for_log("FORGEDMARK", FAKE_WAIT).await;
+    let hits = log_lines_with(&exec, "FORGEDMARK");
+    assert!(!hits.is_empty(), "{lines}");
+    for line in &hits {
+        assert!(
+            !line.starts_with("2025-01-01 00:00:00"),
+            "a task forged a log line: {line:?}"
+        );
+        assert!(
+            !line.contains('\r') && !line.contains('\u{1b}'),
+            "control characters reached the log: {line:?}"
+        );
+        assert!(line.contains("\\r\\n"), "escaped form expected: {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_agno_venv_the_pool_stays_quiet_and_agno_tasks_fail_clearly() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(
+        &rx,
+        &[
+            ("AGNO_POOL_SIZE", "1"),
+            ("AGNO_PYTHON", "/nonexistent/agno-venv/bin/python"),
+        ],
+    )
+    .await;
+    let note = exec.wait_for_log("Agno is not installed", FAKE_WAIT).await;
+    assert!(note.contains(" - INFO - "), "said at info level: {note}");
+    let task = serde_json::json!({"task_id": 3, "subtask_id": 1, "prompt": "hi",
+        "bot": [{"shell_type": "Agno", "name": "a"}]});
+    let (status, body) = exec.post_json("/api/tasks/execute", &task).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let end = rx.wait_terminal(3, 1, FAKE_WAIT).await;
+    assert_eq!(end["status"], "FAILED", "{end}");
+    assert!(
+        end["error_message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{end}"
+    );
+    assert!(note.contains("agno/install.sh"), "{note}");
+    assert_eq!(
+        log_lines_with(&exec, "Agno is not installed").len(),
+        1,
+        "said once"
+    );
+    let pool = log_lines_with(&exec, "agno pool");
+    assert!(pool.is_empty(), "the pool ran without agno: {pool:#?}");
+}
