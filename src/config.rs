@@ -275,6 +275,8 @@ pub struct Settings {
     pub check_config: bool,
     /// Settings of the actor runtime.
     pub runtime: RuntimeConfig,
+    /// OpenTelemetry (`OTEL_*`, environment only, as the original's).
+    pub telemetry: crate::telemetry::OtelSettings,
 }
 
 /// Picks flag/env, then file, then default; treats an empty string as unset.
@@ -374,6 +376,9 @@ impl Settings {
                 }
             ),
         ]
+        .into_iter()
+        .chain(self.telemetry.describe())
+        .collect()
     }
 
     /// Resolves the settings from the parsed flags (which include the environment).
@@ -502,6 +507,7 @@ impl Settings {
             },
         };
         Ok(Self {
+            telemetry: crate::telemetry::OtelSettings::from_env()?,
             bind: pick(
                 cli.bind_address,
                 file.bind_address,

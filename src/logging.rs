@@ -4,12 +4,14 @@
 //! strings included) are escaped, so a task cannot forge a line (CR/LF) or a terminal sequence
 //! (ESC); colour is used only on a terminal and never when `NO_COLOR` is set.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -70,6 +72,14 @@ fn write_escaped(w: &mut Writer<'_>, text: &str) -> fmt::Result {
     Ok(())
 }
 
+/// What the OpenTelemetry layer sees: the executor's own spans and events at info or above
+/// (never the HTTP clients', so exporting cannot trace itself), probe requests left out.
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    let ours = meta.target().starts_with("executor") || meta.target().starts_with("actors");
+    ours && *meta.level() <= tracing::Level::INFO
+        && meta.name() != crate::http::request_id::PROBE_SPAN
+}
+
 /// Whether text lines may carry colour: only on a terminal, and never with `NO_COLOR` set
 /// (<https://no-color.org>: any non-empty value).
 fn colour_wanted() -> bool {
@@ -77,8 +87,9 @@ fn colour_wanted() -> bool {
 }
 
 /// Installs the global subscriber; `level` is a level name or a full filter directive; `json`
-/// (`LOG_FORMAT=json`) gives one JSON object per line for log pipelines.
-pub fn init(level: &str, json: bool) {
+/// (`LOG_FORMAT=json`) gives one JSON object per line for log pipelines; `otel` adds the
+/// OpenTelemetry layer (its own filter: the executor's spans at info, whatever `LOG_LEVEL`).
+pub fn init(level: &str, json: bool, otel: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
     let filter = EnvFilter::try_new(level.to_lowercase())
         .or_else(|_| EnvFilter::try_new("info"))
         .unwrap_or_default()
@@ -86,19 +97,23 @@ pub fn init(level: &str, json: bool) {
         .add_directive("reqwest=warn".parse().unwrap_or_default())
         // warp's own per-request line duplicates the executor's `response: ...` line.
         .add_directive("warp::filters::trace=off".parse().unwrap_or_default());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let text = tracing_subscriber::fmt::layer()
         .with_ansi(colour_wanted())
         .with_writer(std::io::stdout);
-    let _ = if json {
-        builder
-            .json()
+    let lines = if json {
+        text.json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.event_format(SeedFormat).try_init()
+        text.event_format(SeedFormat).with_filter(filter).boxed()
     };
+    let otel = otel.map(|p| crate::telemetry::layer(p).with_filter(filter_fn(exported)));
+    let _ = tracing_subscriber::registry()
+        .with(lines)
+        .with(otel)
+        .try_init();
     std::panic::set_hook(Box::new(|info| {
         // One line, no backtrace printing inside an actor's task (research §1.8 pitfall 1).
         tracing::error!("panic: {info}");

@@ -163,11 +163,14 @@ async fn docs_answer_200_with_swagger_ui_at_every_spelling() {
             .and_then(|s| s.split('"').next())
             .map(|b| page_url.join(b).unwrap())
             .unwrap_or(page_url);
-        let assets: Vec<String> = ["<script src=\"", "<link rel=\"stylesheet\" type=\"text/css\" href=\""]
-            .iter()
-            .flat_map(|tag| html.split(tag).skip(1).filter_map(|s| s.split('"').next()))
-            .map(str::to_string)
-            .collect();
+        let assets: Vec<String> = [
+            "<script src=\"",
+            "<link rel=\"stylesheet\" type=\"text/css\" href=\"",
+        ]
+        .iter()
+        .flat_map(|tag| html.split(tag).skip(1).filter_map(|s| s.split('"').next()))
+        .map(str::to_string)
+        .collect();
         assert!(
             assets.iter().any(|s| s.contains("swagger-ui-bundle")),
             "{page} references no swagger-ui-bundle script: {assets:?}\n{html}"
@@ -175,7 +178,11 @@ async fn docs_answer_200_with_swagger_ui_at_every_spelling() {
         for asset in &assets {
             let url = base.join(asset).unwrap();
             let resp = client.get(url.clone()).send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::OK, "GET {url} (referenced by {page})");
+            assert_eq!(
+                resp.status(),
+                StatusCode::OK,
+                "GET {url} (referenced by {page})"
+            );
             assert!(!resp.bytes().await.unwrap().is_empty(), "{url} is empty");
         }
     }

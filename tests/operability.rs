@@ -697,7 +697,10 @@ async fn version_flag_prints_the_version_alone_as_metrics_and_the_start_up_line_
 
 /// The executor's lines that are not the harness's own.
 fn log_lines_with(exec: &Executor, needle: &str) -> Vec<String> {
-    exec.logs().into_iter().filter(|l| l.contains(needle)).collect()
+    exec.logs()
+        .into_iter()
+        .filter(|l| l.contains(needle))
+        .collect()
 }
 
 #[tokio::test]
@@ -721,7 +724,10 @@ async fn text_logs_to_a_pipe_carry_no_escape_codes_and_one_line_per_request() {
         .into_iter()
         .filter(|l| l.contains('\u{1b}'))
         .collect();
-    assert!(escaped.is_empty(), "escape codes in piped logs: {escaped:?}");
+    assert!(
+        escaped.is_empty(),
+        "escape codes in piped logs: {escaped:?}"
+    );
     for n in 0..3 {
         let id = format!("one-line-{n}");
         let lines = log_lines_with(&exec, &id);
@@ -732,7 +738,13 @@ async fn text_logs_to_a_pipe_carry_no_escape_codes_and_one_line_per_request() {
         let words: Vec<&str> = message.split(' ').collect();
         assert_eq!(
             words[..5.min(words.len())],
-            ["response:", "GET", "/api/tasks/sessions", id.as_str(), "200"],
+            [
+                "response:",
+                "GET",
+                "/api/tasks/sessions",
+                id.as_str(),
+                "200"
+            ],
             "{}",
             lines[0]
         );
@@ -748,7 +760,8 @@ async fn text_logs_to_a_pipe_carry_no_escape_codes_and_one_line_per_request() {
 async fn control_characters_in_task_strings_cannot_forge_log_lines() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[("LOG_LEVEL", "info")]).await;
-    let forged = "Nope\r\n2025-01-01 00:00:00 - task_executor - INFO - FORGEDMARK admin logged in\u{1b}[2K";
+    let forged =
+        "Nope\r\n2025-01-01 00:00:00 - task_executor - INFO - FORGEDMARK admin logged in\u{1b}[2K";
     let task = serde_json::json!({"task_id": 7, "subtask_id": 1, "prompt": "x",
         "bot": [{"shell_type": forged}]});
     let (status, body) = exec.post_json("/api/tasks/execute", &task).await;

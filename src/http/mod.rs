@@ -25,6 +25,7 @@ pub fn service(
             .observe(info.elapsed().as_secs_f64());
         // The original's access line, one per request (not for `GET /`, as the original):
         // `response: {METHOD} {path} {request_id} {status} {ms:.2}ms`.
+        tracing::Span::current().record("http.response.status_code", info.status().as_u16());
         if info.path() != "/" {
             tracing::info!(
                 "response: {} {} {} {} {:.2}ms",
