@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Number};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use reqwest::StatusCode;
@@ -28,21 +30,34 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 struct Collector {
     url: String,
     got: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Collector {
     fn start() -> Self {
         let got: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
-        let sink = got.clone();
-        let route = warp::post()
+        let metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>> = Arc::default();
+        let (sink, metric_sink) = (got.clone(), metrics.clone());
+        let answer =
+            || warp::reply::with_header(Vec::<u8>::new(), "content-type", "application/x-protobuf");
+        let traces = warp::post()
             .and(warp::path!("v1" / "traces"))
             .and(warp::body::bytes())
             .map(move |body: bytes::Bytes| {
                 let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
                 sink.lock().unwrap().push(req);
-                warp::reply::with_header(Vec::<u8>::new(), "content-type", "application/x-protobuf")
+                answer()
             });
+        let metric_route = warp::post()
+            .and(warp::path!("v1" / "metrics"))
+            .and(warp::body::bytes())
+            .map(move |body: bytes::Bytes| {
+                let req = ExportMetricsServiceRequest::decode(body).expect("OTLP protobuf");
+                metric_sink.lock().unwrap().push(req);
+                answer()
+            });
+        let route = traces.or(metric_route);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -63,6 +78,7 @@ impl Collector {
         Self {
             url,
             got,
+            metrics,
             _stop: tx,
         }
     }
@@ -286,4 +302,56 @@ async fn a_collector_that_never_answers_slows_no_request_and_no_callback() {
         );
     }
     drop(silent);
+}
+
+/// The latest value of counter `name` with attribute `status` = `status` pushed so far.
+fn pushed_counter(collector: &Collector, name: &str, status: &str) -> Option<i64> {
+    let got = collector.metrics.lock().unwrap();
+    let points = got
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(|m| m.name == name)
+        .filter_map(|m| match &m.data {
+            Some(Data::Sum(sum)) => Some(sum.data_points.clone()),
+            _ => None,
+        })
+        .flatten();
+    points
+        .filter(|p| {
+            p.attributes.iter().any(|a| {
+                a.key == "status"
+                    && matches!(a.value.as_ref().and_then(|v| v.value.as_ref()),
+                        Some(AnyValue::StringValue(s)) if s == status)
+            })
+        })
+        .filter_map(|p| match p.value {
+            Some(Number::AsInt(i)) => Some(i),
+            _ => None,
+        })
+        .next_back()
+}
+
+#[tokio::test]
+async fn otel_metrics_enabled_pushes_the_counters_over_otlp() {
+    let collector = Collector::start();
+    let rx = CallbackReceiver::start();
+    let mut env = otel_env(&collector);
+    env.push(("OTEL_METRICS_ENABLED", "true".into()));
+    env.push(("OTEL_METRIC_EXPORT_INTERVAL", "100".into()));
+    let exec = start_with(&rx, &env).await;
+    assert_eq!(
+        run_task(&exec, &rx, 12, 1, "hi").await["status"],
+        "COMPLETED"
+    );
+    let deadline = Instant::now() + SPAN_WAIT;
+    while pushed_counter(&collector, "executor.subtasks", "COMPLETED").unwrap_or(0) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no executor.subtasks{{status=COMPLETED}} >= 1 pushed; {} metric requests",
+            collector.metrics.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling interval, not a sync
+    }
 }

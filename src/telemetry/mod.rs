@@ -21,6 +21,8 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+mod metrics;
+
 /// `OTEL_ENABLED`: `true` turns exporting on (off by default, as the original).
 pub const ENV_ENABLED: &str = "OTEL_ENABLED";
 /// `OTEL_SERVICE_NAME`: the `service.name` of every span.
@@ -30,7 +32,8 @@ pub const ENV_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// `OTEL_TRACES_SAMPLER_ARG`: share of new traces kept, 0.0–1.0 (continued traces follow
 /// their parent's decision).
 pub const ENV_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
-/// `OTEL_METRICS_ENABLED`: accepted; metrics stay on Prometheus `/metrics` (said at start-up).
+/// `OTEL_METRICS_ENABLED`: `true` also pushes the executor's counters over OTLP
+/// (`/v1/metrics`); Prometheus `/metrics` stays.
 pub const ENV_METRICS_ENABLED: &str = "OTEL_METRICS_ENABLED";
 /// `OTEL_TRACEPARENT`: the trace executor_manager started; parent of the `TASK_INFO` subtask.
 pub const ENV_TRACEPARENT: &str = "OTEL_TRACEPARENT";
@@ -52,7 +55,7 @@ pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest collector answer read (answers are tiny; a bigger one is cut off).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// Instrumentation scope of every span.
+/// Instrumentation scope of every span and metric.
 const TRACER_NAME: &str = "executor";
 
 /// The OpenTelemetry settings (environment only, as the original's).
@@ -131,6 +134,7 @@ impl OtelSettings {
 /// The running exporter; [`Telemetry::shutdown`] sends what is still queued.
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -138,11 +142,14 @@ impl Telemetry {
     /// (an unreachable collector must not hold up the exit). The flush runs on a thread of its
     /// own: it waits for exports that run on the async runtime.
     pub async fn shutdown(self) {
-        let provider = self.provider;
+        let (provider, meters) = (self.provider, self.meters);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("otel-shutdown".into())
             .spawn(move || {
+                if let Some(m) = meters {
+                    let _ = m.shutdown();
+                }
                 let _ = tx.send(provider.shutdown());
             });
         if spawned.is_err() {
@@ -174,7 +181,7 @@ pub fn start(settings: &OtelSettings) -> anyhow::Result<Option<(SdkTracerProvide
     };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_http_client(client)
+        .with_http_client(client.clone())
         .with_endpoint(settings.traces_url())
         .with_timeout(EXPORT_TIMEOUT)
         .build()
@@ -183,6 +190,11 @@ pub fn start(settings: &OtelSettings) -> anyhow::Result<Option<(SdkTracerProvide
         .with_service_name(settings.service_name.clone())
         .with_attribute(KeyValue::new("service.version", crate::config::VERSION))
         .build();
+    let meters = settings
+        .metrics_enabled
+        .then(|| metrics::start(client, &settings.endpoint, resource.clone()))
+        .transpose()
+        .context("OpenTelemetry metrics exporter")?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -192,6 +204,7 @@ pub fn start(settings: &OtelSettings) -> anyhow::Result<Option<(SdkTracerProvide
         .build();
     let telemetry = Telemetry {
         provider: provider.clone(),
+        meters,
     };
     Ok(Some((provider, telemetry)))
 }
@@ -226,7 +239,8 @@ pub fn announce(settings: &OtelSettings) {
     }
     if settings.metrics_enabled {
         tracing::info!(
-            "OpenTelemetry: {ENV_METRICS_ENABLED} is set; metrics are served on /metrics (Prometheus), not pushed over OTLP"
+            "OpenTelemetry: pushing metrics to {} too (Prometheus /metrics stays)",
+            crate::redact_url(&settings.endpoint)
         );
     }
 }
@@ -254,7 +268,7 @@ pub fn child_of_current(span: tracing::Span) -> actors::trace::SpanHandle {
 
 /// Sends OTLP requests with the executor's reqwest client on its tokio runtime (the batch
 /// processor's own thread has no runtime; the request runs there and is awaited from here).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ExportClient {
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
