@@ -119,3 +119,16 @@ pub fn init(level: &str, json: bool, otel: Option<&opentelemetry_sdk::trace::Sdk
         tracing::error!("panic: {info}");
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_text_is_kept() {
+        let mut out = String::new();
+        let mut w = Writer::new(&mut out);
+        write_escaped(&mut w, "a\r\nb\u{1b}[2Kc\tü").unwrap();
+        assert_eq!(out, "a\\r\\nb\\u{1b}[2Kc\\tü");
+    }
+}

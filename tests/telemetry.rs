@@ -289,6 +289,10 @@ async fn a_collector_that_never_answers_slows_no_request_and_no_callback() {
         let answered = started.elapsed();
         let end = rx.wait_terminal(8, subtask, FAKE_WAIT).await;
         assert_eq!(end["status"], "COMPLETED", "{end}");
+        eprintln!(
+            "silent collector: POST answered in {answered:?}, subtask done in {:?}",
+            started.elapsed()
+        );
         // An export waits up to 10 s for this collector; a request or callback that waited on
         // it would take that long.
         assert!(

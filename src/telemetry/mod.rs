@@ -302,3 +302,40 @@ impl opentelemetry_http::HttpClient for ExportClient {
         job.await?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(endpoint: &str) -> OtelSettings {
+        OtelSettings {
+            enabled: true,
+            service_name: DEFAULT_SERVICE_NAME.into(),
+            endpoint: endpoint.into(),
+            sampler_ratio: 1.0,
+            metrics_enabled: false,
+            traceparent: None,
+            tracestate: None,
+        }
+    }
+
+    #[test]
+    fn the_traces_path_is_added_once() {
+        for (endpoint, want) in [
+            ("http://c:4318", "http://c:4318/v1/traces"),
+            ("http://c:4318/", "http://c:4318/v1/traces"),
+            ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
+            ("https://c/otlp", "https://c/otlp/v1/traces"),
+        ] {
+            assert_eq!(settings(endpoint).traces_url(), want, "{endpoint}");
+        }
+    }
+
+    #[test]
+    fn check_config_hides_endpoint_credentials() {
+        let lines = settings("https://user:pw@c:4318/?token=x").describe();
+        assert!(lines
+            .iter()
+            .all(|l| !l.contains("pw") && !l.contains("token")));
+    }
+}
