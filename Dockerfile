@@ -28,7 +28,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/agno-venv \
  && /opt/agno-venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /opt/agno/requirements.txt \
- && useradd --create-home --uid 10001 executor \
+ && groupadd --gid 10001 executor \
+ && useradd --create-home --uid 10001 --gid 10001 executor \
  && mkdir -p /workspace && chown executor:executor /workspace
 # The CLI package ships a self-contained native binary; node is not needed at run time.
 COPY --from=claude /usr/local/lib/node_modules/@anthropic-ai/claude-code /opt/claude-code

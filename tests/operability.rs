@@ -448,13 +448,21 @@ async fn container_and_kubernetes_files_match_the_service() {
         "preStop {pre_stop} s + flush {flush} s + {STOP_AND_EXPORT_SECS} s exceed the {grace} s grace period"
     );
     // The image's user is the one the pods run as, and it carries the pinned CLI.
-    let uid = dockerfile
+    let (uid, gid) = dockerfile
         .lines()
         .find_map(|l| l.strip_prefix("USER "))
-        .and_then(|u| u.split(':').next()?.trim().parse::<u64>().ok())
-        .expect("a numeric USER in the Dockerfile");
+        .and_then(|u| {
+            let (uid, gid) = u.trim().split_once(':')?;
+            Some((uid.parse::<u64>().ok()?, gid.parse::<u64>().ok()?))
+        })
+        .expect("a numeric USER uid:gid in the Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("--uid {uid} --gid {gid}")),
+        "the image's user is {uid}:{gid}"
+    );
     for spec in [pod, &job["spec"]["template"]["spec"]] {
         assert_eq!(spec["securityContext"]["runAsUser"], uid);
+        assert_eq!(spec["securityContext"]["runAsGroup"], gid);
     }
     let pinned = format!("CLAUDE_CODE_VERSION={}", common::mock_anthropic::PINNED_CLI);
     assert!(dockerfile.contains(&pinned), "Dockerfile lacks {pinned}");
