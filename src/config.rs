@@ -66,14 +66,21 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 5;
 /// Where `--install-claude` puts the pinned CLI, relative to the working directory.
 pub const LOCAL_CLAUDE_DIR: &str = ".tools/claude-code";
 
+/// The executor's version, as `--version`, the start-up line and `/metrics` show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Command-line flags; each can also come from the environment variable it names.
 #[derive(Debug, Parser)]
 #[command(
     name = "executor",
-    version,
+    version = VERSION,
+    disable_version_flag = true,
     about = "Runs Claude Code tasks over HTTP (Wegent executor contract)"
 )]
 pub struct Cli {
+    /// Print the version alone and exit (as the original's `--version`/`-v`).
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
     /// TOML config file (see config/default.toml).
     #[arg(long, env = "EXECUTOR_CONFIG")]
     pub config: Option<PathBuf>,
@@ -276,6 +283,8 @@ pub struct Settings {
     pub check_config: bool,
     /// Settings of the actor runtime.
     pub runtime: RuntimeConfig,
+    /// OpenTelemetry (`OTEL_*`, environment only, as the original's).
+    pub telemetry: crate::telemetry::OtelSettings,
 }
 
 /// Picks flag/env, then file, then default; treats an empty string as unset.
@@ -376,6 +385,9 @@ impl Settings {
                 }
             ),
         ]
+        .into_iter()
+        .chain(self.telemetry.describe())
+        .collect()
     }
 
     /// Resolves the settings from the parsed flags (which include the environment).
@@ -505,6 +517,7 @@ impl Settings {
             },
         };
         Ok(Self {
+            telemetry: crate::telemetry::OtelSettings::from_env()?,
             bind: pick(
                 cli.bind_address,
                 file.bind_address,

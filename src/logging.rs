@@ -1,10 +1,17 @@
 //! Log lines in the original's format: `2025-01-10 10:30:00 - task_executor - INFO - message`.
+//!
+//! Text lines are safe to read and to parse: control characters in anything logged (task
+//! strings included) are escaped, so a task cannot forge a line (CR/LF) or a terminal sequence
+//! (ESC); colour is used only on a terminal and never when `NO_COLOR` is set.
 
 use std::fmt;
+use std::io::IsTerminal;
 
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -32,7 +39,12 @@ where
             tracing::Level::DEBUG | tracing::Level::TRACE => "DEBUG",
         };
         let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
-        write!(w, "{now} - {LOGGER_NAME} - {level} - ")?;
+        let (on, off) = match (w.has_ansi_escapes(), *event.metadata().level()) {
+            (true, tracing::Level::ERROR) => ("\x1b[31m", "\x1b[0m"),
+            (true, tracing::Level::WARN) => ("\x1b[33m", "\x1b[0m"),
+            _ => ("", ""),
+        };
+        write!(w, "{now} - {LOGGER_NAME} - {on}{level}{off} - ")?;
         // Lines logged while handling a request carry its id, as the original's log lines.
         if let Some(rid) = ctx
             .lookup_current()
@@ -40,33 +52,83 @@ where
         {
             write!(w, "[{rid}] ")?;
         }
-        ctx.format_fields(w.by_ref(), event)?;
+        // Fields are rendered plain, then escaped: the line break below is the only one.
+        let mut fields = String::new();
+        ctx.format_fields(Writer::new(&mut fields), event)?;
+        write_escaped(&mut w, &fields)?;
         writeln!(w)
     }
 }
 
+/// Writes `text` with every control character escaped (`\n`, `\r`, `\t`, `\u{1b}`, ...).
+fn write_escaped(w: &mut Writer<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(w, "{}", c.escape_default())?;
+        } else {
+            w.write_char(c)?;
+        }
+    }
+    Ok(())
+}
+
+/// What the OpenTelemetry layer sees: the executor's own spans and events at info or above
+/// (never the HTTP clients', so exporting cannot trace itself), probe requests left out.
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    let ours = meta.target().starts_with("executor") || meta.target().starts_with("actors");
+    ours && *meta.level() <= tracing::Level::INFO
+        && meta.name() != crate::http::request_id::PROBE_SPAN
+}
+
+/// Whether text lines may carry colour: only on a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>: any non-empty value).
+fn colour_wanted() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber; `level` is a level name or a full filter directive; `json`
-/// (`LOG_FORMAT=json`) gives one JSON object per line for log pipelines.
-pub fn init(level: &str, json: bool) {
+/// (`LOG_FORMAT=json`) gives one JSON object per line for log pipelines; `otel` adds the
+/// OpenTelemetry layer (its own filter: the executor's spans at info, whatever `LOG_LEVEL`).
+pub fn init(level: &str, json: bool, otel: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
     let filter = EnvFilter::try_new(level.to_lowercase())
         .or_else(|_| EnvFilter::try_new("info"))
         .unwrap_or_default()
         .add_directive("hyper=warn".parse().unwrap_or_default())
-        .add_directive("reqwest=warn".parse().unwrap_or_default());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .add_directive("reqwest=warn".parse().unwrap_or_default())
+        // warp's own per-request line duplicates the executor's `response: ...` line.
+        .add_directive("warp::filters::trace=off".parse().unwrap_or_default());
+    let text = tracing_subscriber::fmt::layer()
+        .with_ansi(colour_wanted())
         .with_writer(std::io::stdout);
-    let _ = if json {
-        builder
-            .json()
+    let lines = if json {
+        text.json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init()
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.event_format(SeedFormat).try_init()
+        text.event_format(SeedFormat).with_filter(filter).boxed()
     };
+    let otel = otel.map(|p| crate::telemetry::layer(p).with_filter(filter_fn(exported)));
+    let _ = tracing_subscriber::registry()
+        .with(lines)
+        .with(otel)
+        .try_init();
     std::panic::set_hook(Box::new(|info| {
         // One line, no backtrace printing inside an actor's task (research §1.8 pitfall 1).
         tracing::error!("panic: {info}");
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_text_is_kept() {
+        let mut out = String::new();
+        let mut w = Writer::new(&mut out);
+        write_escaped(&mut w, "a\r\nb\u{1b}[2Kc\tü").unwrap();
+        assert_eq!(out, "a\\r\\nb\\u{1b}[2Kc\\tü");
+    }
 }

@@ -9,6 +9,7 @@ mod http;
 mod shutdown;
 
 mod logging;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,6 +25,14 @@ use crate::config::{Cli, Settings};
 const SERVER_DRAIN_MIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn main() -> ExitCode {
+    // Before parsing anything else, as the original: a broken setting cannot hide the version.
+    if std::env::args()
+        .skip(1)
+        .any(|a| a == "--version" || a == "-v")
+    {
+        println!("{}", config::VERSION);
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let settings = match Settings::load(cli) {
         Ok(s) => s,
@@ -49,18 +58,32 @@ fn main() -> ExitCode {
             }
         };
     }
-    logging::init(&settings.log_level, settings.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
+            eprintln!("executor: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(settings)) {
+    // The exporter sends on the runtime, so it starts inside it, before the first log line.
+    let otel = match rt.block_on(async { telemetry::start(&settings.telemetry) }) {
+        Ok(otel) => otel,
+        Err(e) => {
+            eprintln!("executor: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let (provider, telemetry) = otel.unzip();
+    logging::init(&settings.log_level, settings.log_json, provider.as_ref());
+    telemetry::announce(&settings.telemetry);
+    let outcome = rt.block_on(run(settings));
+    if let Some(t) = telemetry {
+        rt.block_on(t.shutdown());
+    }
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -89,7 +112,8 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         .task_info
         .take()
         .map(|raw| parse_task_info(&raw))
-        .transpose()?;
+        .transpose()?
+        .map(|spec| with_start_up_span(spec, &settings.telemetry));
     let runtime = Runtime::start(settings.runtime.clone()).await?;
     if let Some(spec) = task_info {
         // Before serving, as the original: the task is under way when the port opens.
@@ -98,7 +122,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(
         "Task executor {} listening on http://{local}",
-        env!("CARGO_PKG_VERSION")
+        config::VERSION
     );
     let service = http::service(
         runtime.clone(),
@@ -152,6 +176,19 @@ fn parse_task_info(raw: &str) -> anyhow::Result<TaskSpec> {
     let value: serde_json::Value =
         serde_json::from_str(raw).context("TASK_INFO is not valid JSON")?;
     TaskSpec::from_value(&value).context("TASK_INFO is not a valid task")
+}
+
+/// The `TASK_INFO` subtask's span continues the trace executor_manager started
+/// (`OTEL_TRACEPARENT`/`OTEL_TRACESTATE`).
+fn with_start_up_span(mut spec: TaskSpec, otel: &telemetry::OtelSettings) -> TaskSpec {
+    let span = actors::trace::subtask_span(spec.task_id, spec.subtask_id, spec.agent.name());
+    telemetry::continue_trace(
+        &span,
+        otel.traceparent.as_deref(),
+        otel.tracestate.as_deref(),
+    );
+    spec.trace.span = actors::trace::SpanHandle::new(span);
+    spec
 }
 
 /// Shows scheme, host and path of a URL but never its userinfo or query (which may hold tokens).

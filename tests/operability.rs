@@ -378,116 +378,105 @@ fn check_config_prints_effective_values_with_secrets_masked() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
-#[test]
-fn container_and_kubernetes_files_match_the_service() {
+/// What the container and Kubernetes files must agree on with the service itself. Their syntax
+/// and schemas are checked by the field's tools in CI (`.ci/run`: hadolint on the Dockerfile,
+/// kubernetes-validate on the manifests); this test checks only what those tools cannot know.
+#[tokio::test]
+async fn container_and_kubernetes_files_match_the_service() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let read =
         |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-    // Parsed, not just grepped: every manifest is valid YAML with the fields that matter.
     let yaml = |p: &str| -> Value {
         let v: serde_yaml::Value =
             serde_yaml::from_str(&read(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
         serde_json::to_value(v).unwrap()
     };
     let dep = yaml("deploy/kubernetes/deployment.yaml");
-    assert_eq!(dep["kind"], "Deployment");
-    let pod = &dep["spec"]["template"]["spec"];
-    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
-    let c = &pod["containers"][0];
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
-    assert!(c["lifecycle"]["preStop"].is_object());
-    assert_eq!(c["ports"][0]["containerPort"], 10001);
-    assert!(c["resources"]["requests"].is_object());
     let job = yaml("deploy/kubernetes/job.yaml");
-    assert_eq!(job["kind"], "Job");
-    let job_env = job["spec"]["template"]["spec"]["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert!(job_env.iter().any(|e| e["name"] == "TASK_INFO"));
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    // Probe paths are the executor's probe routes, which answer without the bearer token.
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("EXECUTOR_AUTH_TOKEN", "tok-probe-check")]).await;
+    let job_c = &job["spec"]["template"]["spec"]["containers"][0];
+    for probe in [
+        &c["livenessProbe"],
+        &c["readinessProbe"],
+        &job_c["readinessProbe"],
+    ] {
+        let path = probe["httpGet"]["path"].as_str().expect("an httpGet probe");
+        assert_eq!(exec.get(path).await.0, StatusCode::OK, "probe path {path}");
+    }
+    // The port everything points at is the executor's default port.
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+        .arg("--check-config")
+        .env_clear()
+        .output()
+        .unwrap();
+    let default_port: u64 = String::from_utf8_lossy(&check.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("PORT=")?.parse().ok())
+        .expect("PORT in --check-config");
+    assert_eq!(c["ports"][0]["containerPort"], default_port);
     assert_eq!(
         yaml("deploy/kubernetes/service.yaml")["spec"]["ports"][0]["port"],
-        10001
+        default_port
     );
-    assert_eq!(
-        yaml("deploy/kubernetes/secret.example.yaml")["kind"],
-        "Secret"
-    );
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains(&format!("EXPOSE {default_port}")));
     assert_eq!(
         yaml("docker-compose.yml")["services"]["executor"]["ports"][0],
-        "10001:10001"
+        format!("{default_port}:{default_port}")
     );
-    let deployment = read("deploy/kubernetes/deployment.yaml");
-    for want in [
-        "path: /health",
-        "path: /ready",
-        "terminationGracePeriodSeconds: 30",
-        "preStop",
-        "secretKeyRef",
-    ] {
-        assert!(deployment.contains(want), "deployment.yaml lacks {want}");
-    }
-    // The pod's grace period must cover the executor's callback flush.
-    let flush: u64 = deployment
-        .lines()
-        .find_map(|l| l.split("SHUTDOWN_GRACE_SECS, value: \"").nth(1))
-        .and_then(|v| v.split('"').next()?.parse().ok())
+    // The pod's grace period covers the shutdown: preStop, then the callback flush
+    // (SHUTDOWN_GRACE_SECS), the sessions' stop (SESSION_EOF_GRACE_MS + SESSION_TERM_GRACE_MS
+    // defaults: 4 s) and the last OpenTelemetry export (3 s).
+    const STOP_AND_EXPORT_SECS: u64 = 7;
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let pre_stop: u64 = c["lifecycle"]["preStop"]["exec"]["command"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("preStop sleep seconds");
+    let flush: u64 = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SHUTDOWN_GRACE_SECS")
+        .and_then(|e| e["value"].as_str()?.parse().ok())
         .expect("SHUTDOWN_GRACE_SECS in the deployment");
     assert!(
-        flush + 5 <= 30,
-        "flush {flush} s leaves no room in a 30 s grace period"
+        pre_stop + flush + STOP_AND_EXPORT_SECS <= grace,
+        "preStop {pre_stop} s + flush {flush} s + {STOP_AND_EXPORT_SECS} s exceed the {grace} s grace period"
     );
-    let job = read("deploy/kubernetes/job.yaml");
-    assert!(job.contains("kind: Job") && job.contains("TASK_INFO"));
-    let kustomization = read("deploy/kubernetes/kustomization.yaml");
-    assert!(kustomization.contains("deployment.yaml") && kustomization.contains("service.yaml"));
-    let dockerfile = read("Dockerfile");
-    // A small Dockerfile lint: every instruction is known, continuations are closed, and the
-    // build is multi-stage.
-    let known = [
-        "FROM",
-        "RUN",
-        "COPY",
-        "ENV",
-        "ARG",
-        "WORKDIR",
-        "USER",
-        "EXPOSE",
-        "ENTRYPOINT",
-        "CMD",
-    ];
-    let mut continued = false;
-    let mut stages = 0;
-    for line in dockerfile
+    // The image's user is the one the pods run as, and it carries the pinned CLI.
+    let (uid, gid) = dockerfile
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        if !continued {
-            let word = line.split_whitespace().next().unwrap_or("");
-            assert!(
-                known.contains(&word),
-                "unknown Dockerfile instruction: {line}"
-            );
-            stages += usize::from(word == "FROM");
-        }
-        continued = line.ends_with('\\');
+        .find_map(|l| l.strip_prefix("USER "))
+        .and_then(|u| {
+            let (uid, gid) = u.trim().split_once(':')?;
+            Some((uid.parse::<u64>().ok()?, gid.parse::<u64>().ok()?))
+        })
+        .expect("a numeric USER uid:gid in the Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("--uid {uid} --gid {gid}")),
+        "the image's user is {uid}:{gid}"
+    );
+    for spec in [pod, &job["spec"]["template"]["spec"]] {
+        assert_eq!(spec["securityContext"]["runAsUser"], uid);
+        assert_eq!(spec["securityContext"]["runAsGroup"], gid);
     }
-    assert!(!continued, "the Dockerfile ends inside a continued line");
-    assert!(stages >= 2, "multi-stage build expected");
     let pinned = format!("CLAUDE_CODE_VERSION={}", common::mock_anthropic::PINNED_CLI);
-    for want in [
-        pinned.as_str(),
-        "USER executor",
-        "cargo build --release",
-        "EXPOSE 10001",
-        "git",
-    ] {
-        assert!(dockerfile.contains(want), "Dockerfile lacks {want}");
+    assert!(dockerfile.contains(&pinned), "Dockerfile lacks {pinned}");
+    // The job runs its task at start-up; the kustomization lists files that exist.
+    let job_env = job_c["env"].as_array().unwrap();
+    assert!(job_env.iter().any(|e| e["name"] == "TASK_INFO"));
+    for r in yaml("deploy/kubernetes/kustomization.yaml")["resources"]
+        .as_array()
+        .unwrap()
+    {
+        let file = format!("deploy/kubernetes/{}", r.as_str().unwrap());
+        assert!(root.join(&file).is_file(), "kustomization lists {file}");
     }
-    let compose = read("docker-compose.yml");
-    assert!(compose.contains("CALLBACK_URL") && compose.contains("receiver.py"));
 }
 
 #[tokio::test]
@@ -657,4 +646,162 @@ async fn secret_markers_appear_nowhere_but_the_child_environment_and_its_config_
             );
         }
     }
+}
+
+#[tokio::test]
+async fn version_flag_prints_the_version_alone_as_metrics_and_the_start_up_line_say() {
+    let mut printed = Vec::new();
+    for flag in ["--version", "-v"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+            .arg(flag)
+            // A broken setting must not stop `--version` (the original prints before anything).
+            .env("PORT", "not-a-port")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{flag}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let version = text.trim_end_matches('\n');
+        assert!(
+            !version.is_empty()
+                && !version.contains(char::is_whitespace)
+                && version.chars().next().is_some_and(|c| c.is_ascii_digit()),
+            "{flag} must print the version alone, got {text:?}"
+        );
+        printed.push(version.to_string());
+    }
+    assert_eq!(printed[0], printed[1], "--version and -v differ");
+    let version = &printed[0];
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let metrics = scrape(&exec).await;
+    assert!(
+        metrics.contains(&format!("executor_build_info{{version=\"{version}\"")),
+        "/metrics build info disagrees with --version {version}:\n{metrics}"
+    );
+    let start_up = exec.wait_for_log("listening on", FAKE_WAIT).await;
+    assert!(
+        start_up.contains(&format!("Task executor {version} listening")),
+        "start-up line disagrees with --version {version}: {start_up}"
+    );
+}
+
+/// The executor's lines that are not the harness's own.
+fn log_lines_with(exec: &Executor, needle: &str) -> Vec<String> {
+    exec.logs()
+        .into_iter()
+        .filter(|l| l.contains(needle))
+        .collect()
+}
+
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_escape_codes_and_one_line_per_request() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("LOG_LEVEL", "info")]).await;
+    run_task(&exec, &rx, 1, 1, "hi").await;
+    for n in 0..3 {
+        let resp = exec
+            .client()
+            .get(exec.url("/api/tasks/sessions"))
+            .header("x-request-id", format!("one-line-{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    exec.wait_for_log("one-line-2", FAKE_WAIT).await;
+    let escaped: Vec<String> = exec
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains('\u{1b}'))
+        .collect();
+    assert!(
+        escaped.is_empty(),
+        "escape codes in piped logs: {escaped:?}"
+    );
+    for n in 0..3 {
+        let id = format!("one-line-{n}");
+        let lines = log_lines_with(&exec, &id);
+        assert_eq!(lines.len(), 1, "one line per request, got {lines:#?}");
+        // The original's access line: `response: {METHOD} {path} {request_id} {status} {ms}ms`.
+        let (_, message) = lines[0].split_once(" - INFO - ").unwrap_or(("", ""));
+        let message = message.trim_start_matches(&format!("[{id}] "));
+        let words: Vec<&str> = message.split(' ').collect();
+        assert_eq!(
+            words[..5.min(words.len())],
+            [
+                "response:",
+                "GET",
+                "/api/tasks/sessions",
+                id.as_str(),
+                "200"
+            ],
+            "{}",
+            lines[0]
+        );
+        assert!(
+            words.get(5).is_some_and(|ms| ms.ends_with("ms")),
+            "{}",
+            lines[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn control_characters_in_task_strings_cannot_forge_log_lines() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("LOG_LEVEL", "info")]).await;
+    let forged =
+        "Nope\r\n2025-01-01 00:00:00 - task_executor - INFO - FORGEDMARK admin logged in\u{1b}[2K";
+    let task = serde_json::json!({"task_id": 7, "subtask_id": 1, "prompt": "x",
+        "bot": [{"shell_type": forged}]});
+    let (status, body) = exec.post_json("/api/tasks/execute", &task).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    rx.wait_terminal(7, 1, FAKE_WAIT).await;
+    let lines = exec.wait_for_log("FORGEDMARK", FAKE_WAIT).await;
+    let hits = log_lines_with(&exec, "FORGEDMARK");
+    assert!(!hits.is_empty(), "{lines}");
+    for line in &hits {
+        assert!(
+            !line.starts_with("2025-01-01 00:00:00"),
+            "a task forged a log line: {line:?}"
+        );
+        assert!(
+            !line.contains('\r') && !line.contains('\u{1b}'),
+            "control characters reached the log: {line:?}"
+        );
+        assert!(line.contains("\\r\\n"), "escaped form expected: {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_agno_venv_the_pool_stays_quiet_and_agno_tasks_fail_clearly() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(
+        &rx,
+        &[
+            ("AGNO_POOL_SIZE", "1"),
+            ("AGNO_PYTHON", "/nonexistent/agno-venv/bin/python"),
+        ],
+    )
+    .await;
+    let note = exec.wait_for_log("Agno is not installed", FAKE_WAIT).await;
+    assert!(note.contains(" - INFO - "), "said at info level: {note}");
+    let task = serde_json::json!({"task_id": 3, "subtask_id": 1, "prompt": "hi",
+        "bot": [{"shell_type": "Agno", "name": "a"}]});
+    let (status, body) = exec.post_json("/api/tasks/execute", &task).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let end = rx.wait_terminal(3, 1, FAKE_WAIT).await;
+    assert_eq!(end["status"], "FAILED", "{end}");
+    assert!(
+        end["error_message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{end}"
+    );
+    assert!(note.contains("agno/install.sh"), "{note}");
+    assert_eq!(
+        log_lines_with(&exec, "Agno is not installed").len(),
+        1,
+        "said once"
+    );
+    let pool = log_lines_with(&exec, "agno pool");
+    assert!(pool.is_empty(), "the pool ran without agno: {pool:#?}");
 }

@@ -195,6 +195,7 @@ impl RelayState {
         }
         if p.status.is_terminal() {
             METRICS.subtask_ended(p.status);
+            p.trace.span.end(p.status.as_str());
             self.remember_finished(key);
         }
         let body = match serde_json::to_vec(p) {
@@ -340,6 +341,7 @@ impl RelayState {
                     let trace = TraceContext {
                         request_id: rec.request_id,
                         traceparent: rec.traceparent,
+                        ..Default::default()
                     };
                     deliver(&client, &url, &body, rec.seq, &trace, &cfg, task_id).await;
                     next

@@ -67,6 +67,23 @@ pub async fn deliver(
     cfg: &CallbackConfig,
     task_id: i64,
 ) {
+    use tracing::Instrument as _;
+    let span = crate::trace::callback_span(&trace.span, task_id, seq);
+    deliver_attempts(client, url, body, seq, trace, cfg, task_id)
+        .instrument(span)
+        .await
+}
+
+/// The attempts of [`deliver`] (inside its span: each retry is an event of it).
+async fn deliver_attempts(
+    client: &reqwest::Client,
+    url: &str,
+    body: &[u8],
+    seq: u64,
+    trace: &TraceContext,
+    cfg: &CallbackConfig,
+    task_id: i64,
+) {
     let attempts = cfg.max_retries + 1;
     for n in 1..=attempts {
         match attempt(client, url, body, seq, trace).await {

@@ -28,4 +28,5 @@ pub mod session;
 pub mod spool;
 pub mod supervisor;
 pub mod task;
+pub mod trace;
 pub mod workspace;

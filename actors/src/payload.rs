@@ -66,6 +66,8 @@ pub struct TraceContext {
     pub request_id: Option<String>,
     /// W3C `traceparent` of the execute request, passed through.
     pub traceparent: Option<String>,
+    /// The subtask's span (see [`crate::trace`]); every span of its work is a child of it.
+    pub span: crate::trace::SpanHandle,
 }
 
 impl SubtaskContext {

@@ -62,7 +62,11 @@ impl Runtime {
                 cfg.agno.client_script.display()
             );
         }
-        let agno_pool = if cfg.agno.pool_size > 0 {
+        let agno_ready = crate::agent::agno::pool::agno_installed(&cfg.agno.python).await;
+        if !agno_ready {
+            tracing::info!("{}", crate::agent::agno::pool::NOT_INSTALLED_NOTE);
+        }
+        let agno_pool = if cfg.agno.pool_size > 0 && agno_ready {
             let (pool, _) = Actor::spawn(None, crate::agent::agno::pool::AgnoPool, cfg.clone())
                 .await
                 .map_err(unavailable)?;

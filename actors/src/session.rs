@@ -392,7 +392,9 @@ impl SessionState {
                 self.prep_cancelled = false;
                 let (seq, cfg, me) = (self.prep_seq, self.args.cfg.clone(), me.clone());
                 let (stop, news) = (token.clone(), me.clone());
-                tokio::spawn(async move {
+                let span =
+                    crate::trace::workspace_span(&spec.trace.span, ctx.task_id, ctx.subtask_id);
+                let prepare = async move {
                     let progress = move |message: String| {
                         let _ = news.cast(SessionMsg::PrepProgress { seq, message });
                     };
@@ -402,7 +404,8 @@ impl SessionState {
                         spec,
                         result: Box::new(result),
                     });
-                });
+                };
+                tokio::spawn(tracing::Instrument::instrument(prepare, span));
                 self.current = Some(ctx);
                 if let Some(old) = self.preparing.replace(token) {
                     old.cancel();

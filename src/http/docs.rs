@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use utoipa::OpenApi;
-use warp::http::{header, StatusCode, Uri};
+use warp::http::{header, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use super::error::ErrorBody;
@@ -113,35 +113,51 @@ pub struct SessionList {
 )]
 pub struct ApiDoc;
 
-/// `GET /openapi.json`, `GET /docs` (redirect) and `GET /docs/<file>`.
+/// Where the Swagger UI files are served; `/docs` itself answers with the page (no redirect:
+/// the seed checks the service with a plain `curl .../docs`).
+const DOCS_BASE: &str = "/docs/";
+
+/// `GET /openapi.json`, `GET /docs` (the page itself) and `GET /docs/<file>`.
 pub fn routes() -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let spec = Arc::new(ApiDoc::openapi());
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
         .map(move || warp::reply::json(spec.as_ref()).into_response());
     let config = Arc::new(utoipa_swagger_ui::Config::from("/openapi.json"));
-    let redirect = warp::path!("docs")
-        .and(warp::path::end())
-        .and(warp::get())
-        .map(|| warp::redirect::found(Uri::from_static("/docs/index.html")).into_response());
     let ui = warp::path("docs")
         .and(warp::get())
+        .and(warp::path::full())
         .and(warp::path::tail())
-        .and_then(move |tail: warp::path::Tail| {
+        .and_then(move |full: warp::path::FullPath, tail: warp::path::Tail| {
             let config = config.clone();
-            async move { serve_ui(tail.as_str(), config) }
+            // `/docs` without the slash: the page's relative links need a base.
+            let needs_base = full.as_str() == "/docs";
+            async move { serve_ui(tail.as_str(), config, needs_base) }
         });
-    openapi.or(redirect).unify().or(ui).unify()
+    openapi.or(ui).unify()
+}
+
+/// Puts `<base href="/docs/">` into the page so its relative links resolve under `/docs/`.
+fn with_base(html: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(html);
+    let base = format!("<head>\n    <base href=\"{DOCS_BASE}\">");
+    text.replacen("<head>", &base, 1).into_bytes()
 }
 
 fn serve_ui(
     path: &str,
     config: Arc<utoipa_swagger_ui::Config<'static>>,
+    needs_base: bool,
 ) -> Result<warp::reply::Response, Rejection> {
     let path = if path.is_empty() { "index.html" } else { path };
     match utoipa_swagger_ui::serve(path, config) {
         Ok(Some(file)) => {
-            let mut resp = warp::reply::Response::new(file.bytes.into_owned().into());
+            let bytes = if needs_base && !file.gzpipped {
+                with_base(&file.bytes)
+            } else {
+                file.bytes.into_owned()
+            };
+            let mut resp = warp::reply::Response::new(bytes.into());
             let headers = resp.headers_mut();
             if let Ok(v) = file.content_type.parse() {
                 headers.insert(header::CONTENT_TYPE, v);

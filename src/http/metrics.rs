@@ -101,7 +101,7 @@ fn render(rt: &Runtime) -> String {
         "From a callback event being produced to the receiver accepting it.",
         &m.relay,
     );
-    let version = env!("CARGO_PKG_VERSION");
+    let version = crate::config::VERSION;
     let claude = actors::config::PINNED_CLAUDE_CODE_VERSION;
     metric(
         &mut out,

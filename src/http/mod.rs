@@ -23,11 +23,15 @@ pub fn service(
         actors::metrics::METRICS
             .http
             .observe(info.elapsed().as_secs_f64());
+        // The original's access line, one per request (not for `GET /`, as the original):
+        // `response: {METHOD} {path} {request_id} {status} {ms:.2}ms`.
+        tracing::Span::current().record("http.response.status_code", info.status().as_u16());
         if info.path() != "/" {
             tracing::info!(
-                "response: {} {} {} {:.2}ms",
+                "response: {} {} {} {} {:.2}ms",
                 info.method(),
                 info.path(),
+                request_id::current().as_deref().unwrap_or("-"),
                 info.status().as_u16(),
                 info.elapsed().as_secs_f64() * 1000.0
             );

@@ -7,9 +7,18 @@ use std::sync::LazyLock;
 use dashmap::DashMap;
 use tracing::Span;
 
+/// Longest `tracestate` header passed on (W3C: at most 32 entries of ~256 bytes).
+const MAX_TRACESTATE_BYTES: usize = 8192;
+
 static IDS: LazyLock<DashMap<u64, String>> = LazyLock::new(DashMap::new);
 
-/// The span a request runs in; remembers its id.
+/// Paths polled by probes and scrapers: their spans are named [`PROBE_SPAN`] and not exported.
+const PROBE_PATHS: [&str; 4] = ["/", "/health", "/ready", "/metrics"];
+/// Span name of probe requests (the OpenTelemetry layer skips it).
+pub const PROBE_SPAN: &str = "probe";
+
+/// The span a request runs in; remembers its id. It continues the caller's W3C `traceparent`
+/// (OpenTelemetry), and is named by method and path for the trace view.
 pub fn span_for(info: &warp::trace::Info<'_>) -> Span {
     let rid = info
         .request_headers()
@@ -18,7 +27,22 @@ pub fn span_for(info: &warp::trace::Info<'_>) -> Span {
         .filter(|v| super::valid_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(super::new_request_id);
-    let span = tracing::info_span!("request", request_id = %rid);
+    let (method, path) = (info.method().as_str(), info.path());
+    let span = if PROBE_PATHS.contains(&path) {
+        tracing::info_span!("probe", request_id = %rid)
+    } else {
+        tracing::info_span!("request", request_id = %rid,
+            otel.name = %format!("{method} {path}"), otel.kind = "server",
+            http.request.method = %method, url.path = %path,
+            http.response.status_code = tracing::field::Empty)
+    };
+    let header = |name: &str| {
+        info.request_headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= MAX_TRACESTATE_BYTES)
+    };
+    crate::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
     if let Some(id) = span.id() {
         IDS.insert(id.into_u64(), rid);
     }

@@ -124,6 +124,12 @@ pub async fn execute(
     spec.trace = actors::payload::TraceContext {
         request_id: Some(rid.clone()),
         traceparent: traceparent.filter(|t| super::valid_request_id(t)),
+        // A child of this request's span (which continues the caller's `traceparent`).
+        span: crate::telemetry::child_of_current(actors::trace::subtask_span(
+            task_id,
+            subtask_id,
+            spec.agent.name(),
+        )),
     };
     tracing::info!(
         "Received task {task_id}.{subtask_id} ({})",

@@ -45,7 +45,7 @@ pub struct Turn {
     pub retried: bool,
     /// The workbench sent with every event (contract §4.3, Claude only).
     pub workbench: Option<crate::workspace::workbench::Workbench>,
-    open_tools: std::collections::HashSet<String>,
+    spans: crate::trace::TurnSpans,
     last_title: String,
     thinking: Vec<Value>,
 }
@@ -53,7 +53,14 @@ pub struct Turn {
 impl Turn {
     /// A turn that has not been sent yet.
     pub fn new(ctx: SubtaskContext, prompt: String) -> Self {
+        let spans = crate::trace::TurnSpans::new(
+            &ctx.trace.span,
+            "ClaudeCode",
+            ctx.task_id,
+            ctx.subtask_id,
+        );
         Self {
+            spans,
             ctx,
             prompt,
             sent: false,
@@ -61,7 +68,6 @@ impl Turn {
             saw_output: false,
             retried: false,
             workbench: None,
-            open_tools: std::collections::HashSet::new(),
             last_title: String::new(),
             thinking: Vec::new(),
         }
@@ -129,7 +135,7 @@ impl Turn {
 
     /// True while a tool the model called has not returned (long silence is normal then).
     pub fn tool_open(&self) -> bool {
-        !self.open_tools.is_empty()
+        self.spans.tools_open()
     }
 
     fn track_tools(&mut self, msg: &Value) {
@@ -141,12 +147,13 @@ impl Turn {
             ) {
                 (Some("tool_use"), Some("assistant")) => {
                     if let Some(id) = b.get("id").and_then(Value::as_str) {
-                        self.open_tools.insert(id.to_string());
+                        let name = b.get("name").and_then(Value::as_str).unwrap_or("");
+                        self.spans.tool_started(id, name);
                     }
                 }
                 (Some("tool_result"), Some("user")) => {
                     if let Some(id) = b.get("tool_use_id").and_then(Value::as_str) {
-                        self.open_tools.remove(id);
+                        self.spans.tool_finished(id);
                     }
                 }
                 _ => {}

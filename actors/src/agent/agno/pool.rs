@@ -185,3 +185,54 @@ impl PoolState {
         }
     }
 }
+
+/// Message for machines without the agno venv: said once at start-up, at info level.
+pub const NOT_INSTALLED_NOTE: &str =
+    "Agno is not installed (no agno package for AGNO_PYTHON); Agno tasks will fail until you run `bash agno/install.sh`";
+
+/// Whether the pool may start: the agno interpreter exists and the agno package is installed
+/// for it. Without them a warm client can never start, and the pool would only retry and warn.
+/// Looks at the files only (no Python started); an Agno task on a machine without agno still
+/// gets its clear `FAILED` from the client it tries to start.
+pub async fn agno_installed(python: &std::path::Path) -> bool {
+    let python = python.to_path_buf();
+    tokio::task::spawn_blocking(move || find_agno(&python))
+        .await
+        .unwrap_or(false)
+}
+
+/// The package directories Python looks in for an interpreter at `<prefix>/bin/python`
+/// (venv or system layout, plus the user site), searched for `agno/__init__.py`.
+fn find_agno(python: &std::path::Path) -> bool {
+    use std::path::PathBuf;
+    let exe = if python.components().count() > 1 {
+        Some(python.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(python))
+                .find(|p| p.is_file())
+        })
+    };
+    let Some(prefix) = exe
+        .filter(|e| e.is_file())
+        .and_then(|e| e.parent()?.parent().map(PathBuf::from))
+    else {
+        return false;
+    };
+    let mut libs = vec![prefix.join("lib"), prefix.join("lib64")];
+    libs.push(PathBuf::from("/usr/local/lib"));
+    if let Some(home) = std::env::var_os("HOME") {
+        libs.push(PathBuf::from(home).join(".local/lib"));
+    }
+    libs.iter()
+        .filter_map(|lib| std::fs::read_dir(lib).ok())
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python"))
+        .any(|e| {
+            ["site-packages", "dist-packages"]
+                .iter()
+                .any(|d| e.path().join(d).join("agno/__init__.py").is_file())
+        })
+}

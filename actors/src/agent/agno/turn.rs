@@ -36,12 +36,16 @@ pub struct AgnoTurn {
     thinking: Vec<Value>,
     progress: u8,
     message: String,
+    spans: crate::trace::TurnSpans,
 }
 
 impl AgnoTurn {
     /// A turn for a subtask run as run number `run_seq` of its client.
     pub fn new(ctx: SubtaskContext, run_seq: u64, team: bool) -> Self {
+        let spans =
+            crate::trace::TurnSpans::new(&ctx.trace.span, "Agno", ctx.task_id, ctx.subtask_id);
         Self {
+            spans,
             ctx,
             run_seq,
             sent: false,
@@ -108,6 +112,7 @@ impl AgnoTurn {
             "tool_started" => {
                 let id = text("tool_call_id");
                 let name = text("name");
+                self.spans.tool_started(&id, &name);
                 self.step(
                     "thinking.tool_use",
                     json!({"type": "assistant", "message": {"id": id, "type": "message",
@@ -127,6 +132,7 @@ impl AgnoTurn {
                 AgnoOutcome::Progress
             }
             "tool_completed" => {
+                self.spans.tool_finished(&text("tool_call_id"));
                 self.step(
                     "thinking.tool_result",
                     json!({"type": "tool_result", "tool_use_id": text("tool_call_id"),
