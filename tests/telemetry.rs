@@ -3,6 +3,7 @@
 //! caller's trace (`traceparent` header, or `OTEL_TRACEPARENT` for `TASK_INFO`), with the
 //! configured service name, `task_id` attributes and no secrets; and a collector that never
 //! answers slows no request and no callback.
+#![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
 

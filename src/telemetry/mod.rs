@@ -51,8 +51,9 @@ pub const TRACES_PATH: &str = "/v1/traces";
 const GRPC_PORT_SUFFIX: &str = ":4317";
 /// Longest time one export may take before it is abandoned.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait at exit for the last spans to go out.
-pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait at exit for the last spans to go out (after `SHUTDOWN_GRACE_SECS`: together
+/// they stay inside `docker stop`'s 10 s).
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest collector answer read (answers are tiny; a bigger one is cut off).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Instrumentation scope of every span and metric.
