@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod callback;
+pub mod callback_flow;
 pub mod config;
 pub mod crypto;
 pub mod delivery;
@@ -25,4 +26,5 @@ pub mod session;
 pub mod spool;
 pub mod supervisor;
 pub mod task;
+pub mod unfinished;
 pub mod workspace;
