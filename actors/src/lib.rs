@@ -24,6 +24,7 @@ pub mod payload;
 pub mod runtime;
 pub mod session;
 pub mod spool;
+pub mod spool_recovery;
 pub mod supervisor;
 pub mod task;
 pub mod unfinished;
