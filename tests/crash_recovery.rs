@@ -149,3 +149,37 @@ async fn subtasks_running_or_queued_at_a_crash_end_once_and_the_task_goes_on() {
     let clean = wait_until(Duration::from_secs(5), || left().is_empty()).await;
     assert!(clean, "nothing is left in the spool: {:?}", left());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_info_subtask_running_at_a_crash_ends_once() {
+    let rx = CallbackReceiver::start();
+    let ws = tempfile::tempdir().unwrap();
+    let never = ws.path().join("never-created");
+    let task = seed_task(
+        8,
+        80,
+        &format!("FAKE:wait_file:{}\nstarted by the manager", never.display()),
+    )
+    .to_string();
+    let mut exec = Executor::start(options(&rx, ws.path()).env("TASK_INFO", task)).await;
+    rx.wait_for(Duration::from_secs(30), |cbs| {
+        cbs.iter().filter(|c| is_subtask(c, 8, 80)).count() >= 5
+    })
+    .await;
+    exec.kill();
+    for pid in processes_in(ws.path()) {
+        common::procs::signal(pid, libc::SIGKILL);
+    }
+    // The container comes back without TASK_INFO (a plain restart of the service).
+    let exec = Executor::start(options(&rx, ws.path())).await;
+    let t = rx.wait_terminal(8, 80, Duration::from_secs(20)).await;
+    assert_eq!(t["status"], "FAILED", "{}", rx.dump());
+    let next = run_task(&exec, &rx, 8, 81, "next message").await;
+    assert_eq!(next["status"], "COMPLETED", "{}", rx.dump());
+    let terminals = rx
+        .received()
+        .iter()
+        .filter(|c| is_subtask(&c.body, 8, 80) && is_terminal(&c.body))
+        .count();
+    assert_eq!(terminals, 1, "{}", rx.dump());
+}
