@@ -165,6 +165,29 @@ impl RelayState {
         self.start_delivery(me, task_id);
     }
 
+    /// Forgets a drained queue and deletes its files; the task's unfinished subtasks keep their
+    /// last sequence number in their records.
+    fn retire(&mut self, task_id: i64) {
+        self.queues.remove(&task_id);
+        METRICS
+            .callback_queued_tasks
+            .store(self.queues.len() as u64, Ordering::Relaxed);
+        let open = self
+            .next_seq
+            .iter()
+            .filter(|((t, _), _)| *t == task_id)
+            .map(|((_, s), seq)| (*s, *seq))
+            .collect();
+        if let Some(spool) = &self.spool {
+            spool.remove(task_id, open);
+        }
+        if self.queues.is_empty() {
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
     /// Starts delivering the task's next record, or retires a drained queue.
     pub(crate) fn start_delivery(&mut self, me: &ActorRef<CallbackMsg>, task_id: i64) {
         let (Some(q), Some(spool), Some(url)) = (
@@ -193,22 +216,7 @@ impl RelayState {
         }
         if q.read >= q.write {
             if q.appending == 0 && q.memory.is_empty() {
-                self.queues.remove(&task_id);
-                METRICS
-                    .callback_queued_tasks
-                    .store(self.queues.len() as u64, Ordering::Relaxed);
-                let open = self
-                    .next_seq
-                    .iter()
-                    .filter(|((t, _), _)| *t == task_id)
-                    .map(|((_, s), seq)| (*s, *seq))
-                    .collect();
-                spool.remove(task_id, open);
-                if self.queues.is_empty() {
-                    for w in self.flush_waiters.drain(..) {
-                        let _ = w.send(());
-                    }
-                }
+                self.retire(task_id);
             }
             return;
         }
