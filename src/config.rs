@@ -29,6 +29,10 @@ pub const DEFAULT_CALLBACK_MAX_RETRIES: u32 = 10;
 pub const DEFAULT_CALLBACK_INITIAL_BACKOFF_MS: u64 = 1_000;
 /// `CALLBACK_MAX_BACKOFF_MS`: cap of one retry delay (60 s).
 pub const DEFAULT_CALLBACK_MAX_BACKOFF_MS: u64 = 60_000;
+/// `TASK_INFO_TERMINAL_REPEAT_SECS`: the `TASK_INFO` subtask's terminal callback is sent once
+/// more this long after the first, to land after executor_manager's late `RUNNING` report
+/// (sent after its 2 s container health check); 0 disables the repeat.
+pub const DEFAULT_TASK_INFO_TERMINAL_REPEAT_SECS: u64 = 5;
 /// `SESSION_EOF_GRACE_MS`: after closing the CLI's stdin, time to exit by itself.
 pub const DEFAULT_SESSION_EOF_GRACE_MS: u64 = 1_000;
 /// `SESSION_TERM_GRACE_MS`: after SIGTERM to the process group, time before SIGKILL.
@@ -135,6 +139,9 @@ pub struct Cli {
     /// Largest callback retry delay in ms [default: 60000].
     #[arg(long, env = "CALLBACK_MAX_BACKOFF_MS")]
     pub callback_max_backoff_ms: Option<u64>,
+    /// Seconds after the TASK_INFO subtask's terminal callback to send it once more [default: 5; 0 = never].
+    #[arg(long, env = "TASK_INFO_TERMINAL_REPEAT_SECS")]
+    pub task_info_terminal_repeat_secs: Option<u64>,
     /// ms the CLI gets to exit after stdin closes [default: 1000].
     #[arg(long, env = "SESSION_EOF_GRACE_MS")]
     pub session_eof_grace_ms: Option<u64>,
@@ -243,6 +250,7 @@ pub struct FileConfig {
     max_sessions: Option<usize>,
     body_timeout_secs: Option<u64>,
     callback_spool_dir: Option<PathBuf>,
+    task_info_terminal_repeat_secs: Option<u64>,
     max_line_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     task_api_domain: Option<String>,
@@ -459,6 +467,11 @@ impl Settings {
                     cli.callback_max_backoff_ms,
                     file.callback_max_backoff_ms,
                     DEFAULT_CALLBACK_MAX_BACKOFF_MS,
+                )),
+                terminal_repeat_delay: Duration::from_secs(pick(
+                    cli.task_info_terminal_repeat_secs,
+                    file.task_info_terminal_repeat_secs,
+                    DEFAULT_TASK_INFO_TERMINAL_REPEAT_SECS,
                 )),
             },
             claude: ClaudeConfig {

@@ -117,7 +117,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let runtime = Runtime::start(settings.runtime.clone()).await?;
     if let Some(spec) = task_info {
         // Before serving, as the original: the task is under way when the port opens.
-        let outcome = runtime.execute(spec).await?;
+        let outcome = runtime.execute_task_info(spec).await?;
         tracing::info!("Task execution status: {outcome:?}");
     }
     tracing::info!(

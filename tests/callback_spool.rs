@@ -1,6 +1,11 @@
 //! Callbacks are never lost: while the receiver is down they wait in the on-disk spool; if the
 //! executor is killed (SIGKILL) and restarted on the same workspace, they are replayed, each
 //! exactly once per (subtask, sequence) and in order; a drained spool leaves no files behind.
+//! When the spool cannot be written, callbacks go out from memory (degraded, counted, `/ready`
+//! false) and the spool is used again as soon as it works; an unusable spool directory at
+//! start-up is a clear error naming it.
+//!
+//! `EXECUTOR_UNDER_TEST=<path>` runs the tests against another build of the executor.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
@@ -15,6 +20,29 @@ const ENV: &[(&str, &str)] = &[
     ("CALLBACK_MAX_BACKOFF_MS", "100"),
     ("CALLBACK_MAX_RETRIES", "100000"),
 ];
+
+fn program(o: ExecutorOptions) -> ExecutorOptions {
+    match std::env::var_os("EXECUTOR_UNDER_TEST") {
+        Some(p) => o.program(p),
+        None => o,
+    }
+}
+
+async fn metric(exec: &Executor, name: &str) -> Option<u64> {
+    let text = exec
+        .client()
+        .get(exec.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
 
 fn spool_text(ws: &std::path::Path) -> String {
     let dir = ws.join(".callback-spool");
@@ -62,8 +90,9 @@ async fn callbacks_survive_a_down_receiver_and_an_executor_crash() {
         spool_text(ws.path()),
         exec.logs_tail(30)
     );
-    let events_spooled = spool_text(ws.path()).lines().count();
     exec.kill();
+    // Counted once the executor is dead: nothing can be appended any more.
+    let events_spooled = spool_text(ws.path()).lines().count();
     for pid in processes_in(ws.path()) {
         common::procs::signal(pid, libc::SIGKILL);
     }
@@ -74,17 +103,16 @@ async fn callbacks_survive_a_down_receiver_and_an_executor_crash() {
         let done = rx.wait_terminal(t, s, Duration::from_secs(15)).await;
         assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     }
-    rx.wait_for(Duration::from_secs(15), |cbs| cbs.len() >= events_spooled)
+    // The interrupted subtask's events are replayed too, then it ends with one FAILED.
+    let ended = rx.wait_terminal(3, 1, Duration::from_secs(15)).await;
+    assert_eq!(ended["status"], "FAILED", "{}", rx.dump());
+    rx.wait_for(Duration::from_secs(15), |cbs| cbs.len() > events_spooled)
         .await;
     let got = rx.received();
-    assert!(
-        got.iter().any(|c| c.body["task_id"] == 3),
-        "the interrupted subtask's events are replayed too"
-    );
     assert_eq!(
         got.len(),
-        events_spooled,
-        "each spooled event exactly once: {}",
+        events_spooled + 1,
+        "each spooled event exactly once, plus the interrupted subtask's FAILED: {}",
         rx.dump()
     );
     let mut seqs: HashMap<(i64, i64), Vec<u64>> = HashMap::new();
@@ -119,4 +147,87 @@ async fn the_spool_is_empty_when_the_receiver_keeps_up() {
     run_task(&exec, &rx, 3, 1, "hi").await;
     let ws = exec.workspace().to_path_buf();
     assert!(wait_until(Duration::from_secs(5), || spool_text(&ws).is_empty()).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spool_that_cannot_be_written_degrades_to_memory_and_recovers() {
+    let rx = CallbackReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("CALLBACK_SPOOL_DIR", spool.display().to_string());
+    let exec = Executor::start(program(opts)).await;
+    assert_eq!(
+        run_task(&exec, &rx, 1, 1, "healthy").await["status"],
+        "COMPLETED"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_dir(&spool)
+            .is_ok_and(|d| d.count() == 0))
+        .await
+    );
+
+    // Appends now fail for root too: the directory is gone and a file sits at its path.
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+    let done = run_task(&exec, &rx, 2, 1, "while the spool is broken").await;
+    assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    let events = rx.for_subtask(2, 1);
+    assert!(events.len() >= 3, "progress too: {}", rx.dump());
+    assert_eq!(events.iter().filter(|c| is_terminal(c)).count(), 1);
+    assert!(
+        is_terminal(events.last().unwrap()),
+        "in order: {}",
+        rx.dump()
+    );
+    assert!(metric(&exec, "executor_callback_spool_failures_total").await >= Some(3));
+    assert_eq!(
+        metric(&exec, "executor_callback_spool_degraded").await,
+        Some(1)
+    );
+    let (status, body) = exec.get("/ready").await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let errors = exec
+        .logs()
+        .iter()
+        .filter(|l| l.contains("ERROR") && l.contains("cannot be written"))
+        .count();
+    assert_eq!(errors, 1, "logged once per cause:\n{}", exec.logs_tail(40));
+
+    // The disk is fixed: the next events are spooled again and the executor is ready.
+    std::fs::remove_file(&spool).unwrap();
+    assert_eq!(
+        run_task(&exec, &rx, 3, 1, "spool back").await["status"],
+        "COMPLETED"
+    );
+    assert_eq!(
+        metric(&exec, "executor_callback_spool_degraded").await,
+        Some(0)
+    );
+    let (status, body) = exec.get("/ready").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert!(spool.is_dir());
+}
+
+#[tokio::test]
+async fn an_unusable_spool_directory_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let spool = file.join("spool");
+    let opts = ExecutorOptions::new()
+        .callback_url("http://127.0.0.1:9/callback")
+        .env("CALLBACK_SPOOL_DIR", spool.display().to_string());
+    let failure = Executor::try_start(program(opts))
+        .await
+        .err()
+        .expect("start-up must fail");
+    let text = failure.logs.join("\n");
+    assert!(
+        text.contains(&spool.display().to_string()) && !text.contains("panicked"),
+        "{failure}"
+    );
+    assert!(failure.status.is_some_and(|s| !s.success()), "{failure}");
 }

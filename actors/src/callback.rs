@@ -6,21 +6,27 @@
 //! receiver is down; the actor itself only keeps offsets. Spool writes and POSTs run in tasks
 //! that report back with messages, so the actor never waits on disk or network and an HTTP route
 //! never waits on a slow receiver. The relay also enforces the contract's terminal rule in one
-//! place: after a subtask's terminal event nothing more is sent for it.
+//! place: after a subtask's terminal event nothing more is sent for it (one exception, the
+//! `TASK_INFO` subtask's single repeat, see [`CallbackMsg::RepeatTerminal`]).
+//!
+//! When the spool cannot be written (disk full, no fds, directory gone) the relay is degraded:
+//! events wait in memory instead (bounded by [`DEGRADED_MEMORY_BYTES`]), keep their order, make
+//! `/ready` false, and the relay recovers by itself on the first append that works again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use std::sync::atomic::Ordering;
-
+pub use crate::callback_flow::DEGRADED_MEMORY_BYTES;
+use crate::callback_flow::{Outgoing, TaskQueue};
 use crate::config::CallbackConfig;
-use crate::delivery::deliver;
 use crate::events::EventBus;
 use crate::metrics::METRICS;
-use crate::payload::{CallbackPayload, TraceContext};
-use crate::spool::{read_record, Spool};
+use crate::payload::{CallbackPayload, TaskStatus};
+use crate::spool::{Append, Recovery, Spool};
+use crate::unfinished::{Unfinished, RESTARTED_MESSAGE};
 
 /// How many finished subtasks the relay remembers to drop late events for them.
 const TERMINAL_MEMORY: usize = 10_000;
@@ -36,71 +42,48 @@ pub enum CallbackMsg {
         /// New end of the file, or the write error.
         end: Result<u64, String>,
     },
-    /// A delivery task finished with the record before offset `next` (delivered or given up).
+    /// A delivery task finished with a record (delivered or given up).
     Done {
         /// Whose queue advances.
         task_id: i64,
-        /// Offset of the next record.
-        next: u64,
+        /// Offset of the next spooled record, or `None` for a record delivered from memory.
+        next: Option<u64>,
     },
     /// Answer once every queued event has been delivered or given up (used at shutdown).
     Flush(RpcReplyPort<()>),
+    /// The subtask is the `TASK_INFO` one (executor_manager started the container for it and
+    /// reports a late `RUNNING` of its own): its terminal is sent once more after
+    /// `CallbackConfig::terminal_repeat_delay`, so the backend ends at the terminal state.
+    RepeatTerminal {
+        /// Its task.
+        task_id: i64,
+        /// The subtask.
+        subtask_id: i64,
+    },
+    /// The delayed repeat of a terminal, with the sequence number it goes out with.
+    Repeat(Box<CallbackPayload>, u64),
 }
 
 /// The relay actor; see the module docs.
 pub struct CallbackRelay;
 
-/// A task's events waiting in its spool file.
-#[derive(Debug, Default)]
-struct TaskQueue {
-    read: u64,
-    write: u64,
-    appending: usize,
-    in_flight: bool,
-    since_ack: u32,
-    /// Bodies sent to the spool whose append is not confirmed yet, in order.
-    unconfirmed: VecDeque<Outgoing>,
-    /// Spooled records still in memory, so delivery need not read them back from disk.
-    cache: VecDeque<Cached>,
-}
-
-/// A spooled record kept in memory: bytes `start..end` of the task's file.
-#[derive(Debug)]
-struct Cached {
-    start: u64,
-    end: u64,
-    out: Outgoing,
-}
-
-/// An event on its way: the serialised payload and what is sent with it.
-#[derive(Debug, Clone)]
-struct Outgoing {
-    body: Arc<Vec<u8>>,
-    seq: u64,
-    trace: TraceContext,
-    queued: std::time::Instant,
-}
-
-/// Most bytes of spooled bodies kept in memory; beyond it delivery reads them from disk, so a
-/// long receiver outage costs disk, not memory.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
-
-/// Deliveries between two writes of a task's acknowledgement (a crash may resend at most
-/// this many; `X-Callback-Sequence` lets the receiver drop them).
-const ACK_EVERY: u32 = 16;
-
 /// State of the [`CallbackRelay`].
 pub struct RelayState {
-    events: EventBus,
-    cfg: Arc<CallbackConfig>,
-    client: reqwest::Client,
-    spool: Option<Spool>,
-    queues: HashMap<i64, TaskQueue>,
-    next_seq: HashMap<(i64, i64), u64>,
+    pub(crate) events: EventBus,
+    pub(crate) cfg: Arc<CallbackConfig>,
+    pub(crate) client: reqwest::Client,
+    pub(crate) spool: Option<Spool>,
+    pub(crate) queues: HashMap<i64, TaskQueue>,
+    pub(crate) next_seq: HashMap<(i64, i64), u64>,
     finished: HashSet<(i64, i64)>,
     finished_order: VecDeque<(i64, i64)>,
-    flush_waiters: Vec<RpcReplyPort<()>>,
-    cached_bytes: usize,
+    pub(crate) flush_waiters: Vec<RpcReplyPort<()>>,
+    pub(crate) cached_bytes: usize,
+    /// Bytes of events waiting in memory because the spool failed.
+    pub(crate) memory_bytes: usize,
+    /// Why the spool fails, while it does (logged once per cause).
+    pub(crate) degraded: Option<String>,
+    repeat: HashSet<(i64, i64)>,
 }
 
 impl Actor for CallbackRelay {
@@ -125,6 +108,9 @@ impl Actor for CallbackRelay {
             finished_order: VecDeque::new(),
             flush_waiters: Vec::new(),
             cached_bytes: 0,
+            memory_bytes: 0,
+            degraded: None,
+            repeat: HashSet::new(),
         };
         if st.cfg.url.is_some() {
             let relay = me.clone();
@@ -132,25 +118,9 @@ impl Actor for CallbackRelay {
                 let end = end.map_err(|e| e.to_string());
                 let _ = relay.cast(CallbackMsg::Appended { task_id, end });
             };
-            let (spool, recovered) = Spool::open(st.cfg.spool_dir.clone(), notify).await?;
-            for r in recovered {
-                tracing::info!(
-                    "task {}: replaying undelivered callbacks from the spool",
-                    r.task_id
-                );
-                for (subtask, seq) in r.last_seq {
-                    st.next_seq.insert((r.task_id, subtask), seq);
-                }
-                st.queues.insert(
-                    r.task_id,
-                    TaskQueue {
-                        read: r.read,
-                        write: r.write,
-                        ..TaskQueue::default()
-                    },
-                );
-            }
+            let (spool, recovery) = Spool::open(st.cfg.spool_dir.clone(), notify).await?;
             st.spool = Some(spool);
+            st.recover(recovery);
             let ids: Vec<i64> = st.queues.keys().copied().collect();
             for id in ids {
                 st.start_delivery(&me, id);
@@ -166,7 +136,7 @@ impl Actor for CallbackRelay {
         st: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CallbackMsg::Send(payload) => st.enqueue(&payload),
+            CallbackMsg::Send(payload) => st.enqueue(&me, &payload),
             CallbackMsg::Appended { task_id, end } => st.on_appended(&me, task_id, end),
             CallbackMsg::Done { task_id, next } => st.on_done(&me, task_id, next),
             CallbackMsg::Flush(reply) => {
@@ -176,14 +146,64 @@ impl Actor for CallbackRelay {
                     st.flush_waiters.push(reply);
                 }
             }
+            CallbackMsg::RepeatTerminal {
+                task_id,
+                subtask_id,
+            } => {
+                st.repeat.insert((task_id, subtask_id));
+            }
+            CallbackMsg::Repeat(p, seq) => {
+                tracing::info!(
+                    "task {}.{}: repeating the terminal {} callback (after executor_manager's late report)",
+                    p.task_id,
+                    p.subtask_id,
+                    p.status.as_str()
+                );
+                st.push(&p, seq, None, None);
+            }
         }
         Ok(())
     }
 }
 
 impl RelayState {
-    fn enqueue(&mut self, p: &CallbackPayload) {
+    /// Takes over what an earlier run left: undelivered events are replayed, and every
+    /// accepted subtask without a terminal gets one `FAILED` (before any new work).
+    fn recover(&mut self, recovery: Recovery) {
+        for r in recovery.tasks {
+            tracing::info!(
+                "task {}: replaying undelivered callbacks from the spool",
+                r.task_id
+            );
+            for (subtask, seq) in r.last_seq {
+                self.next_seq.insert((r.task_id, subtask), seq);
+            }
+            self.queues
+                .insert(r.task_id, TaskQueue::recovered(r.read, r.write));
+        }
+        for (u, seq) in recovery.unfinished {
+            tracing::warn!(
+                "task {}.{}: the executor stopped while this subtask ran; reporting it FAILED",
+                u.task_id,
+                u.subtask_id
+            );
+            self.next_seq.insert((u.task_id, u.subtask_id), seq - 1);
+            let p = u
+                .context()
+                .payload(100, TaskStatus::Failed, RESTARTED_MESSAGE, None);
+            self.accept(None, &p);
+        }
+    }
+
+    fn enqueue(&mut self, me: &ActorRef<CallbackMsg>, p: &CallbackPayload) {
+        self.accept(Some(me), p);
+    }
+
+    /// The relay's rules for one new event: the terminal rule, metrics, the live event stream,
+    /// sequence numbers and the record of unfinished subtasks.
+    fn accept(&mut self, me: Option<&ActorRef<CallbackMsg>>, p: &CallbackPayload) {
         let key = (p.task_id, p.subtask_id);
+        let terminal = p.status.is_terminal();
         if self.finished.contains(&key) {
             tracing::debug!(
                 "dropping {} callback for finished subtask {}.{}",
@@ -193,11 +213,45 @@ impl RelayState {
             );
             return;
         }
-        if p.status.is_terminal() {
+        if terminal {
             METRICS.subtask_ended(p.status);
             p.trace.span.end(p.status.as_str());
             self.remember_finished(key);
         }
+        match serde_json::to_string(p) {
+            Ok(json) => self.events.publish(p.task_id, p.subtask_id, json, terminal),
+            Err(e) => {
+                tracing::error!("cannot serialise callback for task {}: {e}", p.task_id);
+                return;
+            }
+        }
+        if self.spool.is_none() {
+            return;
+        }
+        let first = !self.next_seq.contains_key(&key);
+        let seq = {
+            let s = self.next_seq.entry(key).or_insert(0);
+            *s += 1;
+            *s
+        };
+        if terminal {
+            self.next_seq.remove(&key);
+            if let (true, Some(me)) = (self.repeat.remove(&key), me) {
+                self.schedule_repeat(me, p, seq + 1);
+            }
+        }
+        let opens = (first && !terminal).then(|| Unfinished::of(p));
+        self.push(p, seq, opens, terminal.then_some(p.subtask_id));
+    }
+
+    /// Queues one record for the spool (and delivery once it is appended).
+    fn push(
+        &mut self,
+        p: &CallbackPayload,
+        seq: u64,
+        opens: Option<Unfinished>,
+        closes: Option<i64>,
+    ) {
         let body = match serde_json::to_vec(p) {
             Ok(b) => Arc::new(b),
             Err(e) => {
@@ -205,21 +259,7 @@ impl RelayState {
                 return;
             }
         };
-        let json = String::from_utf8_lossy(&body).into_owned();
-        self.events
-            .publish(p.task_id, p.subtask_id, json, p.status.is_terminal());
-        if self.spool.is_none() {
-            return;
-        }
-        let seq = {
-            let s = self.next_seq.entry(key).or_insert(0);
-            *s += 1;
-            *s
-        };
-        if p.status.is_terminal() {
-            self.next_seq.remove(&key);
-        }
-        // The record line embeds the serialised body as is (serialised once).
+        // The record line embeds the serialised body as is.
         let head = serde_json::json!({"seq": seq, "subtask_id": p.subtask_id,
             "request_id": p.trace.request_id, "traceparent": p.trace.traceparent});
         let mut line = head.to_string().into_bytes();
@@ -234,130 +274,32 @@ impl RelayState {
             seq,
             trace: p.trace.clone(),
             queued: std::time::Instant::now(),
+            closes,
+            terminal: p.status.is_terminal(),
         });
         METRICS
             .callback_queued_tasks
             .store(self.queues.len() as u64, Ordering::Relaxed);
         if let Some(spool) = &self.spool {
-            spool.append(p.task_id, line);
-        }
-    }
-
-    fn on_appended(&mut self, me: &ActorRef<CallbackMsg>, task_id: i64, end: Result<u64, String>) {
-        let Some(q) = self.queues.get_mut(&task_id) else {
-            return;
-        };
-        q.appending = q.appending.saturating_sub(1);
-        let sent = q.unconfirmed.pop_front();
-        match end {
-            Ok(end) => {
-                let start = q.write;
-                q.write = end;
-                if let Some(out) = sent {
-                    if self.cached_bytes + out.body.len() <= CACHE_BYTES {
-                        self.cached_bytes += out.body.len();
-                        q.cache.push_back(Cached { start, end, out });
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!("[CALLBACK_FAIL] task_id={task_id}: cannot spool a callback: {e}")
-            }
-        }
-        if !q.in_flight {
-            self.start_delivery(me, task_id);
-        }
-    }
-
-    fn on_done(&mut self, me: &ActorRef<CallbackMsg>, task_id: i64, next: u64) {
-        if let Some(q) = self.queues.get_mut(&task_id) {
-            q.in_flight = false;
-            q.read = next.max(q.read);
-            while q.cache.front().is_some_and(|c| c.end <= q.read) {
-                if let Some(c) = q.cache.pop_front() {
-                    self.cached_bytes = self.cached_bytes.saturating_sub(c.out.body.len());
-                }
-            }
-            q.since_ack += 1;
-            if q.since_ack >= ACK_EVERY && q.read < q.write {
-                q.since_ack = 0;
-                if let Some(spool) = &self.spool {
-                    spool.ack(task_id, q.read);
-                }
-            }
-        }
-        self.start_delivery(me, task_id);
-    }
-
-    /// Starts delivering the task's next record, or retires a drained queue.
-    fn start_delivery(&mut self, me: &ActorRef<CallbackMsg>, task_id: i64) {
-        let (Some(q), Some(spool), Some(url)) = (
-            self.queues.get_mut(&task_id),
-            &self.spool,
-            self.cfg.url.clone(),
-        ) else {
-            return;
-        };
-        if q.in_flight {
-            return;
-        }
-        if q.read >= q.write {
-            if q.appending == 0 {
-                self.queues.remove(&task_id);
-                METRICS
-                    .callback_queued_tasks
-                    .store(self.queues.len() as u64, Ordering::Relaxed);
-                spool.remove(task_id);
-                if self.queues.is_empty() {
-                    for w in self.flush_waiters.drain(..) {
-                        let _ = w.send(());
-                    }
-                }
-            }
-            return;
-        }
-        q.in_flight = true;
-        let (offset, write) = (q.read, q.write);
-        if let Some(c) = q.cache.front().filter(|c| c.start == offset) {
-            let (out, next) = (c.out.clone(), c.end);
-            let (client, cfg, me) = (self.client.clone(), self.cfg.clone(), me.clone());
-            tokio::spawn(async move {
-                deliver(&client, &url, &out.body, out.seq, &out.trace, &cfg, task_id).await;
-                METRICS.relay.observe(out.queued.elapsed().as_secs_f64());
-                let _ = me.cast(CallbackMsg::Done { task_id, next });
+            spool.append(Append {
+                task_id: p.task_id,
+                line,
+                opens,
+                closes,
             });
-            return;
         }
-        let (client, cfg, dir, me) = (
-            self.client.clone(),
-            self.cfg.clone(),
-            spool.dir().to_path_buf(),
+    }
+
+    /// Sends the terminal once more after the configured delay (the `TASK_INFO` subtask).
+    fn schedule_repeat(&self, me: &ActorRef<CallbackMsg>, p: &CallbackPayload, seq: u64) {
+        let (me, p, delay) = (
             me.clone(),
+            Box::new(p.clone()),
+            self.cfg.terminal_repeat_delay,
         );
         tokio::spawn(async move {
-            let next = match read_record(&dir, task_id, offset).await {
-                Ok((Some(rec), next)) => {
-                    let body = serde_json::to_vec(&rec.body).unwrap_or_default();
-                    let trace = TraceContext {
-                        request_id: rec.request_id,
-                        traceparent: rec.traceparent,
-                        ..Default::default()
-                    };
-                    deliver(&client, &url, &body, rec.seq, &trace, &cfg, task_id).await;
-                    next
-                }
-                Ok((None, next)) => {
-                    tracing::error!("callback spool of task {task_id}: skipping a corrupt record");
-                    next
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "callback spool of task {task_id} unreadable ({e}); dropping its events"
-                    );
-                    write
-                }
-            };
-            let _ = me.cast(CallbackMsg::Done { task_id, next });
+            tokio::time::sleep(delay).await;
+            let _ = me.cast(CallbackMsg::Repeat(p, seq));
         });
     }
 

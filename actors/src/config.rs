@@ -50,6 +50,10 @@ pub struct CallbackConfig {
     pub max_backoff: Duration,
     /// Where undelivered events are kept (survives restarts).
     pub spool_dir: PathBuf,
+    /// `TASK_INFO_TERMINAL_REPEAT_SECS`: how long after the `TASK_INFO` subtask's terminal
+    /// callback it is sent once more, after executor_manager's late `RUNNING` report (its 2 s
+    /// container health check); zero disables the repeat.
+    pub terminal_repeat_delay: Duration,
 }
 
 /// How the Claude Code CLI is run and stopped.
@@ -217,6 +221,7 @@ impl RuntimeConfig {
                 initial_backoff: Duration::from_millis(500),
                 max_backoff: Duration::from_secs(30),
                 spool_dir: std::env::temp_dir().join("executor-spool"),
+                terminal_repeat_delay: Duration::from_secs(5),
             },
             claude: ClaudeConfig {
                 bin: PathBuf::from("claude"),

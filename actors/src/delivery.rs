@@ -138,6 +138,7 @@ mod tests {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
             spool_dir: std::path::PathBuf::from("/tmp"),
+            terminal_repeat_delay: Duration::ZERO,
         };
         assert!(backoff(&cfg, 1) <= Duration::from_millis(100));
         assert!(backoff(&cfg, 3) >= Duration::from_millis(200));

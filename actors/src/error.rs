@@ -60,6 +60,9 @@ pub enum SupervisorError {
     /// The supervisor (or the whole runtime) is gone, e.g. during shutdown.
     #[error("the executor runtime is not available: {0}")]
     Unavailable(String),
+    /// The callback spool directory cannot be created or written at start-up.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolDirError),
     /// A session actor could not be spawned.
     #[error("could not start a session for task {task_id}: {reason}")]
     SessionSpawn {

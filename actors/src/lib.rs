@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod callback;
+pub mod callback_flow;
 pub mod capacity;
 pub mod child;
 pub mod config;
@@ -26,7 +27,9 @@ pub mod payload;
 pub mod runtime;
 pub mod session;
 pub mod spool;
+pub mod spool_recovery;
 pub mod supervisor;
 pub mod task;
 pub mod trace;
+pub mod unfinished;
 pub mod workspace;

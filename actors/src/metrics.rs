@@ -55,6 +55,12 @@ pub struct Metrics {
     pub callback_failures: AtomicU64,
     /// Tasks with callbacks waiting in the spool.
     pub callback_queued_tasks: AtomicU64,
+    /// Events the spool could not take (delivered from memory instead).
+    pub callback_spool_failures: AtomicU64,
+    /// 1 while the spool cannot be written (degraded: events wait in memory), else 0.
+    pub callback_spool_degraded: AtomicU64,
+    /// Progress events dropped because the spool failed and the memory cap was reached.
+    pub callback_dropped: AtomicU64,
     /// HTTP request latency.
     pub http: Histogram,
     /// Event relay latency: a callback produced (from a CLI line) → accepted by the receiver.
@@ -71,6 +77,26 @@ impl Metrics {
             TaskStatus::Running => return,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether callbacks are delivered from memory because the spool fails (not ready).
+    pub fn spool_degraded(&self) -> bool {
+        self.callback_spool_degraded.load(Ordering::Relaxed) != 0
+    }
+
+    /// The spool's metrics as `(name, kind, help, value)`, for the `/metrics` page.
+    pub fn spool_lines(&self) -> [(&'static str, &'static str, &'static str, u64); 3] {
+        [
+            ("executor_callback_spool_failures_total", "counter",
+             "Callbacks the spool could not write (delivered from memory instead).",
+             Self::get(&self.callback_spool_failures)),
+            ("executor_callback_spool_degraded", "gauge",
+             "1 while the callback spool cannot be written.",
+             Self::get(&self.callback_spool_degraded)),
+            ("executor_callback_dropped_total", "counter",
+             "Progress callbacks dropped (spool failing and memory cap reached); never terminals.",
+             Self::get(&self.callback_dropped)),
+        ]
     }
 
     /// Reads a counter.

@@ -6,6 +6,21 @@ use serde_json::Value;
 use crate::config::RuntimeConfig;
 use crate::task::TaskSpec;
 
+/// Most characters of the prompt a progress callback carries (in the workbench's
+/// `originalPrompt`, and as the `summary` of an untitled subtask). The full prompt goes out once,
+/// in the subtask's terminal callback, so a 10 MB prompt costs 10 MB once per subtask instead of
+/// twice per callback.
+pub const PROGRESS_PROMPT_CHARS: usize = 4096;
+
+/// The prompt as a callback carries it: whole in a terminal one, else its first
+/// [`PROGRESS_PROMPT_CHARS`] characters.
+pub fn prompt_for(prompt: &str, terminal: bool) -> &str {
+    match prompt.char_indices().nth(PROGRESS_PROMPT_CHARS) {
+        Some((cut, _)) if !terminal => &prompt[..cut],
+        _ => prompt,
+    }
+}
+
 /// Status values the executor sends (the backend rejects any other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -174,6 +189,17 @@ mod tests {
                    "executor_name": "exec-1", "progress": 50, "status": "RUNNING",
                    "error_message": "Task execution started"})
         );
+    }
+
+    #[test]
+    fn the_prompt_is_whole_only_in_terminal_callbacks() {
+        let long = "é".repeat(PROGRESS_PROMPT_CHARS + 10);
+        assert_eq!(
+            prompt_for(&long, false).chars().count(),
+            PROGRESS_PROMPT_CHARS
+        );
+        assert_eq!(prompt_for(&long, true), long);
+        assert_eq!(prompt_for("short", false), "short");
     }
 
     #[test]

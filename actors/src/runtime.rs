@@ -50,6 +50,12 @@ impl Runtime {
             tracing::warn!("ended {left} process(es) left running by an earlier executor");
         }
         let unavailable = |e: ractor::SpawnErr| SupervisorError::Unavailable(e.to_string());
+        if cfg.callback.url.is_some() {
+            let dir = cfg.callback.spool_dir.clone();
+            tokio::task::spawn_blocking(move || crate::spool::check_dir(&dir))
+                .await
+                .map_err(|e| SupervisorError::Unavailable(e.to_string()))??;
+        }
         let events = EventBus::default();
         let (callbacks, _) =
             Actor::spawn(None, CallbackRelay, (cfg.callback.clone(), events.clone()))
@@ -116,6 +122,11 @@ impl Runtime {
             .is_some_and(|cap| self.index.len() >= cap)
         {
             (false, "at the session cap")
+        } else if crate::metrics::METRICS.spool_degraded() {
+            (
+                false,
+                "the callback spool cannot be written; callbacks wait in memory",
+            )
         } else {
             (true, "accepting tasks")
         }
@@ -146,6 +157,21 @@ impl Runtime {
         let ms = EXECUTE_TIMEOUT.as_millis() as u64;
         ractor::call_t!(self.supervisor, SupervisorMsg::Execute, ms, Box::new(spec))
             .map_err(|e| SupervisorError::Unavailable(e.to_string()))
+    }
+
+    /// Runs the `TASK_INFO` subtask: like [`Runtime::execute`], and its terminal callback is
+    /// repeated once after executor_manager's late report (see [`CallbackMsg::RepeatTerminal`]).
+    pub async fn execute_task_info(
+        &self,
+        spec: TaskSpec,
+    ) -> Result<ExecuteOutcome, SupervisorError> {
+        if !self.cfg.callback.terminal_repeat_delay.is_zero() {
+            let _ = self.callbacks.cast(CallbackMsg::RepeatTerminal {
+                task_id: spec.task_id,
+                subtask_id: spec.subtask_id,
+            });
+        }
+        self.execute(spec).await
     }
 
     /// Cancels what a task is running.

@@ -82,6 +82,9 @@ fn render(rt: &Runtime) -> String {
         "Tasks with callbacks waiting in the spool.",
         Metrics::get(&m.callback_queued_tasks),
     );
+    for (name, kind, help, v) in m.spool_lines() {
+        single(&mut out, name, kind, help, v);
+    }
     single(
         &mut out,
         "executor_agent_processes",

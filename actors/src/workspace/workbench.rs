@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::payload::prompt_for;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -223,6 +224,8 @@ pub struct Workbench {
     repo: Option<RepoState>,
     snapshot: GitSnapshot,
     latest_text: String,
+    /// Kept apart from `base`: in full only in the terminal callback (see [`prompt_for`]).
+    prompt: String,
 }
 
 /// What a workbench is made from.
@@ -249,16 +252,17 @@ impl Workbench {
         let base = json!({
             "taskTitle": info.task_title, "taskNumber": info.task_id.to_string(),
             "repository": info.repository, "branch": info.branch, "sessions": 1,
-            "premiumRequests": 0, "changes": [], "originalPrompt": info.prompt,
+            "premiumRequests": 0, "changes": [], "originalPrompt": "",
             "git_domain": info.git_domain,
             "git_type": if info.git_domain.contains("github.com") { "github" } else { "gitlab" },
-            "summary": if info.subtask_title.is_empty() { info.prompt } else { info.subtask_title },
+            "summary": if info.subtask_title.is_empty() { prompt_for(info.prompt, false) } else { info.subtask_title },
         });
         Self {
             base,
             repo,
             snapshot: GitSnapshot::default(),
             latest_text: String::new(),
+            prompt: info.prompt.to_string(),
         }
     }
 
@@ -279,6 +283,7 @@ impl Workbench {
         let now = chrono_now();
         let mut v = self.base.clone();
         v["status"] = json!(status);
+        v["originalPrompt"] = json!(prompt_for(&self.prompt, status != "running"));
         v["lastUpdated"] = json!(now);
         v["completedTime"] = json!(if status == "running" {
             String::new()
