@@ -183,6 +183,7 @@ impl Actor for CallbackRelay {
 
 impl RelayState {
     fn enqueue(&mut self, p: &CallbackPayload) {
+        let p = &crate::mask::mask_payload(p); // one masking pass for callbacks, spool and SSE
         let key = (p.task_id, p.subtask_id);
         if self.finished.contains(&key) {
             tracing::debug!(

@@ -76,6 +76,10 @@ pub struct SpawnSpec {
     pub max_line_bytes: usize,
     /// Unique tag put in the environment of the process (and so of its descendants).
     pub marker: String,
+    /// Run as this user id (`AGENT_UID`); `None` keeps the executor's.
+    pub uid: Option<u32>,
+    /// Run with this group id (`AGENT_GID`); supplementary groups are dropped with it.
+    pub gid: Option<u32>,
 }
 
 /// A running agent subprocess; see the module docs.
@@ -105,6 +109,13 @@ impl AgentProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(gid) = spec.gid {
+            cmd.gid(gid);
+        }
+        if let Some(uid) = spec.uid {
+            // std drops the supplementary groups too when root changes the uid.
+            cmd.uid(uid);
+        }
         let mut child = {
             // Registered before anyone can see it exit: the orphan reaper must never take it.
             let mut managed = family::managed();
@@ -329,7 +340,7 @@ async fn collect_stderr(
 ) {
     let mut lines = BufReader::new(err).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!("agent[{pid}] stderr: {line}");
+        tracing::debug!("agent[{pid}] stderr: {}", crate::mask::mask_text(&line));
         if let Ok(mut t) = tail.lock() {
             if t.len() == STDERR_TAIL_LINES {
                 t.pop_front();
