@@ -25,4 +25,5 @@ pub mod session;
 pub mod spool;
 pub mod supervisor;
 pub mod task;
+mod task_secrets;
 pub mod workspace;
