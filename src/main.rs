@@ -21,10 +21,6 @@ use clap::Parser;
 use crate::config::{Cli, Settings};
 
 fn main() -> ExitCode {
-    // Not dumpable: processes of the same user (agents included) cannot read this process's
-    // environment or memory through /proc or ptrace. Before any thread or secret exists.
-    // SAFETY: prctl with integer arguments only changes this process's own flag.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let cli = Cli::parse();
     let settings = match Settings::load(cli) {
         Ok(s) => s,
@@ -33,6 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    config::security::harden_process(&settings.runtime.security);
     if settings.check_config {
         for line in settings.describe() {
             println!("{line}");

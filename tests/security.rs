@@ -349,3 +349,25 @@ async fn an_idle_session_expires_and_its_conversation_resumes() {
         "the conversation resumes: {argv}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_user_keeps_working_in_its_clone_across_subtasks() {
+    let server = GitServer::start("alice", "git-tok-agent-user");
+    server.create_repo("src", &[("README.md", "hi\n")], &[]);
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("AGENT_UID", "65534")]).await;
+    let tmp = exec.tmp_root().to_path_buf();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o711)).unwrap();
+    for sub in [1, 2] {
+        let body = json!({"task_id": 140, "subtask_id": sub, "prompt": format!("turn {sub}"),
+            "git_url": server.url("src"), "git_domain": "127.0.0.1", "git_repo": "org/src",
+            "user": {"user_name": "alice", "git_token": "git-tok-agent-user"},
+            "bot": [{"shell_type": "ClaudeCode"}]});
+        exec.post_json("/api/tasks/execute", &body).await;
+        let done = rx.wait_terminal(140, sub, FAKE_WAIT).await;
+        assert_eq!(done["status"], "COMPLETED", "subtask {sub}: {done}");
+    }
+    let clone = exec.workspace().join("140/src");
+    let meta = std::fs::metadata(clone.join(".git")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+}
