@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The security settings (agent environment, executor keys, agent user, local clones, expiry).
 #[path = "config_security.rs"]
 pub mod security;
 

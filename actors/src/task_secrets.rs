@@ -71,12 +71,14 @@ mod tests {
 
     #[test]
     fn collects_tokens_keys_and_url_credentials() {
-        let t = TaskSpec::from_value(&json!({"task_id": 1, "prompt": "x", "auth_token": "jwt-backend-1",
+        let t = TaskSpec::from_value(
+            &json!({"task_id": 1, "prompt": "x", "auth_token": "jwt-backend-1",
             "git_url": "https://u:url-pass-1@h/r.git?private_token=query-tok-1",
             "user": {"git_token": "git-tok-1"},
             "bot": [{"shell_type": "ClaudeCode", "agent_config": {"env": {"api_key": "model-key-1",
                      "model_id": "not-a-secret"}},
-                     "mcp_servers": {"gh": {"env": {"GH_TOKEN": "mcp-tok-1", "X": "${PLACE}"}}}}]}))
+                     "mcp_servers": {"gh": {"env": {"GH_TOKEN": "mcp-tok-1", "X": "${PLACE}"}}}}]}),
+        )
         .unwrap();
         let got = t.secret_values(&crate::crypto::TokenCipher::default());
         for want in [
@@ -89,6 +91,8 @@ mod tests {
         ] {
             assert!(got.iter().any(|v| v == want), "{want} in {got:?}");
         }
-        assert!(!got.iter().any(|v| v == "not-a-secret" || v.starts_with("${")));
+        assert!(!got
+            .iter()
+            .any(|v| v == "not-a-secret" || v.starts_with("${")));
     }
 }
