@@ -6,6 +6,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The security settings (agent environment, executor keys, agent user, local clones, expiry).
+#[path = "config_security.rs"]
+pub mod security;
+
 use actors::config::{
     AgnoConfig, CallbackConfig, ClaudeConfig, RuntimeConfig, Secret, StopConfig, WorkspaceConfig,
 };
@@ -195,6 +199,9 @@ pub struct Cli {
     /// Pre-started agno clients kept ready; 0 disables [default: 1].
     #[arg(long, env = "AGNO_POOL_SIZE")]
     pub agno_pool_size: Option<usize>,
+    /// What a task may reach (README "Security").
+    #[command(flatten)]
+    pub security: security::SecurityFlags,
 }
 
 /// Flags of workspace preparation (git, attachments, skills).
@@ -262,6 +269,34 @@ pub struct FileConfig {
     git_clone_timeout_secs: Option<u64>,
     max_attachment_bytes: Option<u64>,
     max_skill_bytes: Option<u64>,
+    agent_env_mode: Option<String>,
+    agent_env_allow: Option<Vec<String>>,
+    agent_env_deny: Option<Vec<String>>,
+    task_env_placeholders: Option<Vec<String>>,
+    executor_key_endpoints: Option<Vec<String>>,
+    agent_user: Option<String>,
+    agent_uid: Option<u32>,
+    agent_gid: Option<u32>,
+    allow_local_clone_dirs: Option<Vec<PathBuf>>,
+    session_idle_expiry_secs: Option<u64>,
+}
+
+impl FileConfig {
+    /// The file's security keys.
+    fn security(&self) -> security::SecurityFile {
+        security::SecurityFile {
+            agent_env_mode: self.agent_env_mode.clone(),
+            agent_env_allow: self.agent_env_allow.clone(),
+            agent_env_deny: self.agent_env_deny.clone(),
+            task_env_placeholders: self.task_env_placeholders.clone(),
+            executor_key_endpoints: self.executor_key_endpoints.clone(),
+            agent_user: self.agent_user.clone(),
+            agent_uid: self.agent_uid,
+            agent_gid: self.agent_gid,
+            allow_local_clone_dirs: self.allow_local_clone_dirs.clone(),
+            session_idle_expiry_secs: self.session_idle_expiry_secs,
+        }
+    }
 }
 
 /// Everything the binary runs with.
@@ -379,6 +414,10 @@ impl Settings {
             format!("AGNO_DB_FILE={}", r.agno.db_file.display()),
             format!("AGNO_POOL_SIZE={}", r.agno.pool_size),
             format!("LOG_LEVEL={}", self.log_level),
+        ]
+        .into_iter()
+        .chain(security::describe(&r.security, r.session_expiry))
+        .chain([
             format!("LOG_FORMAT={}", if self.log_json { "json" } else { "text" }),
             format!(
                 "HEARTBEAT={}",
@@ -392,8 +431,7 @@ impl Settings {
                     "(unset)"
                 }
             ),
-        ]
-        .into_iter()
+        ])
         .chain(self.telemetry.describe())
         .collect()
     }
@@ -405,6 +443,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let executor_env = parse_executor_env(std::env::var("EXECUTOR_ENV").ok())?;
+        let (security, session_expiry) = security::load(&cli.security, &file.security())?;
         let workspace = workspace_config(&cli.workspace, &file)?;
         let agno = agno_config(&cli, &file, &workspace_root_of(&cli, &file));
         let workspace_root = pick(
@@ -516,6 +555,8 @@ impl Settings {
             },
             workspace,
             agno,
+            security,
+            session_expiry,
             stop: StopConfig {
                 eof_grace: ms(pick(
                     cli.session_eof_grace_ms,

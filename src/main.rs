@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    config::security::harden_process(&settings.runtime.security);
     if settings.check_config {
         for line in settings.describe() {
             println!("{line}");

@@ -202,6 +202,7 @@ impl RelayState {
     /// The relay's rules for one new event: the terminal rule, metrics, the live event stream,
     /// sequence numbers and the record of unfinished subtasks.
     fn accept(&mut self, me: Option<&ActorRef<CallbackMsg>>, p: &CallbackPayload) {
+        let p = &crate::mask::mask_payload(p); // one masking pass for callbacks, spool and SSE
         let key = (p.task_id, p.subtask_id);
         let terminal = p.status.is_terminal();
         if self.finished.contains(&key) {

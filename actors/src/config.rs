@@ -126,9 +126,58 @@ pub struct RuntimeConfig {
     pub workspace: WorkspaceConfig,
     /// The Agno agent's client processes.
     pub agno: AgnoConfig,
+    /// What a task may reach: the agent's environment, the executor's credentials, the agent's
+    /// user, local clone sources.
+    pub security: SecurityConfig,
+    /// A session idle (no subtask running) longer than this is closed and forgotten; its
+    /// conversation stays resumable from the workspace (`SESSION_IDLE_EXPIRY_SECS`). `None`
+    /// keeps sessions until they are deleted.
+    pub session_expiry: Option<Duration>,
     /// `AGENT_NICE`: nice increment (with `SCHED_BATCH`) for agent processes and everything
     /// they start, so they never slow the executor's HTTP answers and callbacks; `0` = off.
     pub agent_nice: i32,
+}
+
+/// How the agent's environment is built from the executor's (`AGENT_ENV_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnvMode {
+    /// The executor's environment minus the deny list (the original's behaviour).
+    #[default]
+    Inherit,
+    /// Only an allowlist of the executor's variables (plus `AGENT_ENV_ALLOW`), minus the deny
+    /// list.
+    Strict,
+}
+
+/// The user agent processes run as (`AGENT_UID`/`AGENT_GID` or `AGENT_USER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentUser {
+    /// Numeric user id.
+    pub uid: u32,
+    /// Numeric group id (the user's primary group when only a user is named).
+    pub gid: u32,
+}
+
+/// What a task may reach of the executor (README "Security").
+#[derive(Debug, Clone, Default)]
+pub struct SecurityConfig {
+    /// Inherit (minus the deny list) or strict allowlist.
+    pub env_mode: EnvMode,
+    /// `AGENT_ENV_DENY`: names (or `PREFIX*`) kept from agents on top of the built-in deny list.
+    pub env_deny: Vec<String>,
+    /// `AGENT_ENV_ALLOW`: names (or `PREFIX*`) added to the strict mode's allowlist.
+    pub env_allow: Vec<String>,
+    /// `TASK_ENV_PLACEHOLDERS`: executor variables a task's `"${VAR}"` may read (besides the
+    /// keys of `EXECUTOR_ENV`); never one of the deny list.
+    pub placeholder_vars: Vec<String>,
+    /// `EXECUTOR_KEY_ENDPOINTS`: base URLs a task may name and still get the executor's own
+    /// API key (the executor's own `ANTHROPIC_BASE_URL` always counts).
+    pub key_endpoints: Vec<String>,
+    /// Agents run as this user when set; the task directory is owned by it.
+    pub agent_user: Option<AgentUser>,
+    /// `ALLOW_LOCAL_CLONE_DIRS`: directories a `git_url` may name as a local path or
+    /// `file://` URL; empty refuses every local clone source.
+    pub local_clone_dirs: Vec<PathBuf>,
 }
 
 /// How Agno tasks run: a Python client process (agno 2.1.5) per session, JSON lines over its
@@ -242,6 +291,8 @@ impl RuntimeConfig {
             heartbeat: None,
             workspace: WorkspaceConfig::default(),
             agent_nice: 0,
+            security: SecurityConfig::default(),
+            session_expiry: None,
         }
     }
 }

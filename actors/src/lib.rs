@@ -30,6 +30,7 @@ pub mod spool;
 pub mod spool_recovery;
 pub mod supervisor;
 pub mod task;
+mod task_secrets;
 pub mod trace;
 pub mod unfinished;
 pub mod workspace;

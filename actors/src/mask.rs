@@ -1,7 +1,12 @@
 //! Masking of secrets in anything the executor reports (callback details, error texts): API
-//! keys, bearer tokens, JWTs, private keys, and values of keys whose names say they are secret.
+//! keys, bearer tokens, JWTs, private keys, values of keys whose names say they are secret, and
+//! — whatever they look like — the exact secret values the executor knows: its own credentials
+//! and each task's keys and tokens ([`SecretRegistry`]). Every callback (and so every SSE event)
+//! goes through [`mask_payload`] once, where the relay takes it in.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, RwLock};
+use std::time::Duration;
 
 use regex::Regex;
 use serde_json::Value;
@@ -36,14 +41,14 @@ static PATTERNS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
 /// `key=value` / `"key": "value"` pairs whose key names a secret.
 static KEY_VALUE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
-        r#"(?i)((?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|password|passwd|git[_-]?token|private[_-]?key)["']?\s*[:=]\s*["']?)([^\s"',}]{4,})"#,
+        r#"(?i)((?:api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?token|secret|password|passwd|git[_-]?token|private[_-]?key)["']?\s*[:=]\s*["']?)([^\s"',}]{4,})"#,
     )
     .ok()
 });
 
 /// True for object keys whose values are secrets whatever they look like (`api_key`,
 /// `ANTHROPIC_AUTH_TOKEN`, `git_password`, ...), but not `apiKeySource` or `input_tokens`.
-fn is_secret_key(key: &str) -> bool {
+pub fn is_secret_key(key: &str) -> bool {
     let k: String = key
         .chars()
         .filter(char::is_ascii_alphanumeric)
@@ -92,12 +97,17 @@ pub fn mask_str(s: &str) -> String {
     out
 }
 
-/// Masks secrets everywhere in a JSON value: strings are scanned, and values under
-/// secret-named keys are replaced whole.
+/// Masks the exact secret values the executor knows, then the secret patterns.
+pub fn mask_text(s: &str) -> String {
+    mask_str(&secrets().mask_known(s))
+}
+
+/// Masks secrets everywhere in a JSON value: strings are scanned (known values and patterns),
+/// and values under secret-named keys are replaced whole.
 pub fn mask_value(v: &mut Value) {
     match v {
         Value::String(s) => {
-            let masked = mask_str(s);
+            let masked = mask_text(s);
             if masked != *s {
                 *s = masked;
             }
@@ -113,6 +123,133 @@ pub fn mask_value(v: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// A callback as it may leave the executor: every text field masked.
+pub fn mask_payload(p: &crate::payload::CallbackPayload) -> crate::payload::CallbackPayload {
+    let mut out = p.clone();
+    out.error_message = out.error_message.as_deref().map(mask_text);
+    out.task_title = mask_text(&out.task_title);
+    out.subtask_title = mask_text(&out.subtask_title);
+    if let Some(r) = out.result.as_mut() {
+        mask_value(r);
+    }
+    out
+}
+
+/// Shortest exact value masked: shorter ones would mask ordinary words.
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// How long a finished session's secrets are still masked, for its last callbacks in flight.
+pub const FORGET_DELAY: Duration = Duration::from_secs(30);
+
+/// Executor variables whose values are secrets, masked wherever they appear.
+const EXECUTOR_SECRET_VARS: &[&str] = &[
+    "EXECUTOR_AUTH_TOKEN",
+    "GIT_TOKEN_AES_KEY",
+    "GIT_TOKEN_AES_IV",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "OPENAI_API_KEY",
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+];
+
+/// The executor's own secrets, read once from its environment (and the secret-named keys of
+/// `EXECUTOR_ENV`).
+static EXECUTOR_SECRETS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let mut out: Vec<String> = EXECUTOR_SECRET_VARS
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .collect();
+    if let Some(Value::Object(env)) = std::env::var("EXECUTOR_ENV")
+        .ok()
+        .and_then(|raw| serde_json::from_str(&raw).ok())
+    {
+        out.extend(
+            env.iter()
+                .filter(|(k, _)| is_secret_key(k))
+                .filter_map(|(_, v)| v.as_str().map(str::to_string)),
+        );
+    }
+    out
+});
+
+/// The exact secret values the executor knows: its own (from its environment) and each live
+/// task's (registered when a subtask is accepted, forgotten when its session ends). Values are
+/// only compared, never logged.
+#[derive(Default)]
+pub struct SecretRegistry {
+    tasks: RwLock<HashMap<i64, (u64, Vec<String>)>>,
+}
+
+static REGISTRY: LazyLock<SecretRegistry> = LazyLock::new(SecretRegistry::default);
+
+/// The process-wide registry.
+pub fn secrets() -> &'static SecretRegistry {
+    &REGISTRY
+}
+
+impl SecretRegistry {
+    /// Adds a task's secret values (kept until [`forget_later`](Self::forget_later)).
+    pub fn register(&self, task_id: i64, values: impl IntoIterator<Item = String>) {
+        let Ok(mut tasks) = self.tasks.write() else {
+            return;
+        };
+        let entry = tasks.entry(task_id).or_default();
+        entry.0 += 1;
+        for v in values {
+            let v = v.trim().to_string();
+            if v.len() >= MIN_SECRET_LEN && !entry.1.contains(&v) {
+                entry.1.push(v);
+            }
+        }
+    }
+
+    /// Drops a task's values after [`FORGET_DELAY`], unless it registers new ones meanwhile.
+    pub fn forget_later(&'static self, task_id: i64) {
+        let gen = self.generation(task_id);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            tokio::time::sleep(FORGET_DELAY).await;
+            if let Ok(mut tasks) = self.tasks.write() {
+                if tasks.get(&task_id).map(|e| e.0) == gen {
+                    tasks.remove(&task_id);
+                }
+            }
+        });
+    }
+
+    fn generation(&self, task_id: i64) -> Option<u64> {
+        self.tasks.read().ok()?.get(&task_id).map(|e| e.0)
+    }
+
+    /// `s` with every known value (as is and percent-encoded) replaced by [`MASK`].
+    pub fn mask_known(&self, s: &str) -> String {
+        let mut values: Vec<String> = EXECUTOR_SECRETS
+            .iter()
+            .filter(|v| v.trim().len() >= MIN_SECRET_LEN)
+            .cloned()
+            .collect();
+        if let Ok(tasks) = self.tasks.read() {
+            values.extend(tasks.values().flat_map(|e| e.1.iter().cloned()));
+        }
+        // Longest first: a value containing another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        let mut out = s.to_string();
+        for v in &values {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), MASK);
+            }
+            let encoded = crate::workspace::percent_encode(v);
+            if encoded != *v && out.contains(&encoded) {
+                out = out.replace(&encoded, MASK);
+            }
+        }
+        out
     }
 }
 
@@ -159,5 +296,19 @@ mod tests {
         assert_eq!(init["apiKeySource"], "ANTHROPIC_API_KEY");
         assert_eq!(init["git_password"], MASK);
         assert_eq!(v["text"], MASK);
+    }
+
+    #[test]
+    fn known_values_are_masked_whatever_they_look_like() {
+        let reg = SecretRegistry::default();
+        reg.register(1, ["plain-value-42".to_string(), "abc".to_string()]);
+        assert_eq!(
+            reg.mask_known("got plain-value-42 and plain%2Dvalue abc"),
+            "got *** and plain%2Dvalue abc"
+        );
+        assert_eq!(
+            mask_str("https://h/r.git?private_token=glsecret99"),
+            "https://h/r.git?private_token=***"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
@@ -19,6 +19,15 @@ pub const STARTED_MESSAGE: &str = "Task execution started";
 
 /// How long a cancel waits for the session to acknowledge.
 const CANCEL_ACK_MS: u64 = 5_000;
+
+/// Longest time between two looks for expired sessions (a quarter of the expiry when shorter).
+const MAX_EXPIRY_CHECK: Duration = Duration::from_secs(60);
+
+/// Shortest time between two looks for expired sessions.
+const MIN_EXPIRY_CHECK: Duration = Duration::from_millis(100);
+
+/// Reason given to a session closed for idling longer than `SESSION_IDLE_EXPIRY_SECS`.
+pub const EXPIRED_REASON: &str = "session idle longer than SESSION_IDLE_EXPIRY_SECS";
 
 /// What an execute request came to (the HTTP response is built from it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +94,8 @@ pub enum SupervisorMsg {
     /// cap. Answered with [`SessionMsg::SlotGranted`], or [`SessionMsg::SlotQueued`] first
     /// when every slot is taken.
     WantSlot(i64),
+    /// Close the sessions idle longer than the configured expiry (sent by a timer).
+    ExpireIdle,
 }
 
 /// What the supervisor is started with.
@@ -109,7 +120,9 @@ struct Entry {
     idle: bool,
     /// Granted a slot whose process has not started yet.
     reserved: bool,
-    last_active: std::time::Instant,
+    queued: usize,
+    /// When it last ran or finished something (the idle clock starts here).
+    last_active: Instant,
 }
 
 impl Entry {
@@ -135,9 +148,13 @@ impl Actor for Supervisor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<SupervisorMsg>,
+        me: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        if let Some(expiry) = args.cfg.session_expiry {
+            let period = (expiry / 4).clamp(MIN_EXPIRY_CHECK, MAX_EXPIRY_CHECK);
+            me.send_interval(period, || SupervisorMsg::ExpireIdle);
+        }
         Ok(SupervisorState {
             args,
             sessions: HashMap::new(),
@@ -165,10 +182,9 @@ impl Actor for Supervisor {
                     e.live = u.live;
                     // A reservation lasts until the process runs or the subtask is over.
                     e.reserved = e.reserved && !u.live && u.current.is_some();
-                    e.idle = u.status != SessionStatus::Running;
-                    if !e.idle {
-                        e.last_active = std::time::Instant::now();
-                    }
+                    e.idle = !matches!(u.status, SessionStatus::Running | SessionStatus::Queued);
+                    e.queued = u.queued;
+                    e.last_active = Instant::now();
                     st.args.index.update(u.task_id, |info| {
                         info.status = u.status;
                         info.current_subtask_id = u.current.as_ref().map(|c| c.subtask_id);
@@ -180,6 +196,7 @@ impl Actor for Supervisor {
                     st.grant_slots();
                 }
             }
+            SupervisorMsg::ExpireIdle => st.expire_idle(),
         }
         Ok(())
     }
@@ -201,6 +218,7 @@ impl Actor for Supervisor {
         st.sessions.remove(&task_id);
         st.slot_waiters.retain(|t| *t != task_id);
         st.grant_slots();
+        crate::mask::secrets().forget_later(task_id);
         let info = st.args.index.remove(task_id);
         if let Some(err) = failure {
             tracing::error!("task {task_id}: session crashed: {err}");
@@ -243,6 +261,10 @@ impl SupervisorState {
                 return ExecuteOutcome::AtCapacity(cap);
             }
         }
+        crate::mask::secrets().register(
+            spec.task_id,
+            spec.secret_values(&self.args.cfg.workspace.cipher),
+        );
         let ctx = SubtaskContext::new(&spec, &self.args.cfg);
         self.emit(ctx.payload(50, TaskStatus::Running, STARTED_MESSAGE, None));
         if let AgentKind::Unsupported(name) = &spec.agent {
@@ -314,7 +336,8 @@ impl SupervisorState {
                 live: false,
                 idle: true,
                 reserved: false,
-                last_active: std::time::Instant::now(),
+                queued: 0,
+                last_active: Instant::now(),
             },
         );
         self.args.index.insert(SessionInfo {
@@ -399,10 +422,32 @@ impl SupervisorState {
         }
     }
 
+    /// Closes the sessions idle (nothing running or queued) for longer than the expiry, so a
+    /// long-running executor does not fill `MAX_SESSIONS` with forgotten tasks. Their
+    /// conversation id stays in the workspace: the task's next subtask resumes it.
+    fn expire_idle(&mut self) {
+        let Some(expiry) = self.args.cfg.session_expiry else {
+            return;
+        };
+        let ids: Vec<i64> = self
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.idle && e.queued == 0 && e.last_active.elapsed() >= expiry)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(actor) = self.forget(id) {
+                tracing::info!("task {id}: {EXPIRED_REASON}; closing it");
+                let _ = actor.cast(SessionMsg::Close(EXPIRED_REASON.into()));
+            }
+        }
+    }
+
     fn forget(&mut self, task_id: i64) -> Option<ActorRef<SessionMsg>> {
         let entry = self.sessions.remove(&task_id)?;
         self.slot_waiters.retain(|t| *t != task_id);
         self.grant_slots();
+        crate::mask::secrets().forget_later(task_id);
         self.by_actor.remove(&entry.actor.get_id());
         self.args.index.remove(task_id);
         Some(entry.actor)

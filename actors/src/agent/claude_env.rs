@@ -11,34 +11,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::env_rule;
 use crate::config::RuntimeConfig;
 use crate::error::AgentError;
 use crate::task::BotSpec;
-
-/// Environment variables of the executor that are handed to the CLI as they are.
-const INHERITED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "USER",
-    "LANG",
-    "LC_ALL",
-    "TERM",
-    "TZ",
-    "SHELL",
-    "TMPDIR",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "NODE_EXTRA_CA_CERTS",
-];
-
-/// Prefixes of executor variables that configure Claude Code itself and are handed on.
-const INHERITED_PREFIXES: &[&str] = &["ANTHROPIC_", "CLAUDE_", "DISABLE_", "GIT_"];
 
 /// Keys of `agent_config.env` that are mapped to named variables instead of copied.
 const MAPPED_KEYS: &[&str] = &["model_id", "api_key", "base_url", "model", "small_model"];
@@ -91,8 +67,12 @@ pub fn claude_args(bot: &BotSpec, resume: Option<&str>, mcp_config: Option<&Path
     args
 }
 
-/// The complete environment of the CLI. Fails with [`AgentError::ApiKeyMissing`] when no
-/// credential is configured anywhere, so the user sees the seed's error instead of a CLI
+/// The complete environment of the CLI: the executor's environment under the
+/// [`env_rule`](super::env_rule), `EXECUTOR_ENV`, then the task's settings. The executor's own
+/// credentials are added only when the task brings no key and names no endpoint of its own (or
+/// one the operator lists), so a task can never have them sent to its own server, and the child
+/// never holds both a task key and the executor's. Fails with [`AgentError::ApiKeyMissing`]
+/// when no usable credential is left, so the user sees the seed's error instead of a CLI
 /// retrying against the API for minutes.
 pub fn claude_env(
     cfg: &RuntimeConfig,
@@ -100,22 +80,40 @@ pub fn claude_env(
     config_dir: &Path,
     host_env: impl Iterator<Item = (String, String)>,
 ) -> Result<BTreeMap<String, String>, AgentError> {
-    let mut env: BTreeMap<String, String> = host_env
-        .filter(|(k, _)| {
-            INHERITED_ENV.contains(&k.as_str())
-                || INHERITED_PREFIXES.iter().any(|p| k.starts_with(p))
-        })
-        .collect();
-    env.extend(cfg.executor_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let host: BTreeMap<String, String> = host_env.collect();
+    let sec = &cfg.security;
+    let mut env = env_rule::inherited(sec, host.clone().into_iter());
+    let mut own = BTreeMap::new();
+    for (k, v) in &cfg.executor_env {
+        let target = if env_rule::is_credential(k) {
+            &mut own
+        } else {
+            &mut env
+        };
+        target.insert(k.clone(), v.clone());
+    }
     if let Some(key) = &cfg.anthropic_api_key {
-        env.entry("ANTHROPIC_API_KEY".into())
+        own.entry("ANTHROPIC_API_KEY".into())
             .or_insert_with(|| key.expose().to_string());
     }
     if let Some(tok) = &cfg.anthropic_auth_token {
-        env.entry("ANTHROPIC_AUTH_TOKEN".into())
+        own.entry("ANTHROPIC_AUTH_TOKEN".into())
             .or_insert_with(|| tok.expose().to_string());
     }
-    env.extend(model_env(&bot.agent_config, &env, &cfg.workspace.cipher));
+    let operator_url = env.get("ANTHROPIC_BASE_URL").cloned();
+    let own_allowed = !names_foreign_endpoint(sec, operator_url.as_deref(), &bot.agent_config);
+    let vars = Placeholders {
+        sec,
+        executor_env: &cfg.executor_env,
+        host: &host,
+        own: own_allowed.then_some(&own),
+    };
+    let task = model_env(&bot.agent_config, &vars, &cfg.workspace.cipher);
+    let task_has_key = has_key(&task);
+    env.extend(task);
+    if !task_has_key && own_allowed {
+        env.extend(own);
+    }
     env.insert("CLAUDE_CONFIG_DIR".into(), config_dir.display().to_string());
     // bypassPermissions as root needs exactly "1" here (research/claude-code-cli.md §4.3);
     // other values such as "yes" are refused by the CLI.
@@ -123,13 +121,77 @@ pub fn claude_env(
     env.entry("DISABLE_AUTOUPDATER".into())
         .or_insert_with(|| "1".into());
     env.insert("CLAUDE_CODE_ENTRYPOINT".into(), "sdk-rs".into());
-    let has_key = ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]
-        .iter()
-        .any(|k| env.get(*k).is_some_and(|v| !v.trim().is_empty()));
-    if has_key {
+    if has_key(&env) {
         Ok(env)
     } else {
         Err(AgentError::ApiKeyMissing)
+    }
+}
+
+fn has_key(env: &BTreeMap<String, String>) -> bool {
+    ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"]
+        .iter()
+        .any(|k| env.get(*k).is_some_and(|v| !v.trim().is_empty()))
+}
+
+/// True when the task's settings send traffic somewhere the operator did not choose: a
+/// `base_url`/`ANTHROPIC_BASE_URL` not allowed by [`env_rule::endpoint_allowed`], or a proxy,
+/// TLS or Node option of its own ([`env_rule::ENDPOINT_VARS`]).
+fn names_foreign_endpoint(
+    sec: &crate::config::SecurityConfig,
+    operator_url: Option<&str>,
+    agent_config: &Value,
+) -> bool {
+    let Some(env) = agent_config.get("env").and_then(Value::as_object) else {
+        return false;
+    };
+    env.iter().any(|(k, v)| {
+        let Some(text) = value_text(v).filter(|s| !s.trim().is_empty()) else {
+            return false;
+        };
+        match k.as_str() {
+            "base_url" | "ANTHROPIC_BASE_URL" => {
+                !env_rule::endpoint_allowed(sec, operator_url, &text)
+            }
+            other => env_rule::ENDPOINT_VARS.contains(&other),
+        }
+    })
+}
+
+/// Where a task's `"${VAR}"` placeholders may read from.
+struct Placeholders<'a> {
+    sec: &'a crate::config::SecurityConfig,
+    executor_env: &'a BTreeMap<String, String>,
+    host: &'a BTreeMap<String, String>,
+    /// The executor's own credentials, when the endpoint rule lets this task use them.
+    own: Option<&'a BTreeMap<String, String>>,
+}
+
+impl Placeholders<'_> {
+    /// `"${VAR}"` → its value when the operator allows it (a key of `EXECUTOR_ENV` or a name
+    /// in `TASK_ENV_PLACEHOLDERS`, never one of the deny list; the executor's own credential
+    /// only under the endpoint rule); empty otherwise. Anything else as is.
+    fn resolve(&self, value: &str) -> String {
+        let Some(var) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+            return value.to_string();
+        };
+        if env_rule::is_credential(var) {
+            return self
+                .own
+                .and_then(|own| own.get(var))
+                .cloned()
+                .unwrap_or_default();
+        }
+        if env_rule::is_denied(self.sec, var) {
+            return String::new();
+        }
+        if let Some(v) = self.executor_env.get(var) {
+            return v.clone();
+        }
+        if self.sec.placeholder_vars.iter().any(|n| n == var) {
+            return self.host.get(var).cloned().unwrap_or_default();
+        }
+        String::new()
     }
 }
 
@@ -138,7 +200,7 @@ pub fn claude_env(
 /// settings object whose `env` is used as is.
 fn model_env(
     agent_config: &Value,
-    base: &BTreeMap<String, String>,
+    vars: &Placeholders<'_>,
     cipher: &crate::crypto::TokenCipher,
 ) -> BTreeMap<String, String> {
     let Some(env) = agent_config.get("env").and_then(Value::as_object) else {
@@ -149,7 +211,7 @@ fn model_env(
     if text("model").is_none() {
         for (k, v) in env {
             if let Some(s) = value_text(v) {
-                out.insert(k.clone(), resolve(&s, base));
+                out.insert(k.clone(), vars.resolve(&s));
             }
         }
         return out;
@@ -161,7 +223,7 @@ fn model_env(
         out.insert("ANTHROPIC_DEFAULT_HAIKU_MODEL".into(), small);
     }
     if let Some(key) = text("api_key")
-        .map(|k| cipher.decrypt(&resolve(&k, base)))
+        .map(|k| cipher.decrypt(&vars.resolve(&k)))
         .filter(|k| !k.is_empty())
     {
         out.insert("ANTHROPIC_AUTH_TOKEN".into(), key);
@@ -176,23 +238,11 @@ fn model_env(
     for (k, v) in env {
         if !MAPPED_KEYS.contains(&k.as_str()) {
             if let Some(s) = value_text(v) {
-                out.insert(k.clone(), resolve(&s, base));
+                out.insert(k.clone(), vars.resolve(&s));
             }
         }
     }
     out
-}
-
-/// `"${VAR}"` → the executor's `VAR` (empty when unset); anything else as is.
-fn resolve(value: &str, base: &BTreeMap<String, String>) -> String {
-    match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
-        Some(var) => base
-            .get(var)
-            .cloned()
-            .or_else(|| std::env::var(var).ok())
-            .unwrap_or_default(),
-        None => value.to_string(),
-    }
 }
 
 fn value_text(v: &Value) -> Option<String> {
@@ -266,5 +316,48 @@ mod tests {
         assert!(args.iter().all(|a| !a.contains("sk-secret")));
         assert!(args.contains(&"--resume=abc".to_string()));
         assert!(args.contains(&"--system-prompt=".to_string()));
+    }
+
+    #[test]
+    fn the_executor_key_never_goes_to_a_task_endpoint() {
+        let mut c = cfg();
+        c.anthropic_api_key = Some(crate::config::Secret::new("sk-exec"));
+        let host = || {
+            vec![
+                ("EXECUTOR_AUTH_TOKEN".to_string(), "tok".to_string()),
+                ("ANTHROPIC_API_KEY".to_string(), "sk-exec".to_string()),
+            ]
+            .into_iter()
+        };
+        // Own key and own endpoint: only the task key.
+        let b = bot(
+            json!({"env": {"model": "claude", "api_key": "task-k", "base_url": "http://evil"}}),
+        );
+        let env = claude_env(&c, &b, Path::new("/c"), host()).unwrap();
+        assert_eq!(env["ANTHROPIC_AUTH_TOKEN"], "task-k");
+        assert!(!env.contains_key("ANTHROPIC_API_KEY"));
+        assert!(!env.contains_key("EXECUTOR_AUTH_TOKEN"));
+        // An endpoint and no key, or a proxy of its own: no key at all.
+        for raw in [
+            json!({"env": {"ANTHROPIC_BASE_URL": "http://evil"}}),
+            json!({"env": {"HTTPS_PROXY": "http://evil:3128"}}),
+            json!({"env": {"model": "claude", "api_key": "${EXECUTOR_AUTH_TOKEN}", "base_url": "http://evil"}}),
+            json!({"env": {"model": "claude", "api_key": "${ANTHROPIC_API_KEY}", "base_url": "http://evil"}}),
+        ] {
+            let err = claude_env(&c, &bot(raw.clone()), Path::new("/c"), host());
+            assert!(
+                err.is_err(),
+                "{raw}: {:?}",
+                err.map(|e| e.get("ANTHROPIC_AUTH_TOKEN").cloned())
+            );
+        }
+        // A listed endpoint may use the executor's key, also as a placeholder.
+        c.security.key_endpoints = vec!["http://gw".into()];
+        let b = bot(
+            json!({"env": {"model": "claude", "api_key": "${ANTHROPIC_API_KEY}", "base_url": "http://gw/v1"}}),
+        );
+        let env = claude_env(&c, &b, Path::new("/c"), host()).unwrap();
+        assert_eq!(env["ANTHROPIC_AUTH_TOKEN"], "sk-exec");
+        assert!(!env.contains_key("ANTHROPIC_API_KEY"), "never both keys");
     }
 }

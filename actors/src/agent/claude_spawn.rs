@@ -106,6 +106,14 @@ pub async fn launch(
             .filter(|s| is_session_id(s)),
     };
     spec.args = claude_args(&bot, resumed.as_deref(), mcp_path.as_deref());
+    if let (Some(uid), Some(gid)) = (spec.uid, spec.gid) {
+        let user = crate::config::AgentUser { uid, gid };
+        let dir = task_dir.clone();
+        tokio::task::spawn_blocking(move || super::agent_user::hand_over(&dir, user))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("chown task failed: {e}"))))
+            .map_err(ws_err(&task_dir))?;
+    }
     let bin = spec.program.display().to_string();
     // fork/exec blocks the calling thread for a while; keep it off the async workers.
     let spawned = tokio::task::spawn_blocking(move || AgentProcess::spawn(&spec, sink))

@@ -1,10 +1,12 @@
 //! Agent child actors: each owns the conversation with one agent runtime for one session.
 
+pub mod agent_user;
 pub mod agno;
 pub mod claude_code;
 pub mod claude_env;
 pub mod claude_spawn;
 pub mod claude_turn;
+pub mod env_rule;
 pub mod family;
 pub mod process;
 pub mod prompt;

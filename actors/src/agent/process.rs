@@ -79,6 +79,10 @@ pub struct SpawnSpec {
     /// How much lower than the executor's the agent's CPU priority is: a nice increment, with
     /// `SCHED_BATCH`, inherited by everything the agent starts. `0` = same priority.
     pub nice: i32,
+    /// Run as this user id (`AGENT_UID`); `None` keeps the executor's.
+    pub uid: Option<u32>,
+    /// Run with this group id (`AGENT_GID`); supplementary groups are dropped with it.
+    pub gid: Option<u32>,
 }
 
 /// A running agent subprocess; see the module docs.
@@ -108,6 +112,13 @@ impl AgentProcess {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(gid) = spec.gid {
+            cmd.gid(gid);
+        }
+        if let Some(uid) = spec.uid {
+            // std drops the supplementary groups too when root changes the uid.
+            cmd.uid(uid);
+        }
         if spec.nice != 0 {
             let nice = spec.nice;
             // SAFETY: runs in the forked child before exec; it only makes two syscalls
@@ -349,7 +360,7 @@ async fn collect_stderr(
 ) {
     let mut lines = BufReader::new(err).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!("agent[{pid}] stderr: {line}");
+        tracing::debug!("agent[{pid}] stderr: {}", crate::mask::mask_text(&line));
         if let Ok(mut t) = tail.lock() {
             if t.len() == STDERR_TAIL_LINES {
                 t.pop_front();

@@ -37,8 +37,34 @@ pub fn sanitise(name: &str) -> String {
     let cleaned = cleaned.trim().to_string();
     match cleaned.as_str() {
         "" | "." | ".." => "document".into(),
-        _ => cleaned,
+        _ => shorten(&cleaned),
     }
+}
+
+/// Longest attachment file name kept, in bytes. File systems allow 255; the rest leaves room
+/// for the download's temporary name (`.<name>.<pid>-<n>.part`).
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Longest extension kept whole when a name is shortened.
+const MAX_EXTENSION_BYTES: usize = 16;
+
+/// `name` cut to [`MAX_NAME_BYTES`] at a character boundary, keeping a short extension, so a
+/// long name is shortened instead of failing the download.
+pub fn shorten(name: &str) -> String {
+    if name.len() <= MAX_NAME_BYTES {
+        return name.to_string();
+    }
+    let ext = name
+        .rfind('.')
+        .map(|i| &name[i..])
+        .filter(|e| e.len() <= MAX_EXTENSION_BYTES && e.len() < name.len())
+        .unwrap_or("");
+    let stem = &name[..name.len() - ext.len()];
+    let mut cut = MAX_NAME_BYTES - ext.len();
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{ext}", &stem[..cut])
 }
 
 /// Downloads every attachment, one after the other.
@@ -71,7 +97,7 @@ pub async fn fetch_all(
         }
         let mut name = sanitise(&a.filename);
         if !used.insert(name.clone()) {
-            name = format!("{}_{name}", sanitise(&a.id));
+            name = shorten(&format!("{}_{name}", sanitise(&a.id)));
             used.insert(name.clone());
         }
         let dest = dir.join(&name);
@@ -226,5 +252,16 @@ mod tests {
         assert!(p.ends_with("\n\n<attachment>\n📎 Available attachments:\n- a.txt (text/plain, 2.0 KB): /w/a.txt\n</attachment>"), "{p}");
         assert_eq!(human_size(10), "10 bytes");
         assert_eq!(human_size(3 * 1024 * 1024), "3.0 MB");
+    }
+
+    #[test]
+    fn long_names_are_shortened_keeping_the_extension() {
+        let long = format!("{}.pdf", "é".repeat(200));
+        let short = sanitise(&long);
+        assert!(short.len() <= MAX_NAME_BYTES, "{}", short.len());
+        assert!(short.ends_with("é.pdf"), "{short}");
+        let no_ext = "x".repeat(300);
+        assert_eq!(sanitise(&no_ext).len(), MAX_NAME_BYTES);
+        assert_eq!(sanitise("a.txt"), "a.txt");
     }
 }

@@ -5,6 +5,7 @@
 //! [`Prepared`] result back as a message.
 
 pub mod attachments;
+pub mod clone_source;
 pub mod download;
 pub mod git;
 pub mod instructions;
@@ -134,6 +135,13 @@ pub async fn prepare(
     };
     if let Some(url) = spec.git_url.as_deref() {
         let (clean, url_creds) = git::split_credentials(url.trim());
+        if let Err(message) = clone_source::check(&clean, &cfg.security.local_clone_dirs).await {
+            return Err(PrepareError::Clone {
+                url: crate::mask::mask_str(&clean),
+                path: task_dir.display().to_string(),
+                message: message.into(),
+            });
+        }
         let creds = match (&ws.git_token, url_creds) {
             (Some(token), _) => Some(GitCredentials {
                 username: ws.git_username.clone().unwrap_or_else(|| "token".into()),
@@ -176,10 +184,11 @@ pub async fn prepare(
             None => None,
         };
         if !tokio::fs::try_exists(&dest).await.unwrap_or(false) {
-            progress(format!("Cloning {clean}"));
+            progress(format!("Cloning {}", crate::mask::mask_text(&clean)));
             tracing::info!(
-                "task {}: cloning {clean} into {}",
+                "task {}: cloning {} into {}",
                 spec.task_id,
+                crate::mask::mask_text(&clean),
                 dest.display()
             );
             let job = git::CloneJob {
@@ -197,7 +206,7 @@ pub async fn prepare(
             let staging = git::clone(job, cancel).await.map_err(|e| match e {
                 git::GitError::Cancelled => PrepareError::Cancelled,
                 other => PrepareError::Clone {
-                    url: clean.clone(),
+                    url: crate::mask::mask_text(&clean),
                     path: dest.display().to_string(),
                     message: other.to_string(),
                 },
@@ -293,6 +302,13 @@ pub async fn prepare(
     }
     if cancel.is_cancelled() {
         return Err(PrepareError::Cancelled);
+    }
+    if let Some(user) = cfg.security.agent_user {
+        let dir = task_dir.clone();
+        tokio::task::spawn_blocking(move || crate::agent::agent_user::hand_over(&dir, user))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(io_err(&task_dir))?;
     }
     Ok(out)
 }

@@ -4,7 +4,6 @@
 //! Claude Code CLI ([`AgentProcess`]). Its events go into a channel, so a process can be started
 //! before anyone owns it (the pool) and handed over later.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -49,54 +48,6 @@ pub async fn install_script(cfg: &RuntimeConfig) -> std::io::Result<()> {
     tokio::fs::rename(&tmp, path).await
 }
 
-/// The client's environment: nothing task-specific (a pooled client serves any task; the
-/// task's model settings come in its `run` line).
-fn env(cfg: &RuntimeConfig) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    for key in [
-        "PATH",
-        "HOME",
-        "LANG",
-        "LC_ALL",
-        "TZ",
-        "TMPDIR",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "OPENAI_API_KEY",
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_MODEL",
-        "GOOGLE_API_KEY",
-        "GEMINI_API_KEY",
-        "DEFAULT_HEADERS",
-    ] {
-        if let Ok(v) = std::env::var(key) {
-            env.insert(key.to_string(), v);
-        }
-    }
-    for (k, v) in &cfg.executor_env {
-        env.insert(k.clone(), v.clone());
-    }
-    if !cfg.executor_env.is_empty() {
-        if let Ok(json) = serde_json::to_string(&cfg.executor_env) {
-            env.insert("EXECUTOR_ENV".into(), json);
-        }
-    }
-    env.insert(
-        "AGNO_DB_FILE".into(),
-        cfg.agno.db_file.display().to_string(),
-    );
-    env.insert("PYTHONUNBUFFERED".into(), "1".into());
-    env.insert("PYTHONDONTWRITEBYTECODE".into(), "1".into());
-    env.insert("AGNO_TELEMETRY".into(), "false".into());
-    env
-}
-
 /// Starts a client (not waiting for `ready`).
 pub async fn start(cfg: &RuntimeConfig, tag: i64) -> Result<Client, AgentError> {
     let dir = cfg
@@ -111,14 +62,27 @@ pub async fn start(cfg: &RuntimeConfig, tag: i64) -> Result<Client, AgentError> 
             path: dir.display().to_string(),
             source,
         })?;
+    if let Some(user) = cfg.security.agent_user {
+        // The client script and the history database are the agent user's.
+        let owned = dir.clone();
+        tokio::task::spawn_blocking(move || crate::agent::agent_user::hand_over(&owned, user))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|source| AgentError::Workspace {
+                path: dir.display().to_string(),
+                source,
+            })?;
+    }
     let spec = SpawnSpec {
         program: cfg.agno.python.clone(),
         args: vec![cfg.agno.client_script.display().to_string()],
-        env: env(cfg),
+        env: super::credentials::client_env(cfg, std::env::vars()),
         cwd: dir,
         max_line_bytes: MAX_LINE_BYTES,
         marker: crate::agent::family::new_marker(tag),
         nice: cfg.agent_nice,
+        uid: cfg.security.agent_user.map(|u| u.uid),
+        gid: cfg.security.agent_user.map(|u| u.gid),
     };
     let (tx, events) = mpsc::unbounded_channel();
     let python = spec.program.display().to_string();

@@ -6,6 +6,7 @@
 //! executor restart.
 
 pub mod client;
+pub mod credentials;
 pub mod pool;
 pub mod turn;
 
@@ -234,6 +235,7 @@ impl AgnoState {
                 }
             }
         }
+        credentials::fill_executor_keys(&mut bots, &self.args.cfg, &std::env::vars().collect());
         self.pending_run = Some(json!({
             "op": "run", "run_seq": self.run_seq, "session_id": session_id,
             "user_id": session_id, "mode": spec.workspace.mode.clone().unwrap_or_default(),

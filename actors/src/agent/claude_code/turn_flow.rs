@@ -97,6 +97,8 @@ impl ClaudeState {
                 max_line_bytes: cfg.claude.max_line_bytes,
                 marker: crate::agent::family::new_marker(self.args.task_id),
                 nice: cfg.agent_nice,
+                uid: cfg.security.agent_user.map(|u| u.uid),
+                gid: cfg.security.agent_user.map(|u| u.gid),
             },
             config_dir,
             task_dir: self.task_dir.clone(),
