@@ -88,6 +88,20 @@ fn render(rt: &Runtime) -> String {
         "Agent (CLI) processes alive.",
         actors::agent::family::managed().len() as u64,
     );
+    single(
+        &mut out,
+        "executor_event_streams",
+        "gauge",
+        "Tasks with an event-stream entry (SSE subscribers or the current subtask's events).",
+        rt.events().len() as u64,
+    );
+    single(
+        &mut out,
+        "executor_event_subscribers",
+        "gauge",
+        "Open SSE streams (GET /api/tasks/{id}/events).",
+        rt.events().subscribers() as u64,
+    );
     histogram(
         &mut out,
         "executor_http_request_duration_seconds",
