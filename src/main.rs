@@ -67,6 +67,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    // First: every later descriptor (agents' pipes, spool files, sockets) counts against it.
+    let nofile = http::server::raise_fd_limit();
     prepare_workspace_root(&settings).await?;
     claude_cli::ensure(&mut settings).await;
     match &settings.runtime.callback.url {
@@ -105,17 +107,21 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         },
         settings.auth_token.clone().map(std::sync::Arc::new),
     );
-    warp::serve(service)
-        .incoming(listener)
-        .graceful({
-            let runtime = runtime.clone();
-            async move {
-                shutdown::signal().await;
-                runtime.begin_shutdown();
-            }
-        })
-        .run()
-        .await;
+    let shutdown = {
+        let runtime = runtime.clone();
+        async move {
+            shutdown::signal().await;
+            runtime.begin_shutdown();
+        }
+    };
+    http::server::serve(
+        listener,
+        warp::service(service),
+        settings.connections,
+        nofile,
+        shutdown,
+    )
+    .await;
     tracing::info!("Shutting down: closing sessions and flushing callbacks");
     runtime
         .shutdown("executor shutting down", settings.shutdown_grace)

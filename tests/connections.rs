@@ -141,3 +141,146 @@ async fn event_streams_of_unknown_tasks_leave_nothing_behind() {
     assert!(text.contains("\"status\":\"COMPLETED\""), "{text}");
     let _ = fds(pid);
 }
+
+/// Reads until the server closes the socket; true if it did within `timeout`.
+async fn closed_by_server(sock: &mut TcpStream, timeout: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Opens `n` connections that never send a byte.
+async fn idle_sockets(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        socks.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    socks
+}
+
+fn fast_timeouts() -> ExecutorOptions {
+    ExecutorOptions::new()
+        .env("LOG_LEVEL", "info")
+        .env("HTTP_HEADER_TIMEOUT_SECS", "2")
+        .env("HTTP_KEEPALIVE_TIMEOUT_SECS", "1")
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_timeouts() {
+    let exec = Executor::start(fast_timeouts()).await;
+    let pid = exec.pid();
+    let baseline = fds(pid);
+    let mut silent = idle_sockets(exec.port(), 300).await;
+    // One kept-alive connection that made a request and then idles.
+    let mut kept = TcpStream::connect(("127.0.0.1", exec.port()))
+        .await
+        .unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    assert!(
+        closed_by_server(&mut kept, WAIT).await,
+        "an idle kept-alive connection is closed"
+    );
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(s, WAIT).await,
+            "silent connection {i} is closed after the header timeout"
+        );
+    }
+    assert!(
+        wait_until(WAIT, || fds(pid) <= baseline + 2).await,
+        "fds back to {baseline}: {}",
+        fds(pid)
+    );
+    assert!(metric(&exec, "executor_http_connections_idle_closed_total").await >= Some(301));
+}
+
+#[tokio::test]
+async fn a_dribbling_client_is_cut_off_after_the_header_timeout() {
+    let exec = Executor::start(fast_timeouts()).await;
+    let mut sock = TcpStream::connect(("127.0.0.1", exec.port()))
+        .await
+        .unwrap();
+    sock.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+    let started = tokio::time::Instant::now();
+    // One header byte every 100 ms: it never finishes its head, but never stays silent long.
+    let mut cut = false;
+    while started.elapsed() < WAIT {
+        if sock.write_all(b"X").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("an answer to an unfinished head: {:?}", &buf[..n]),
+            Err(_) => {}
+        }
+    }
+    assert!(cut, "a dribbling client is still connected after {WAIT:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "cut off before it had a chance: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(exec.get("/health").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn beyond_the_fd_limit_probes_answer_and_a_running_task_completes() {
+    let rx = CallbackReceiver::start();
+    let exec = Executor::start(
+        ExecutorOptions::new()
+            .callback_url(rx.url())
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .env("LOG_LEVEL", "info")
+            // Timeouts out of play: only the cap can keep room.
+            .env("HTTP_HEADER_TIMEOUT_SECS", "600")
+            .env("HTTP_KEEPALIVE_TIMEOUT_SECS", "600")
+            .fd_limit(512),
+    )
+    .await;
+    let (status, _) = exec
+        .post_json(
+            "/api/tasks/execute",
+            &seed_task(31, 1, "FAKE:sleep:3000\nhello"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let _idle = idle_sockets(exec.port(), 700).await;
+    let t0 = std::time::Instant::now();
+    let (status, _) = exec.get("/health").await;
+    assert_eq!(status, StatusCode::OK, "{}", exec.logs_tail(20));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "/health took {:?} beside 700 idle connections",
+        t0.elapsed()
+    );
+    let (status, _) = exec
+        .post_json("/api/tasks/execute", &seed_task(32, 1, "hello"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for task in [31, 32] {
+        let last = rx.wait_terminal(task, 1, WAIT).await;
+        assert_eq!(
+            last["status"],
+            "COMPLETED",
+            "task {task}: {last}\n{}",
+            exec.logs_tail(30)
+        );
+    }
+    assert!(fds(exec.pid()) < 512);
+}
