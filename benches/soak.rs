@@ -200,9 +200,10 @@ async fn adversarial_loads(
     // Past the header timeout: the executor must have closed every one of them.
     let wait = Duration::from_secs(HEADER_TIMEOUT_SECS * 3);
     tokio::time::sleep(wait).await; // letting the header timeout expire, not a sync
-    drop(socks);
+                                    // Sampled while the clients still hold their sockets: only the executor can have closed them.
     let after_idle = sample(pid);
     samples.push(("idle sockets + 6 s", after_idle));
+    drop(socks);
 
     let sse_ids = env_usize("SOAK_SSE_IDS", 20_000);
     let batch = env_usize("SOAK_SSE_BATCH", 500).max(1);
