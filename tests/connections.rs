@@ -284,3 +284,18 @@ async fn beyond_the_fd_limit_probes_answer_and_a_running_task_completes() {
     }
     assert!(fds(exec.pid()) < 512);
 }
+
+#[tokio::test]
+async fn open_event_streams_and_idle_sockets_do_not_hold_up_shutdown() {
+    let mut exec = Executor::start(ExecutorOptions::new().env("LOG_LEVEL", "info")).await;
+    let _streams = futures::future::join_all((1..=5).map(|id| open_stream(exec.port(), id))).await;
+    let _idle = idle_sockets(exec.port(), 20).await;
+    let t0 = std::time::Instant::now();
+    let status = exec.terminate_within(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}\n{}", exec.logs_tail(30));
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?} with open streams",
+        t0.elapsed()
+    );
+}

@@ -250,3 +250,24 @@ async fn run_connection<S, B>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_connections: usize) -> ConnLimits {
+        ConnLimits {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            max_connections,
+            fd_reserve: 256,
+        }
+    }
+
+    #[test]
+    fn the_automatic_cap_leaves_the_reserve_free() {
+        assert_eq!(limits(0).caps(512), (192, 256));
+        assert_eq!(limits(0).caps(100), (12, MIN_CONNECTIONS));
+        assert_eq!(limits(40).caps(512), (30, 40), "an explicit cap wins");
+    }
+}
