@@ -164,6 +164,8 @@ async fn main() {
     }
     if !leaks.is_empty() {
         eprintln!("LEAK: {}", leaks.join("; "));
+        // `exit` runs no destructors: stop the executor (and its agents) first.
+        drop(exec);
         std::process::exit(1);
     }
 }
