@@ -59,6 +59,16 @@ pub const DEFAULT_WATCHDOG_TOOL_SECS: u64 = 3600;
 pub const DEFAULT_TURN_TIMEOUT_SECS: u64 = 0;
 /// `MAX_SESSIONS`: most sessions at once; a new task over it gets 429 (0 = no cap).
 pub const DEFAULT_MAX_SESSIONS: usize = 1000;
+/// `HTTP_HEADER_TIMEOUT_SECS`: time a connection has to deliver a complete request head
+/// (silent and dribbling clients are cut off).
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+/// `HTTP_KEEPALIVE_TIMEOUT_SECS`: idle time after which a kept-alive connection is closed
+/// (uvicorn's `--timeout-keep-alive` default, as the original).
+pub const DEFAULT_HTTP_KEEPALIVE_TIMEOUT_SECS: u64 = 5;
+/// `HTTP_MAX_CONNECTIONS`: connection cap; 0 = the open-file limit less `HTTP_FD_RESERVE`.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 0;
+/// `HTTP_FD_RESERVE`: descriptors the automatic cap leaves for agents, spool and callbacks.
+pub const DEFAULT_HTTP_FD_RESERVE: usize = 256;
 /// `BODY_TIMEOUT_SECS`: time a client has to send a request body (408 after it).
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
 /// Default spool folder for undelivered callbacks, inside `WORKSPACE_ROOT`.
@@ -128,6 +138,18 @@ pub struct Cli {
     /// Largest request body in bytes [default: 10485760].
     #[arg(long, env = "MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
+    /// Seconds a connection has to send a complete request head [default: 10].
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Seconds an idle kept-alive connection stays open [default: 5].
+    #[arg(long, env = "HTTP_KEEPALIVE_TIMEOUT_SECS")]
+    pub http_keepalive_timeout_secs: Option<u64>,
+    /// Connection cap; 0 = open-file limit less HTTP_FD_RESERVE [default: 0].
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// File descriptors the automatic connection cap leaves free [default: 256].
+    #[arg(long, env = "HTTP_FD_RESERVE")]
+    pub http_fd_reserve: Option<usize>,
     /// Log level: error, warn, info, debug [default: info].
     #[arg(long, env = "LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -239,6 +261,10 @@ pub struct FileConfig {
     executor_namespace: Option<String>,
     claude_bin: Option<PathBuf>,
     max_body_bytes: Option<u64>,
+    http_header_timeout_secs: Option<u64>,
+    http_keepalive_timeout_secs: Option<u64>,
+    http_max_connections: Option<usize>,
+    http_fd_reserve: Option<usize>,
     log_level: Option<String>,
     callback_timeout_secs: Option<u64>,
     callback_max_retries: Option<u32>,
@@ -310,6 +336,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     /// Time to receive a request body.
     pub body_timeout: Duration,
+    /// Connection limits of the HTTP server.
+    pub connections: crate::http::server::ConnLimits,
     /// `EXECUTOR_AUTH_TOKEN`: bearer token every non-probe route requires (env only: a secret).
     pub auth_token: Option<Secret>,
     /// Log level filter.
@@ -372,6 +400,22 @@ impl Settings {
             format!("CLAUDE_BIN={}", r.claude.bin.display()),
             format!("MAX_BODY_BYTES={}", self.max_body_bytes),
             format!("BODY_TIMEOUT_SECS={}", self.body_timeout.as_secs()),
+            format!(
+                "HTTP_HEADER_TIMEOUT_SECS={}",
+                self.connections.header_timeout.as_secs()
+            ),
+            format!(
+                "HTTP_KEEPALIVE_TIMEOUT_SECS={}",
+                self.connections.keepalive_timeout.as_secs()
+            ),
+            format!(
+                "HTTP_MAX_CONNECTIONS={}",
+                match self.connections.max_connections {
+                    0 => "0 (open-file limit less HTTP_FD_RESERVE)".to_string(),
+                    n => n.to_string(),
+                }
+            ),
+            format!("HTTP_FD_RESERVE={}", self.connections.fd_reserve),
             format!(
                 "MAX_SESSIONS={}",
                 r.max_sessions
@@ -590,6 +634,34 @@ impl Settings {
                 file.max_body_bytes,
                 DEFAULT_MAX_BODY_BYTES,
             ),
+            connections: crate::http::server::ConnLimits {
+                header_timeout: Duration::from_secs(
+                    pick(
+                        cli.http_header_timeout_secs,
+                        file.http_header_timeout_secs,
+                        DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+                    )
+                    .max(1),
+                ),
+                keepalive_timeout: Duration::from_secs(
+                    pick(
+                        cli.http_keepalive_timeout_secs,
+                        file.http_keepalive_timeout_secs,
+                        DEFAULT_HTTP_KEEPALIVE_TIMEOUT_SECS,
+                    )
+                    .max(1),
+                ),
+                max_connections: pick(
+                    cli.http_max_connections,
+                    file.http_max_connections,
+                    DEFAULT_HTTP_MAX_CONNECTIONS,
+                ),
+                fd_reserve: pick(
+                    cli.http_fd_reserve,
+                    file.http_fd_reserve,
+                    DEFAULT_HTTP_FD_RESERVE,
+                ),
+            },
             log_level,
             shutdown_grace: Duration::from_secs(pick(
                 cli.shutdown_grace_secs,

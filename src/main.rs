@@ -94,6 +94,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    // First: every later descriptor (agents' pipes, spool files, sockets) counts against it.
+    let nofile = http::server::raise_fd_limit();
     prepare_workspace_root(&settings).await?;
     claude_cli::ensure(&mut settings).await;
     match &settings.runtime.callback.url {
@@ -134,14 +136,15 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
         settings.auth_token.clone().map(std::sync::Arc::new),
     );
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        warp::serve(service)
-            .incoming(listener)
-            .graceful(async move {
-                let _ = serving_stopped.await;
-            })
-            .run(),
-    );
+    let server = tokio::spawn(http::server::serve(
+        listener,
+        warp::service(service),
+        settings.connections,
+        nofile,
+        async move {
+            let _ = serving_stopped.await;
+        },
+    ));
     shutdown::signal().await;
     // From here the clock runs: everything below fits in SHUTDOWN_GRACE_SECS. Routes keep
     // answering meanwhile (new tasks get 503, /ready false), so probes see the shutdown.

@@ -683,3 +683,89 @@ async fn shipped_default_config_loads() {
     assert_eq!(status, StatusCode::OK, "{body}\n{}", exec.logs_tail(50));
     assert_eq!(body["status"], "healthy");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Small protocol points: probes for load balancers, SSE resume ids, the bearer scheme
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn probes_answer_head_and_options() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let client = exec.client();
+    for path in ["/", "/health", "/ready"] {
+        let resp = client.head(exec.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "HEAD {path}");
+        assert!(
+            resp.bytes().await.unwrap().is_empty(),
+            "HEAD {path} has no body"
+        );
+        let resp = client
+            .request(reqwest::Method::OPTIONS, exec.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "OPTIONS {path}");
+        let allow = resp
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            allow, "GET, HEAD, OPTIONS",
+            "OPTIONS {path} lists the methods"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_non_numeric_last_event_id_is_ignored() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    for id in ["abc", "-1", "", "99999999999999999999999"] {
+        let resp = exec
+            .client()
+            .get(exec.url("/api/tasks/7/events"))
+            .header("last-event-id", id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "Last-Event-ID {id:?} starts the stream from the beginning\n{}",
+            exec.logs_tail(20)
+        );
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(kind, "text/event-stream", "Last-Event-ID {id:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[("EXECUTOR_AUTH_TOKEN", "tok-CASE-1")]).await;
+    for (auth, want) in [
+        ("bearer tok-CASE-1", StatusCode::OK),
+        ("BEARER tok-CASE-1", StatusCode::OK),
+        ("Bearer   tok-CASE-1", StatusCode::OK),
+        ("bearer tok-case-1", StatusCode::UNAUTHORIZED),
+        ("Basic tok-CASE-1", StatusCode::UNAUTHORIZED),
+        ("bearertok-CASE-1", StatusCode::UNAUTHORIZED),
+    ] {
+        let resp = exec
+            .client()
+            .get(exec.url("/api/tasks/sessions"))
+            .header("authorization", auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), want, "authorization {auth:?}");
+    }
+}

@@ -2,6 +2,11 @@
 //! also published here, with a per-task id, and the events of the task's current subtask are
 //! kept for replay to late subscribers. Subscribers get a broadcast channel: a slow subscriber
 //! misses events instead of slowing the agent.
+//!
+//! Bounded: a task's entry exists only while it has subscribers or events of a live session. A
+//! subscriber may connect before the task's first event (it then sees the task from its
+//! start), but when it leaves an entry that never got an event is removed, so subscribing to
+//! any number of unknown ids costs nothing once the clients are gone.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -61,7 +66,7 @@ impl EventBus {
     /// Subscribes to `task_id`: the current subtask's events after `after` (a Last-Event-ID),
     /// then live ones. The replay and the subscription are taken together, so nothing falls
     /// between them.
-    pub fn subscribe(&self, task_id: i64, after: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
+    pub fn subscribe(&self, task_id: i64, after: u64) -> (Vec<Event>, Subscription) {
         let entry = self.0.entry(task_id).or_insert_with(|| TaskEvents {
             tx: broadcast::channel(CHANNEL_CAPACITY).0,
             replay: Mutex::new((0, i64::MIN, VecDeque::new())),
@@ -74,12 +79,68 @@ impl EventBus {
             .filter(|(id, _)| *id > after)
             .cloned()
             .collect();
-        (past, rx)
+        let sub = Subscription {
+            rx: Some(rx),
+            bus: self.clone(),
+            task_id,
+        };
+        (past, sub)
+    }
+
+    /// Tasks that have an entry (subscribers or buffered events); for `/metrics` and the
+    /// bounded-memory checks.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no task has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Live subscribers over all tasks; for `/metrics`.
+    pub fn subscribers(&self) -> usize {
+        self.0.iter().map(|t| t.tx.receiver_count()).sum()
+    }
+
+    /// Drops `task_id`'s entry if nobody listens and no event was ever published to it (a
+    /// stream opened for a task that never ran). Under the map's shard lock, so a concurrent
+    /// subscribe or publish either comes first (and keeps the entry) or makes a new one.
+    fn forget_if_unused(&self, task_id: i64) {
+        self.0.remove_if(&task_id, |_, t| {
+            let replay = t.replay.lock().unwrap_or_else(|e| e.into_inner());
+            t.tx.receiver_count() == 0 && replay.0 == 0
+        });
     }
 
     /// Forgets a task whose session ended (its subscribers see the stream close).
     pub fn remove(&self, task_id: i64) {
         self.0.remove(&task_id);
+    }
+}
+
+/// One subscriber's live events. Dropping it (the client left) frees the task's entry when
+/// the task never had an event, so unknown ids leave nothing behind.
+pub struct Subscription {
+    rx: Option<broadcast::Receiver<Event>>,
+    bus: EventBus,
+    task_id: i64,
+}
+
+impl Subscription {
+    /// The next live event, as [`broadcast::Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.bus.forget_if_unused(self.task_id);
     }
 }
 
@@ -109,5 +170,29 @@ mod tests {
         drop(rx);
         bus.publish(1, 3, "e".into(), true);
         assert!(bus.0.is_empty(), "a finished, unwatched task is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_an_unknown_task_costs_nothing_once_left() {
+        let bus = EventBus::default();
+        for id in -500..500 {
+            let (past, sub) = bus.subscribe(id, 0);
+            assert!(past.is_empty());
+            drop(sub);
+        }
+        assert!(bus.is_empty(), "{} entries left", bus.len());
+    }
+
+    #[tokio::test]
+    async fn an_early_subscriber_sees_the_first_events() {
+        let bus = EventBus::default();
+        let (_, mut early) = bus.subscribe(9, 0);
+        let (_, second) = bus.subscribe(9, 0);
+        drop(second);
+        assert_eq!(bus.len(), 1, "the entry stays while someone listens");
+        bus.publish(9, 1, "first".into(), false);
+        assert_eq!(early.recv().await.unwrap().1.as_str(), "first");
+        drop(early);
+        assert_eq!(bus.len(), 1, "a task with events keeps its replay");
     }
 }

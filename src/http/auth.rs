@@ -1,5 +1,6 @@
 //! Optional bearer-token protection (`EXECUTOR_AUTH_TOKEN`): when set, every route except the
-//! probes (`/`, `/health`, `/ready`) needs `Authorization: Bearer <token>`.
+//! probes (`/`, `/health`, `/ready`) needs `Authorization: Bearer <token>` (the scheme in any
+//! case, as RFC 7235 §2.1 has it).
 
 use std::sync::Arc;
 
@@ -15,10 +16,7 @@ pub fn require(token: Option<Arc<Secret>>) -> impl Filter<Extract = (), Error = 
             let token = token.clone();
             async move {
                 let Some(token) = token else { return Ok(()) };
-                let given = header
-                    .as_deref()
-                    .and_then(|h| h.strip_prefix("Bearer "))
-                    .unwrap_or("");
+                let given = header.as_deref().and_then(bearer).unwrap_or("");
                 if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
                     Ok(())
                 } else {
@@ -27,6 +25,14 @@ pub fn require(token: Option<Arc<Secret>>) -> impl Filter<Extract = (), Error = 
             }
         })
         .untuple_one()
+}
+
+/// The credentials of a `Bearer` authorization value; the scheme is case-insensitive.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
 }
 
 /// Compares without an early exit, so the time taken says nothing about the token.
@@ -42,7 +48,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer, constant_time_eq};
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(bearer("bearer t"), Some("t"));
+        assert_eq!(bearer("BEARER  t "), Some("t"));
+        assert_eq!(bearer("Basic t"), None);
+        assert_eq!(bearer("Bearert"), None);
+    }
 
     #[test]
     fn compares_whole_values() {

@@ -2,6 +2,10 @@
 //! receiver gets (event name `callback`, data = the payload, id = its number within the task).
 //! A late subscriber first gets the current subtask's events after its `Last-Event-ID`. A slow
 //! subscriber misses events rather than slowing the agent (`curl -N` follows a task).
+//! A `Last-Event-ID` that is not one of ours (not a number) is ignored, as if absent: the
+//! stream then starts at the subtask's first event. Ids are opaque to the client (the SSE
+//! standard has it echo the last `id:` it saw), so a 400 would only turn a resumable stream
+//! into a dead one (an `EventSource` does not retry after an error status).
 
 use std::convert::Infallible;
 
@@ -17,8 +21,9 @@ pub fn route(
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::path!("api" / "tasks" / i64 / "events")
         .and(warp::get())
-        .and(warp::header::optional::<u64>("last-event-id"))
-        .map(move |task_id: i64, last: Option<u64>| {
+        .and(warp::header::optional::<String>("last-event-id"))
+        .map(move |task_id: i64, last: Option<String>| {
+            let last = last.and_then(|v| v.trim().parse::<u64>().ok());
             let (past, rx) = rt.events().subscribe(task_id, last.unwrap_or(0));
             let live = futures::stream::unfold(rx, |mut rx| async move {
                 loop {

@@ -92,6 +92,50 @@ fn render(rt: &Runtime) -> String {
         "Agent (CLI) processes alive.",
         actors::child::owned_count(actors::child::ChildKind::Agent) as u64,
     );
+    single(
+        &mut out,
+        "executor_event_streams",
+        "gauge",
+        "Tasks with an event-stream entry (SSE subscribers or the current subtask's events).",
+        rt.events().len() as u64,
+    );
+    single(
+        &mut out,
+        "executor_event_subscribers",
+        "gauge",
+        "Open SSE streams (GET /api/tasks/{id}/events).",
+        rt.events().subscribers() as u64,
+    );
+    let conns = &super::conn::STATS;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    single(
+        &mut out,
+        "executor_http_connections",
+        "gauge",
+        "Open HTTP connections.",
+        load(&conns.open),
+    );
+    single(
+        &mut out,
+        "executor_http_connections_idle_closed_total",
+        "counter",
+        "Idle connections closed by the header or keep-alive timeout.",
+        load(&conns.idle_closed),
+    );
+    single(
+        &mut out,
+        "executor_http_connections_evicted_total",
+        "counter",
+        "Idle connections closed to make room at the connection cap.",
+        load(&conns.evicted),
+    );
+    single(
+        &mut out,
+        "executor_http_connections_refused_total",
+        "counter",
+        "Connections closed at once: at the cap with every connection busy.",
+        load(&conns.refused),
+    );
     histogram(
         &mut out,
         "executor_http_request_duration_seconds",

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod conn;
 pub mod docs;
 pub mod error;
 pub mod events;
@@ -9,6 +10,7 @@ pub mod metrics;
 pub mod probes;
 pub mod request_id;
 pub mod routes;
+pub mod server;
 
 use actors::runtime::Runtime;
 use warp::{Filter, Reply};

@@ -1,9 +1,11 @@
 //! Probes that need no authentication: `GET /` (the original's health answer), `GET /health`
 //! (liveness) and `GET /ready` (readiness: false while shutting down or at the session cap).
+//! Each also answers `HEAD` (what load balancers and many probes send; hyper leaves the body
+//! out) and `OPTIONS` (204 with `Allow`).
 
 use actors::runtime::Runtime;
 use serde_json::json;
-use warp::http::StatusCode;
+use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 /// The three probe routes.
@@ -11,12 +13,12 @@ pub fn routes(
     rt: Runtime,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let root = warp::path::end()
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| warp::reply::json(&super::routes::health()).into_response());
     let health = warp::path!("health")
-        .and(warp::get())
+        .and(get_or_head())
         .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
-    let ready = warp::path!("ready").and(warp::get()).map(move || {
+    let ready = warp::path!("ready").and(get_or_head()).map(move || {
         let (ready, reason) = rt.readiness();
         let status = if ready {
             StatusCode::OK
@@ -26,5 +28,38 @@ pub fn routes(
         let body = json!({"ready": ready, "reason": reason, "sessions": rt.index().len()});
         warp::reply::with_status(warp::reply::json(&body), status).into_response()
     });
-    root.or(health).unify().or(ready).unify()
+    let options = warp::path::end()
+        .or(warp::path!("health"))
+        .unify()
+        .or(warp::path!("ready"))
+        .unify()
+        .and(warp::method())
+        .and_then(|method: Method| async move {
+            if method == Method::OPTIONS {
+                Ok(allow())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        });
+    root.or(health)
+        .unify()
+        .or(ready)
+        .unify()
+        .or(options)
+        .unify()
+}
+
+/// `GET` or `HEAD`: a probe may send either.
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// The `OPTIONS` answer of a probe route.
+fn allow() -> warp::reply::Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        warp::http::header::ALLOW,
+        warp::http::HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    r
 }

@@ -52,6 +52,8 @@ pub struct ExecutorOptions {
     /// Binary to run instead of the cargo-built `executor` (a stand-in, to check the harness
     /// itself, or a release build).
     pub program: Option<PathBuf>,
+    /// RLIMIT_NOFILE (soft and hard) the executor starts under; inherited when `None`.
+    pub fd_limit: Option<u64>,
 }
 
 impl Default for ExecutorOptions {
@@ -65,6 +67,7 @@ impl Default for ExecutorOptions {
             workspace: None,
             startup_timeout: STARTUP_TIMEOUT,
             program: None,
+            fd_limit: None,
         }
     }
 }
@@ -136,6 +139,13 @@ impl ExecutorOptions {
     /// Changes the startup deadline.
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Starts the executor with at most `n` open files (soft and hard limit), as a container
+    /// with a low `ulimit -n`.
+    pub fn fd_limit(mut self, n: u64) -> Self {
+        self.fd_limit = Some(n);
         self
     }
 }
@@ -302,6 +312,22 @@ impl Executor {
             .stderr(Stdio::piped())
             // Own process group: Drop can kill everything the executor spawned that stayed in it.
             .process_group(0);
+        if let Some(n) = opts.fd_limit {
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe; the closure touches only its copy.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         for (k, v) in &env {
             if !opts.env_remove.contains(k) {
                 cmd.env(k, v);
