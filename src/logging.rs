@@ -60,6 +60,25 @@ where
     }
 }
 
+/// Standard output through the one masking pass (issue: security): every log line — text or
+/// JSON — has the secret values the executor knows (its own credentials, each task's keys and
+/// tokens) and the secret patterns replaced by `***` before it is written. The formatter hands
+/// over one whole line per write, so a secret is never split between two writes.
+struct MaskingStdout;
+
+impl std::io::Write for MaskingStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let masked = actors::mask::mask_text(&text);
+        std::io::stdout().lock().write_all(masked.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
 /// Writes `text` with every control character escaped (`\n`, `\r`, `\t`, `\u{1b}`, ...).
 fn write_escaped(w: &mut Writer<'_>, text: &str) -> fmt::Result {
     for c in text.chars() {
@@ -99,7 +118,7 @@ pub fn init(level: &str, json: bool, otel: Option<&opentelemetry_sdk::trace::Sdk
         .add_directive("warp::filters::trace=off".parse().unwrap_or_default());
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(colour_wanted())
-        .with_writer(std::io::stdout);
+        .with_writer(|| MaskingStdout);
     let lines = if json {
         text.json()
             .with_current_span(true)

@@ -252,8 +252,9 @@ async fn priorities(exec: &Executor, rx: &CallbackReceiver, id: i64, sub: i64) -
     let dir = exec.workspace().join(id.to_string());
     let release = exec.tmp_root().join(format!("release-{id}-{sub}"));
     let seen = dir.join(format!("tool-stat-{sub}"));
+    // Written aside and renamed: the file appears only once it is complete.
     let prompt = format!(
-        "FAKE:sh:cat /proc/self/stat > {}\nFAKE:wait_file:{}\nheld",
+        "FAKE:sh:cat /proc/self/stat > {0}.tmp && mv {0}.tmp {0}\nFAKE:wait_file:{1}\nheld",
         seen.display(),
         release.display()
     );

@@ -372,3 +372,22 @@ async fn an_agent_user_keeps_working_in_its_clone_across_subtasks() {
     let meta = std::fs::metadata(clone.join(".git")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 }
+
+/// Logs go through the same masking pass as callbacks: a task secret echoed in any log line
+/// (here, a branch name refused as option-like is logged with the error) shows as `***`.
+#[tokio::test(flavor = "multi_thread")]
+async fn task_secrets_echoed_into_log_lines_are_masked() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let token = "glpat-logline-secret-6612";
+    let body = json!({"task_id": 98, "subtask_id": 1, "prompt": "x",
+        "git_url": "http://127.0.0.1:9/org/r.git", "branch_name": format!("--upload-pack={token}"),
+        "user": {"git_token": token, "git_login": "octo"},
+        "bot": [{"shell_type": "ClaudeCode"}]});
+    exec.post_json("/api/tasks/execute", &body).await;
+    let done = rx.wait_terminal(98, 1, FAKE_WAIT).await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    exec.wait_for_log("invalid branch name", FAKE_WAIT).await;
+    exec.assert_logs_exclude(token);
+    assert!(!done.to_string().contains(token), "{done}");
+}
