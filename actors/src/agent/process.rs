@@ -119,19 +119,15 @@ impl AgentProcess {
             // std drops the supplementary groups too when root changes the uid.
             cmd.uid(uid);
         }
-        if spec.nice != 0 {
-            let nice = spec.nice;
-            // SAFETY: runs in the forked child before exec; it only makes two syscalls
-            // (async-signal-safe) and touches no memory of the parent.
-            unsafe {
-                cmd.pre_exec(move || {
-                    lower_priority(nice);
-                    Ok(())
-                });
-            }
-        }
         let mut child = crate::child::spawn(&mut cmd, crate::child::ChildKind::Agent)?;
         let pid = child.id().unwrap_or(0);
+        if spec.nice != 0 {
+            // Set from here rather than in a `pre_exec` hook: a hook forces fork+exec of the
+            // whole (multi-threaded) executor, whose copy-on-write faults and TLB shootdowns
+            // cost milliseconds per spawn; without one std uses posix_spawn. The agent has only
+            // just exec'd and starts no tool before its first turn, so all it starts inherits.
+            lower_priority(pid, spec.nice);
+        }
         let (stdout, stderr, stdin) =
             (child.take_stdout(), child.take_stderr(), child.take_stdin());
         let sink = Arc::new(sink);
@@ -306,16 +302,24 @@ impl Drop for AgentProcess {
     }
 }
 
-/// Lowers the calling process's CPU priority by `nice` and makes it a batch process
+/// Lowers the agent `pid`'s CPU priority by `nice` (relative to the executor's) and makes it a batch process
 /// (`SCHED_BATCH`: the scheduler treats it as CPU-bound and never lets it preempt interactive
 /// work), so an agent — and every tool it starts, which inherit both — never competes with the
 /// executor's own threads as an equal. Failures are ignored: priority is best effort.
-fn lower_priority(nice: i32) {
-    // SAFETY: plain syscalls on the calling process; no memory is shared.
+fn lower_priority(pid: u32, nice: i32) {
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on one child process; no memory is shared.
     unsafe {
-        libc::nice(nice);
+        let own = libc::getpriority(libc::PRIO_PROCESS, 0);
+        let target = own.saturating_add(nice).clamp(-20, 19);
+        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, target);
         let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+        libc::sched_setscheduler(pid, libc::SCHED_BATCH, &param);
     }
 }
 
