@@ -203,6 +203,9 @@ impl Drop for OwnedChild {
 /// Reaps zombie children of the executor that it did not start itself (adopted orphans).
 /// Returns how many were reaped.
 pub fn reap_adopted() -> usize {
+    if !any_zombie_child() {
+        return 0; // the usual SIGCHLD: an owned child, already reaped by its owner
+    }
     let me = std::process::id();
     // Scanned without the lock (a /proc scan takes milliseconds): a pid spawned meanwhile is
     // registered by the time the lock is taken below, since spawning holds it across the fork.
@@ -230,6 +233,22 @@ pub fn reap_adopted() -> usize {
         }
     }
     n
+}
+
+/// Whether any child of the executor is a zombie, without reaping it (`WNOWAIT`): spares the
+/// `/proc` scan when there is nothing to reap.
+fn any_zombie_child() -> bool {
+    // SAFETY: waitid writes into the siginfo it is given; WNOWAIT leaves the child waitable.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let rc = libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        rc == 0 && info.si_pid() != 0
+    }
 }
 
 /// Runs [`reap_adopted`] on every SIGCHLD (and once a second as a backstop) for the life of

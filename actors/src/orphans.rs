@@ -62,7 +62,13 @@ fn kill_families(table: &[(u32, u32, char)], roots: Vec<u32>) -> usize {
 /// are collected by the reaper ([`crate::child::start_reaper`]).
 pub fn end_adopted(dirs: Option<&[PathBuf]>) -> usize {
     let me = std::process::id();
-    let table = family::process_table();
+    // Closing one task's session reuses the table its agent's termination just read (at most
+    // 25 ms old): a scan per closed session would be the costliest part of a close. Close-all
+    // and shutdown read a fresh one.
+    let table: Vec<(u32, u32, char)> = match dirs {
+        Some(_) => family::recent_table().as_ref().clone(),
+        None => family::process_table(),
+    };
     let owned = crate::child::owned_pids();
     let dirs: Option<Vec<PathBuf>> = dirs.map(|d| d.iter().map(|p| canonical(p)).collect());
     let roots: Vec<u32> = table

@@ -50,7 +50,7 @@ pub fn become_subreaper() -> std::io::Result<()> {
 }
 
 /// A recent `(pid, ppid, state)` table (at most [`TABLE_TTL`] old).
-fn recent_table() -> Table {
+pub(crate) fn recent_table() -> Table {
     let mut guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((at, t)) = guard.as_ref() {
         if at.elapsed() < TABLE_TTL {
