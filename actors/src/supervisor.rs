@@ -297,6 +297,7 @@ impl SupervisorState {
                 Err(ractor::MessagingErr::SendErr(SessionMsg::Run(back))) => {
                     // The session is stopping: forget it and start a fresh one.
                     self.forget(task_id);
+                    self.grant_slots();
                     spec = back;
                 }
                 Err(_) => break,
@@ -441,12 +442,14 @@ impl SupervisorState {
                 let _ = actor.cast(SessionMsg::Close(EXPIRED_REASON.into()));
             }
         }
+        self.grant_slots();
     }
 
     fn forget(&mut self, task_id: i64) -> Option<ActorRef<SessionMsg>> {
         let entry = self.sessions.remove(&task_id)?;
+        // The caller grants the freed slots once it has forgotten every session it ends, so a
+        // close-all never hands a slot to a session it is about to close.
         self.slot_waiters.retain(|t| *t != task_id);
-        self.grant_slots();
         crate::mask::secrets().forget_later(task_id);
         self.by_actor.remove(&entry.actor.get_id());
         self.args.index.remove(task_id);
@@ -481,6 +484,7 @@ impl SupervisorState {
             .collect();
         let actors: Vec<ActorRef<SessionMsg>> =
             ids.iter().filter_map(|id| self.forget(*id)).collect();
+        self.grant_slots();
         let budget = self.args.cfg.stop.budget();
         // Adopted processes (tools that shed the marker and left the agent's tree) have no
         // owner once their sessions are gone: those working in a closed task's directory, or
