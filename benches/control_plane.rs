@@ -15,11 +15,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::probe::{probe, stats};
 use common::*;
 use serde_json::{json, Value};
 
@@ -34,18 +35,6 @@ fn task(task_id: i64) -> Value {
     json!({"task_id": task_id, "subtask_id": 1, "agent_type": "claude_code", "content": "hi"})
 }
 
-/// p50/p99 in milliseconds.
-fn stats(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let ms: Vec<f64> = v.into_iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    let at = |p: f64| {
-        ms.get(((ms.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (at(0.5), at(0.99))
-}
-
 /// CPU time (user + system) the process `pid` itself has used.
 fn cpu_of(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -58,47 +47,6 @@ fn cpu_of(pid: u32) -> Duration {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
-/// `GET path` on one keep-alive connection every `every` until `stop`; each latency.
-fn probe(port: u16, path: &str, every: Duration, stop: &AtomicBool) -> Vec<Duration> {
-    let mut lat = Vec::new();
-    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return lat;
-    };
-    let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else {
-        return lat;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    while !stop.load(Ordering::Relaxed) {
-        let t = Instant::now();
-        if writer.write_all(request.as_bytes()).is_err() {
-            break;
-        }
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return lat;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            break;
-        }
-        lat.push(t.elapsed());
-        std::thread::sleep(every.saturating_sub(t.elapsed()));
-    }
-    lat
 }
 
 /// One fake CLI run as the executor drives it (initialize, one user message, result), started

@@ -12,6 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::probe::{probe, stats};
 use common::*;
 use serde_json::{json, Value};
 
@@ -24,18 +25,6 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn task(task_id: i64, sub: i64, content: &str) -> Value {
     json!({"task_id": task_id, "subtask_id": sub, "agent_type": "claude_code", "content": content})
-}
-
-/// p50/p99 of a sample, in milliseconds.
-fn stats(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let ms: Vec<f64> = v.into_iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    let at = |p: f64| {
-        ms.get(((ms.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    (at(0.5), at(0.99))
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -58,46 +47,6 @@ fn terminals(rx: &CallbackReceiver, from_task: i64) -> usize {
         .iter()
         .filter(|c| is_terminal(c) && c["task_id"].as_i64().is_some_and(|t| t >= from_task))
         .count()
-}
-
-/// Sequential `GET /` on one keep-alive connection until `stop`; returns each latency.
-fn probe_health(port: u16, stop: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut lat = Vec::new();
-    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return lat;
-    };
-    let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream.try_clone().expect("clone probe socket"));
-    let mut writer = stream;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let t = Instant::now();
-        if writer
-            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .is_err()
-        {
-            break;
-        }
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return lat;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            break;
-        }
-        lat.push(t.elapsed());
-    }
-    lat
 }
 
 struct Bench {
@@ -250,7 +199,7 @@ impl Bench {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let probe = {
             let stop = stop.clone();
-            std::thread::spawn(move || probe_health(port, &stop))
+            std::thread::spawn(move || probe(port, "/", Duration::ZERO, &stop))
         };
         for j in joins {
             let _ = j.await;

@@ -16,6 +16,7 @@ pub mod callback_receiver;
 pub mod executor_process;
 pub mod mock_anthropic;
 pub mod mock_openai;
+pub mod probe;
 pub mod procs;
 pub mod raw_http;
 mod server;
