@@ -8,7 +8,7 @@
 //! directory, and close-all and shutdown end every adopted process. After a SIGKILL of the
 //! executor, its agents and their tools live on under init; the next instance ends them at
 //! start-up, before it serves: processes carrying the marker of an executor that is no longer
-//! alive, and orphans (parent: init) working under `WORKSPACE_ROOT`.
+//! alive, and orphans (parent: init) working in a task's directory under `WORKSPACE_ROOT`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,16 @@ pub fn end_adopted(dirs: Option<&[PathBuf]>) -> usize {
     kill_families(&table, roots)
 }
 
+/// Whether `cwd` is inside a task's directory (`<root>/<task_id>/…`): only those orphans are
+/// the executor's, never a daemon that merely works somewhere under a broad `WORKSPACE_ROOT`.
+fn in_task_dir(cwd: &Path, root: &Path) -> bool {
+    cwd.strip_prefix(root)
+        .ok()
+        .and_then(|rest| rest.components().next())
+        .and_then(|first| first.as_os_str().to_str())
+        .is_some_and(|name| name.parse::<i64>().is_ok())
+}
+
 /// The executor pid inside a marker value (`<executor pid>-<task>-<n>`).
 fn marker_owner(environ: &[u8]) -> Option<u32> {
     let needle = format!("{MARKER_ENV}=");
@@ -111,7 +121,7 @@ pub fn end_leftovers(workspace_root: &Path) -> usize {
                 .and_then(|env| marker_owner(&env))
                 .is_some_and(|owner| owner != me && !alive(owner));
             let orphan_in_root =
-                *ppid == 1 && cwd_of(*pid).is_some_and(|cwd| cwd.starts_with(&root));
+                *ppid == 1 && cwd_of(*pid).is_some_and(|cwd| in_task_dir(&cwd, &root));
             dead_owner || orphan_in_root
         })
         .map(|(pid, _, _)| *pid)
@@ -129,6 +139,16 @@ mod tests {
         assert_eq!(marker_owner(env.as_bytes()), Some(4242));
         assert_eq!(marker_owner(b"A=1\0B=2\0"), None);
         assert_eq!(marker_owner(format!("{MARKER_ENV}=x-1").as_bytes()), None);
+    }
+
+    #[test]
+    fn only_task_directories_count() {
+        let root = Path::new("/ws");
+        assert!(in_task_dir(Path::new("/ws/41"), root));
+        assert!(in_task_dir(Path::new("/ws/-7/src/deep"), root));
+        assert!(!in_task_dir(Path::new("/ws"), root));
+        assert!(!in_task_dir(Path::new("/ws/.agno"), root));
+        assert!(!in_task_dir(Path::new("/elsewhere/41"), root));
     }
 
     #[test]
