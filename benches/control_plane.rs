@@ -7,7 +7,9 @@
 //! p50, tasks/s, and the executor's own CPU per task (utime + stime of its process). The fake
 //! alone (started directly, same input, 16 at a time) gives the machine's ceiling for tasks/s.
 //! Run with `cargo bench --bench control_plane`. Sizes: `BENCH_TASKS` (200), `BENCH_CLIENTS`
-//! (16), `BENCH_CPU_START_MS` (15), `BENCH_CPU_LINE_US` (200). Exits non-zero when a task is
+//! (16), `BENCH_CPU_START_MS` (15), `BENCH_CPU_LINE_US` (200); `BENCH_FAKES`
+//! (`instant,cpu-heavy`) and `BENCH_NICES` (`10,0`) pick the scenarios;
+//! `BENCH_EXECUTOR=/path` runs another build of the executor (before/after comparisons). Exits non-zero when a task is
 //! left without its terminal callback. Targets (issue "control plane") are reported, not
 //! asserted: timings depend on the machine.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
@@ -108,9 +110,9 @@ fn fake_alone(n: usize, clients: usize, fake_env: &[(String, String)]) -> f64 {
     n as f64 / t0.elapsed().as_secs_f64()
 }
 
-struct Scenario {
+struct Scenario<'a> {
     fake: &'static str,
-    nice: &'static str,
+    nice: &'a str,
     fake_env: Vec<(String, String)>,
 }
 
@@ -120,17 +122,21 @@ struct Row {
     unfinished: usize,
 }
 
-async fn run(s: &Scenario, n: usize, clients: usize, alone: f64) -> Row {
+async fn run(s: &Scenario<'_>, n: usize, clients: usize, alone: f64) -> Row {
     let rx = CallbackReceiver::start();
     let mut opts = ExecutorOptions::new()
         .callback_url(rx.url())
         .env("ANTHROPIC_API_KEY", "sk-bench")
+        .env("LOG_LEVEL", "info") // as production runs (the harness default is DEBUG)
         .env("MAX_LIVE_PROCESSES", "0")
         .env("AGENT_NICE", s.nice)
         .env("SESSION_EOF_GRACE_MS", "500")
         .env("SESSION_TERM_GRACE_MS", "1000");
     for (k, v) in &s.fake_env {
         opts = opts.env(k.clone(), v.clone());
+    }
+    if let Ok(p) = std::env::var("BENCH_EXECUTOR") {
+        opts = opts.program(p); // another build, for before/after comparisons
     }
     let exec = Executor::start(opts).await;
 
@@ -248,9 +254,14 @@ async fn main() {
     ];
     let mut rows = Vec::new();
     let mut unfinished = 0;
+    let fakes = std::env::var("BENCH_FAKES").unwrap_or_else(|_| "instant,cpu-heavy".into());
+    let nices = std::env::var("BENCH_NICES").unwrap_or_else(|_| "10,0".into());
     for (fake, env) in [("instant", Vec::new()), ("cpu-heavy", heavy)] {
+        if !fakes.split(',').any(|f| f == fake) {
+            continue;
+        }
         let alone = fake_alone(n, clients, &env);
-        for nice in ["10", "0"] {
+        for nice in nices.split(',') {
             let s = Scenario {
                 fake,
                 nice,

@@ -27,6 +27,7 @@ pub mod payload;
 pub mod runtime;
 pub mod session;
 pub mod spool;
+pub mod spool_journal;
 pub mod spool_recovery;
 pub mod supervisor;
 pub mod task;

@@ -2,12 +2,12 @@
 //! under the spool directory, so nothing is lost when the executor crashes or restarts, and
 //! memory stays flat however long the receiver is down (the relay keeps only file offsets).
 //!
-//! Files: `task-<id>.log` holds one JSON record per line (`{"seq", "subtask_id", "body"}`),
-//! `task-<id>.ack` the byte offset up to which records were delivered, rewritten in place after
-//! every delivery (so a crash resends at most the event that was in flight). Both are removed
-//! once everything in them was delivered (that is the compaction). `open-<task>-<subtask>.json`
-//! records accepted, unfinished subtasks (see [`crate::unfinished`]). One writer thread owns
-//! all writes, so appends, acks, records and removals happen in the order they were asked for.
+//! Files: `task-<id>.log` holds one JSON record per line (`{"seq", "subtask_id", "body"}`); it
+//! is removed once everything in it was delivered (that is the compaction). `spool.journal`
+//! ([`crate::spool_journal`]) holds the byte offset up to which each log was delivered, recorded
+//! after every delivery (so a crash resends at most the event that was in flight), and the
+//! accepted, unfinished subtasks (see [`crate::unfinished`]). One writer thread owns all writes,
+//! so appends, acks, records and removals happen in the order they were asked for.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncSeekExt};
 
+use crate::spool_journal::Journal;
 use crate::spool_recovery::recover;
 pub use crate::spool_recovery::{Recovered, Recovery};
-use crate::unfinished::{self, Unfinished};
+use crate::unfinished::Unfinished;
 
 /// One spooled event.
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,12 +93,10 @@ pub fn log_path(dir: &Path, task_id: i64) -> PathBuf {
     dir.join(format!("task-{task_id}.log"))
 }
 
-pub(crate) fn ack_path(dir: &Path, task_id: i64) -> PathBuf {
+/// Where an earlier version kept a log's delivery offset (read once at start-up, then removed).
+pub(crate) fn legacy_ack_path(dir: &Path, task_id: i64) -> PathBuf {
     dir.join(format!("task-{task_id}.ack"))
 }
-
-/// Width of the ack file's number: fixed, so it is rewritten in place with one `pwrite`.
-const ACK_WIDTH: usize = 20;
 
 impl Spool {
     /// Opens (creating) the spool directory and starts the writer thread; `appended(task_id,
@@ -108,16 +107,16 @@ impl Spool {
     ) -> std::io::Result<(Self, Recovery)> {
         tokio::fs::create_dir_all(&dir).await?;
         let rdir = dir.clone();
-        let recovery = tokio::task::spawn_blocking(move || recover(&rdir))
+        let (recovery, journal) = tokio::task::spawn_blocking(move || recover(&rdir))
             .await
-            .map_err(std::io::Error::other)?;
+            .map_err(std::io::Error::other)??;
         let (tx, rx) = std::sync::mpsc::channel();
         let wdir = dir.clone();
         // A plain thread: every spool write is a small blocking syscall, cheaper done in place
         // than handed to tokio's blocking pool one by one.
         std::thread::Builder::new()
             .name("callback-spool".into())
-            .spawn(move || Writer::new(wdir).run(&rx, appended))?;
+            .spawn(move || Writer::new(wdir, journal).run(&rx, appended))?;
         Ok((Self { dir, tx }, recovery))
     }
 
@@ -151,19 +150,19 @@ impl Spool {
     }
 }
 
-/// The writer thread's state: the open log and ack files.
+/// The writer thread's state: the open logs and the journal.
 struct Writer {
     dir: PathBuf,
     logs: HashMap<i64, (std::fs::File, u64)>,
-    acks: HashMap<i64, std::fs::File>,
+    journal: Journal,
 }
 
 impl Writer {
-    fn new(dir: PathBuf) -> Self {
+    fn new(dir: PathBuf, journal: Journal) -> Self {
         Self {
             dir,
             logs: HashMap::new(),
-            acks: HashMap::new(),
+            journal,
         }
     }
 
@@ -177,77 +176,53 @@ impl Writer {
                 Op::Append(a) => {
                     let a = *a;
                     if let Some(u) = &a.opens {
-                        self.record_unfinished(u);
+                        // Before the line: a crash in between leaves a record and no events,
+                        // which recovery ends with one FAILED.
+                        let res = self.journal.open_subtask(u);
+                        self.journal_result(res, "record an unfinished subtask");
                     }
                     let mut line = a.line;
                     line.push(b'\n');
                     let end = self.append(a.task_id, &line);
                     if let (Ok(_), Some(sub)) = (&end, a.closes) {
-                        unfinished::remove(&self.dir, a.task_id, sub);
+                        let res = self.journal.close_subtask(a.task_id, sub);
+                        self.journal_result(res, "close a finished subtask");
                     }
                     appended(a.task_id, end);
                 }
-                Op::Ack { task_id, offset } => self.ack(task_id, offset),
+                Op::Ack { task_id, offset } => {
+                    let res = self.journal.ack(task_id, offset);
+                    self.journal_result(res, "record a delivery");
+                }
                 Op::Remove { task_id, open } => {
                     for (sub, seq) in open {
-                        unfinished::set_seq(&self.dir, task_id, sub, seq);
+                        let res = self.journal.set_seq(task_id, sub, seq);
+                        self.journal_result(res, "keep a sequence number");
                     }
                     self.logs.remove(&task_id);
-                    self.acks.remove(&task_id);
                     let _ = std::fs::remove_file(log_path(&self.dir, task_id));
-                    let _ = std::fs::remove_file(ack_path(&self.dir, task_id));
+                    let res = self.journal.forget(task_id);
+                    self.journal_result(res, "forget a delivered log");
                 }
                 Op::Close {
                     task_id,
                     subtask_id,
-                } => unfinished::remove(&self.dir, task_id, subtask_id),
-            }
-        }
-    }
-
-    /// Writes a subtask's unfinished record, re-creating a vanished directory once.
-    fn record_unfinished(&self, u: &Unfinished) {
-        let mut res = unfinished::write(&self.dir, u);
-        if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
-            res = std::fs::create_dir_all(&self.dir).and_then(|()| unfinished::write(&self.dir, u));
-        }
-        if let Err(e) = res {
-            // The append that follows fails the same way and reports it.
-            tracing::debug!(
-                "cannot record unfinished subtask {}.{}: {e}",
-                u.task_id,
-                u.subtask_id
-            );
-        }
-    }
-
-    /// Rewrites the task's ack file in place (one `pwrite` of a fixed-width number).
-    fn ack(&mut self, task_id: i64, offset: u64) {
-        use std::os::unix::fs::FileExt;
-        let dir = &self.dir;
-        let f = match self.acks.entry(task_id) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                match std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(ack_path(dir, task_id))
-                {
-                    Ok(f) => v.insert(f),
-                    Err(e) => {
-                        tracing::warn!(
-                            "callback spool: cannot record delivery for task {task_id}: {e}"
-                        );
-                        return;
-                    }
+                } => {
+                    let res = self.journal.close_subtask(task_id, subtask_id);
+                    self.journal_result(res, "close a finished subtask");
                 }
             }
-        };
-        let text = format!("{offset:0ACK_WIDTH$}");
-        if let Err(e) = f.write_all_at(text.as_bytes(), 0) {
-            tracing::warn!("callback spool: cannot record delivery for task {task_id}: {e}");
-            self.acks.remove(&task_id);
+        }
+    }
+
+    /// Reports a failed journal write (the log appends that go with it report the same cause to
+    /// the relay, which degrades to memory).
+    fn journal_result(&self, res: std::io::Result<()>, what: &str) {
+        if let Err(e) = res {
+            tracing::warn!(
+                "callback spool: cannot {what} in {}: {e}",
+                self.dir.display()
+            );
         }
     }
 
@@ -257,6 +232,9 @@ impl Writer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.logs.remove(&task_id);
                 std::fs::create_dir_all(&self.dir)?;
+                // The journal's open handle points into the removed directory: start it anew.
+                let res = self.journal.rewrite();
+                self.journal_result(res, "re-create the journal");
                 self.try_append(task_id, line)
             }
             other => other,

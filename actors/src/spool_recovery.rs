@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::spool::{ack_path, Record};
+use crate::spool::{legacy_ack_path, Record};
+use crate::spool_journal::Journal;
 use crate::unfinished::{self, Unfinished};
 
 /// A task's spooled events found at start-up.
@@ -33,14 +34,18 @@ pub struct Recovery {
 }
 
 /// Finds the undelivered events and unfinished subtasks left by an earlier run, and removes
-/// fully delivered files. Blocking: run it off the async threads.
-pub(crate) fn recover(dir: &Path) -> Recovery {
+/// fully delivered files; returns the opened journal for the writer. Records an earlier version
+/// kept in files of their own (`task-<id>.ack`, `open-<task>-<subtask>.json`) are moved into
+/// the journal. Blocking: run it off the async threads.
+pub(crate) fn recover(dir: &Path) -> std::io::Result<(Recovery, Journal)> {
     let mut out = Recovery::default();
+    let mut journal = Journal::open(dir)?;
+    for u in unfinished::take_legacy(dir) {
+        journal.open_subtask(&u)?;
+    }
     let mut terminals: HashSet<(i64, i64)> = HashSet::new();
     let mut seqs: HashMap<(i64, i64), u64> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
+    let entries = std::fs::read_dir(dir)?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(task_id) = name
@@ -68,14 +73,19 @@ pub(crate) fn recover(dir: &Path) -> Recovery {
         for (sub, seq) in &last_seq {
             seqs.insert((task_id, *sub), *seq);
         }
-        let read = std::fs::read_to_string(ack_path(dir, task_id))
+        let legacy = legacy_ack_path(dir, task_id);
+        if let Some(read) = std::fs::read_to_string(&legacy)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        {
+            journal.ack(task_id, read)?;
+            let _ = std::fs::remove_file(&legacy);
+        }
+        let read = journal.state().acks.get(&task_id).copied().unwrap_or(0);
         let write = content.len() as u64;
         if read >= write {
             let _ = std::fs::remove_file(e.path());
-            let _ = std::fs::remove_file(ack_path(dir, task_id));
+            journal.forget(task_id)?;
             continue;
         }
         out.tasks.push(Recovered {
@@ -86,17 +96,31 @@ pub(crate) fn recover(dir: &Path) -> Recovery {
         });
     }
     out.tasks.sort_by_key(|r| r.task_id);
-    for u in unfinished::list(dir) {
+    // Acknowledgements of logs that are gone (removed before the journal said so).
+    let live: HashSet<i64> = out.tasks.iter().map(|r| r.task_id).collect();
+    let stale: Vec<i64> = journal
+        .state()
+        .acks
+        .keys()
+        .filter(|t| !live.contains(t))
+        .copied()
+        .collect();
+    for t in stale {
+        journal.forget(t)?;
+    }
+    let mut open: Vec<Unfinished> = journal.state().open.values().cloned().collect();
+    open.sort_by_key(|u| (u.task_id, u.subtask_id));
+    for u in open {
         let key = (u.task_id, u.subtask_id);
         if terminals.contains(&key) {
-            // Crashed between spooling the terminal and removing the record: the terminal wins.
-            unfinished::remove(dir, u.task_id, u.subtask_id);
+            // Crashed between spooling the terminal and closing the record: the terminal wins.
+            journal.close_subtask(u.task_id, u.subtask_id)?;
             continue;
         }
         let seq = seqs.get(&key).copied().unwrap_or(0).max(u.seq) + 1;
         out.unfinished.push((u, seq));
     }
-    out
+    Ok((out, journal))
 }
 
 /// A SIGKILL during a multi-page write can leave half a record at the end of a log; it is cut
@@ -121,4 +145,51 @@ fn cut_partial_line(path: &Path, content: &mut Vec<u8>) {
         tracing::error!("cannot cut {}: {e}", path.display());
     }
     content.truncate(keep);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_versions_files_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = br#"{"seq":1,"subtask_id":1,"body":{"status":"COMPLETED"}}"#;
+        let second = br#"{"seq":1,"subtask_id":2,"body":{"status":"RUNNING"}}"#;
+        let log = [&first[..], b"\n", &second[..], b"\n"].concat();
+        std::fs::write(dir.path().join("task-5.log"), &log).unwrap();
+        let acked = first.len() + 1;
+        std::fs::write(dir.path().join("task-5.ack"), format!("{acked:020}")).unwrap();
+        let u = Unfinished {
+            task_id: 5,
+            subtask_id: 2,
+            task_title: String::new(),
+            subtask_title: String::new(),
+            task_type: None,
+            executor_name: None,
+            executor_namespace: None,
+            request_id: None,
+            traceparent: None,
+            seq: 0,
+        };
+        std::fs::write(
+            dir.path().join("open-5-2.json"),
+            serde_json::to_vec(&u).unwrap(),
+        )
+        .unwrap();
+        let (rec, journal) = recover(dir.path()).unwrap();
+        assert_eq!(rec.tasks.len(), 1);
+        assert_eq!(
+            (rec.tasks[0].read, rec.tasks[0].write),
+            (acked as u64, log.len() as u64)
+        );
+        assert_eq!(rec.unfinished, vec![(u, 2)]);
+        assert!(!dir.path().join("task-5.ack").exists());
+        assert!(!dir.path().join("open-5-2.json").exists());
+        drop(journal);
+        // The journal now holds both: a second start-up finds the same.
+        let (again, _) = recover(dir.path()).unwrap();
+        assert_eq!(again.tasks[0].read, acked as u64);
+        assert_eq!(again.unfinished.len(), 1);
+    }
 }

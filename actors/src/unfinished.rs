@@ -1,16 +1,16 @@
 //! The durable record of accepted, unfinished subtasks, so every accepted subtask ends exactly
 //! once even when the executor is killed while it runs (DESIGN: "accepted means finished once").
 //!
-//! One small file per subtask, `open-<task>-<subtask>.json` in the spool directory, written by
-//! the spool writer right before the subtask's first record (its "Task execution started", sent
-//! at acceptance, so queued subtasks have one too) and removed right after its terminal record
-//! was appended (or, when the spool was failing, after the terminal was delivered from memory).
+//! A line in the spool's journal ([`crate::spool_journal`]) per subtask, appended by the spool
+//! writer right before the subtask's first record (its "Task execution started", sent at
+//! acceptance, so queued subtasks have one too) and closed right after its terminal record was
+//! appended (or, when the spool was failing, after the terminal was delivered from memory).
 //! At start-up a record whose subtask has no terminal in the replayed spool log means the
 //! executor died while the subtask was accepted: the relay sends one `FAILED` for it before any
-//! new work. A crash between the terminal's append and the record's removal leaves both, and the
+//! new work. A crash between the terminal's append and the record's close leaves both, and the
 //! terminal found in the log wins, so no second terminal is ever produced.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,22 +88,7 @@ impl Unfinished {
     }
 }
 
-/// Path of a subtask's record.
-pub fn path(dir: &Path, task_id: i64, subtask_id: i64) -> PathBuf {
-    dir.join(format!("open-{task_id}-{subtask_id}.json"))
-}
-
-/// Writes (or rewrites) a record atomically (a temporary file renamed over it), so a crash
-/// never leaves a half-written one.
-pub fn write(dir: &Path, u: &Unfinished) -> std::io::Result<()> {
-    let body = serde_json::to_vec(u).map_err(std::io::Error::other)?;
-    let target = path(dir, u.task_id, u.subtask_id);
-    let tmp = target.with_extension("json.tmp");
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, &target)
-}
-
-/// The ids in a record's file name `open-<task>-<subtask>.json`.
+/// The ids in an earlier version's record file name `open-<task>-<subtask>.json`.
 fn ids(name: &str) -> Option<(i64, i64)> {
     let inner = name.strip_prefix("open-")?.strip_suffix(".json")?;
     // Task ids may be negative: split at the last '-' that follows a digit.
@@ -116,41 +101,22 @@ fn ids(name: &str) -> Option<(i64, i64)> {
     Some((inner[..cut].parse().ok()?, inner[cut + 1..].parse().ok()?))
 }
 
-/// Records the last sequence number of an existing record (no-op when there is none).
-pub fn set_seq(dir: &Path, task_id: i64, subtask_id: i64, seq: u64) {
-    let p = path(dir, task_id, subtask_id);
-    let Ok(bytes) = std::fs::read(&p) else {
-        return;
-    };
-    if let Ok(mut u) = serde_json::from_slice::<Unfinished>(&bytes) {
-        u.seq = seq;
-        if let Err(e) = write(dir, &u) {
-            tracing::warn!("cannot update {}: {e}", p.display());
-        }
-    }
-}
-
-/// Removes a record once its subtask's terminal is safe.
-pub fn remove(dir: &Path, task_id: i64, subtask_id: i64) {
-    let _ = std::fs::remove_file(path(dir, task_id, subtask_id));
-}
-
-/// Every record in the directory, sorted by task then subtask. An unreadable one (it cannot
-/// be, as records are written atomically, but a disk can lie) still ends its subtask, known
-/// from the file name, with empty titles.
-pub fn list(dir: &Path) -> Vec<Unfinished> {
+/// Takes the records an earlier version kept in a file per subtask (`open-<task>-<subtask>.json`
+/// in the spool directory) and removes the files; the caller moves them into the journal. An
+/// unreadable one still ends its subtask, known from the file name, with empty titles.
+pub fn take_legacy(dir: &Path) -> Vec<Unfinished> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with("open-") && name.ends_with(".json.tmp") {
-            // A rewrite the previous run was killed in the middle of; the record itself is whole.
-            let _ = std::fs::remove_file(e.path());
+        if !name.starts_with("open-") {
             continue;
         }
-        if !(name.starts_with("open-") && name.ends_with(".json")) {
+        if name.ends_with(".json.tmp") {
+            // A rewrite the previous run was killed in the middle of; the record itself is whole.
+            let _ = std::fs::remove_file(e.path());
             continue;
         }
         let parsed = std::fs::read(e.path())
@@ -176,11 +142,9 @@ pub fn list(dir: &Path) -> Vec<Unfinished> {
                     seq: 0,
                 });
             }
-            (None, None) => {
-                tracing::error!("removing a stray file {}", e.path().display());
-                let _ = std::fs::remove_file(e.path());
-            }
+            (None, None) => tracing::error!("removing a stray file {}", e.path().display()),
         }
+        let _ = std::fs::remove_file(e.path());
     }
     out.sort_by_key(|u| (u.task_id, u.subtask_id));
     out
@@ -189,6 +153,34 @@ pub fn list(dir: &Path) -> Vec<Unfinished> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_of_an_earlier_version_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = Unfinished {
+            task_id: 7,
+            subtask_id: 2,
+            task_title: "t".into(),
+            subtask_title: "s".into(),
+            task_type: None,
+            executor_name: None,
+            executor_namespace: None,
+            request_id: None,
+            traceparent: None,
+            seq: 3,
+        };
+        std::fs::write(
+            dir.path().join("open-7-2.json"),
+            serde_json::to_vec(&u).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("open-8-1.json"), b"{garbage").unwrap();
+        let got = take_legacy(dir.path());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], u);
+        assert_eq!((got[1].task_id, got[1].subtask_id), (8, 1));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn ids_come_from_the_file_name_also_for_negative_task_ids() {
