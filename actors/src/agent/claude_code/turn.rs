@@ -101,9 +101,7 @@ impl Turn {
 
     /// The stream-json user line for this turn.
     pub fn user_line(&self) -> String {
-        json!({"type": "user", "message": {"role": "user", "content": self.prompt},
-               "parent_tool_use_id": null, "session_id": ""})
-        .to_string()
+        super::protocol::user(&self.prompt)
     }
 
     /// Interprets one message from the CLI's stdout.
