@@ -10,6 +10,7 @@ pub mod claude_code;
 pub mod env_rule;
 pub mod family;
 pub mod process;
+pub mod process_core;
 pub mod registry;
 pub mod seam;
 pub mod throttle;
