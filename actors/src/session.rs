@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::agent::agno::{AgnoAgent, AgnoMsg};
-use crate::agent::claude_code::{AgentMsg, ClaudeCodeAgent};
-use crate::agent::{AgentArgs, TurnRequest};
+pub use crate::agent::seam::ProcessState;
+use crate::agent::seam::{AgentArgs, AgentEvent, AgentHandle, AgentSink, TurnRequest};
+use crate::agent::StartAgent;
 use crate::callback::CallbackMsg;
 use crate::config::RuntimeConfig;
 use crate::index::SessionStatus;
@@ -33,19 +33,11 @@ pub enum SessionMsg {
     /// Cancel the running subtask and drop the queued ones. Replies whether anything was
     /// running or queued.
     Cancel(RpcReplyPort<bool>),
-    /// The agent finished the running subtask.
-    TurnDone {
-        /// Which subtask ended.
-        subtask_id: i64,
-        /// How it ended (its callback was already sent by the agent).
-        status: TaskStatus,
-    },
+    /// The agent reports: a turn ended, or its process changed.
+    Agent(AgentEvent),
     /// Stop the session: end the agent and its processes, fail what was still running with
     /// this reason.
     Close(String),
-    /// The agent's process started, was suspended (ended to free memory; the next subtask
-    /// resumes the conversation) or ended otherwise.
-    Process(ProcessState),
     /// End the agent's process if it is idle (the supervisor's live-process cap).
     Suspend,
     /// The supervisor granted the live-process slot this session waits for.
@@ -82,61 +74,8 @@ pub struct SessionArgs {
     pub callbacks: ActorRef<CallbackMsg>,
     /// Told about every state change (it maintains the session index).
     pub supervisor: ActorRef<SupervisorMsg>,
-    /// Pre-started agno clients, when the pool is on.
-    pub agno_pool: Option<ActorRef<crate::agent::agno::pool::PoolMsg>>,
-}
-
-/// The session's agent child, whichever kind runs the task.
-#[derive(Clone)]
-pub enum AgentHandle {
-    /// Claude Code.
-    Claude(ActorRef<AgentMsg>),
-    /// Agno.
-    Agno(ActorRef<AgnoMsg>),
-}
-
-impl AgentHandle {
-    fn kind(&self) -> AgentKind {
-        match self {
-            Self::Claude(_) => AgentKind::ClaudeCode,
-            Self::Agno(_) => AgentKind::Agno,
-        }
-    }
-
-    fn id(&self) -> ractor::ActorId {
-        match self {
-            Self::Claude(a) => a.get_id(),
-            Self::Agno(a) => a.get_id(),
-        }
-    }
-
-    fn turn(&self, req: TurnRequest) -> Result<(), ()> {
-        match self {
-            Self::Claude(a) => a.cast(AgentMsg::Turn(Box::new(req))).map_err(|_| ()),
-            Self::Agno(a) => a.cast(AgnoMsg::Turn(Box::new(req))).map_err(|_| ()),
-        }
-    }
-
-    fn interrupt(&self) {
-        let _ = match self {
-            Self::Claude(a) => a.cast(AgentMsg::Interrupt).map_err(|_| ()),
-            Self::Agno(a) => a.cast(AgnoMsg::Interrupt).map_err(|_| ()),
-        };
-    }
-
-    fn suspend(&self) {
-        let _ = match self {
-            Self::Claude(a) => a.cast(AgentMsg::Suspend).map_err(|_| ()),
-            Self::Agno(a) => a.cast(AgnoMsg::Suspend).map_err(|_| ()),
-        };
-    }
-
-    fn stop(&self) {
-        match self {
-            Self::Claude(a) => a.stop(None),
-            Self::Agno(a) => a.stop(None),
-        }
-    }
+    /// Starts the agent a subtask's kind needs ([`crate::agent::Registry`] in the executor).
+    pub agents: Arc<dyn StartAgent>,
 }
 
 /// The actor; see the module docs.
@@ -163,15 +102,20 @@ pub struct SessionState {
     slot_queued: bool,
 }
 
-/// The agent process of a session, as the listing and the live-process cap see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessState {
-    /// Running.
-    Started,
-    /// Ended to free memory; the conversation resumes on the next subtask.
-    Suspended,
-    /// Not running (never started, exited or killed).
-    Ended,
+impl From<AgentEvent> for SessionMsg {
+    fn from(e: AgentEvent) -> Self {
+        SessionMsg::Agent(e)
+    }
+}
+
+impl TryFrom<SessionMsg> for AgentEvent {
+    type Error = SessionMsg;
+    fn try_from(msg: SessionMsg) -> Result<Self, SessionMsg> {
+        match msg {
+            SessionMsg::Agent(e) => Ok(e),
+            other => Err(other),
+        }
+    }
 }
 
 impl Actor for Session {
@@ -235,7 +179,7 @@ impl Actor for Session {
                 // Cancelled meanwhile: the report frees the slot again.
                 None => st.report(),
             },
-            SessionMsg::TurnDone { subtask_id, status } => {
+            SessionMsg::Agent(AgentEvent::TurnDone { subtask_id, status }) => {
                 if st
                     .current
                     .as_ref()
@@ -251,7 +195,7 @@ impl Actor for Session {
                     st.start_next(&me).await;
                 }
             }
-            SessionMsg::Process(p) => {
+            SessionMsg::Agent(AgentEvent::Process(p)) => {
                 st.process = p;
                 st.report();
             }
@@ -355,26 +299,14 @@ impl SessionState {
         &self,
         me: &ActorRef<SessionMsg>,
         kind: &AgentKind,
-    ) -> Result<AgentHandle, ActorProcessingErr> {
+    ) -> Result<AgentHandle, crate::agent::registry::StartError> {
         let args = AgentArgs {
             task_id: self.args.task_id,
             cfg: self.args.cfg.clone(),
             callbacks: self.args.callbacks.clone(),
-            session: me.clone(),
-            agno_pool: self.args.agno_pool.clone(),
+            session: AgentSink::new(me),
         };
-        Ok(match kind {
-            AgentKind::Agno => AgentHandle::Agno(
-                Actor::spawn_linked(None, AgnoAgent, args, me.get_cell())
-                    .await?
-                    .0,
-            ),
-            _ => AgentHandle::Claude(
-                Actor::spawn_linked(None, ClaudeCodeAgent, args, me.get_cell())
-                    .await?
-                    .0,
-            ),
-        })
+        self.args.agents.start(kind, args, me.get_cell()).await
     }
 
     fn emit(&self, p: crate::payload::CallbackPayload) {
@@ -398,7 +330,8 @@ impl SessionState {
                     let progress = move |message: String| {
                         let _ = news.cast(SessionMsg::PrepProgress { seq, message });
                     };
-                    let result = workspace::prepare(&cfg, &spec, &progress, &stop).await;
+                    let needs = spec.agent.workspace_needs();
+                    let result = workspace::prepare(&cfg, &spec, &needs, &progress, &stop).await;
                     let _ = me.cast(SessionMsg::Prepared {
                         seq,
                         spec,
@@ -429,12 +362,12 @@ impl SessionState {
         let outcome = match result {
             _ if self.prep_cancelled => Err((
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE.to_string(),
+                crate::agent::seam::CANCEL_MESSAGE.to_string(),
                 None,
             )),
             Err(PrepareError::Cancelled) => Err((
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE.to_string(),
+                crate::agent::seam::CANCEL_MESSAGE.to_string(),
                 None,
             )),
             Err(e) => {
@@ -459,9 +392,9 @@ impl SessionState {
                 return self.start_next(me).await;
             }
         };
-        if let Some(old) = self.agent.as_ref().filter(|a| a.kind() != spec.agent) {
+        if let Some(old) = self.agent.as_ref().filter(|a| *a.kind() != spec.agent) {
             // The task switched agent types: the old agent (and its process) goes.
-            old.stop();
+            old.close();
             self.agent = None;
         }
         let agent = match &self.agent {
@@ -475,7 +408,7 @@ impl SessionState {
                     self.emit(ctx.payload(
                         100,
                         TaskStatus::Failed,
-                        format!("could not start the agent: {e}"),
+                        format!("{} Unable to get or create agent: {e}", spec.label()),
                         None,
                     ));
                     self.current = None;
@@ -535,7 +468,7 @@ impl SessionState {
             let p = ctx.payload(
                 100,
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE,
+                crate::agent::seam::CANCEL_MESSAGE,
                 None,
             );
             let _ = self.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
@@ -546,7 +479,7 @@ impl SessionState {
             self.emit(ctx.payload(
                 100,
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE,
+                crate::agent::seam::CANCEL_MESSAGE,
                 None,
             ));
             self.current = None;

@@ -3,20 +3,12 @@
 
 use serde_json::{json, Value};
 
-use crate::agent::claude_turn::MAX_THINKING_STEPS;
+use crate::agent::seam::MAX_THINKING_STEPS;
 use crate::mask::{mask_str, mask_value};
 use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 
-/// What one client line means for the turn.
-#[derive(Debug)]
-pub enum AgnoOutcome {
-    /// Nothing to send (or kept for the next event).
-    Ignore,
-    /// A progress event is due (throttled by the caller).
-    Progress,
-    /// The run ended; send this terminal event, if any.
-    Finished(TaskStatus, Option<Box<CallbackPayload>>),
-}
+/// What one client line means for the turn (the outcome every process agent shares).
+pub use crate::agent::process_core::TurnOutcome as AgnoOutcome;
 
 /// State of the running subtask.
 #[derive(Debug)]
@@ -37,6 +29,27 @@ pub struct AgnoTurn {
     progress: u8,
     message: String,
     spans: crate::trace::TurnSpans,
+}
+
+impl crate::agent::process_core::AgentTurn for AgnoTurn {
+    fn ctx(&self) -> &SubtaskContext {
+        &self.ctx
+    }
+    fn sent(&self) -> bool {
+        self.sent
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+    fn mark_cancelled(&mut self) {
+        self.cancelled = true;
+    }
+    fn failed(&mut self, message: &str) -> Box<CallbackPayload> {
+        AgnoTurn::failed(self, message)
+    }
+    fn progress_event(&self) -> Box<CallbackPayload> {
+        AgnoTurn::progress_event(self)
+    }
 }
 
 impl AgnoTurn {

@@ -6,27 +6,13 @@ use serde_json::{json, Value};
 use crate::mask::{mask_str, mask_value};
 use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 
-/// Thinking steps kept per turn; callbacks carry the whole list, so it must stay bounded.
-pub const MAX_THINKING_STEPS: usize = 200;
+pub use crate::agent::seam::{CANCEL_MESSAGE, MAX_THINKING_STEPS};
 
 /// Message of every running event from the agent's start-up (contract §4.4).
 pub const INIT_MESSAGE: &str = "${{thinking.initialize_agent}}";
 
-/// Message of the `CANCELLED` callback (contract §2.4).
-pub const CANCEL_MESSAGE: &str = "${{tasks.cancel_task}}";
-
-/// What a stdout line means for the turn.
-#[derive(Debug, PartialEq)]
-pub enum LineOutcome {
-    /// Nothing to report (not JSON, or a kind we do not relay).
-    Ignore,
-    /// A progress event to send.
-    /// A progress event is due; build it with [`Turn::progress_event`] (only when it will
-    /// really be sent: a flood of lines must not build a payload each).
-    Progress,
-    /// The turn ended; the payload is its terminal callback (absent for a cancelled turn).
-    Finished(TaskStatus, Option<Box<CallbackPayload>>),
-}
+/// What a stdout line means for the turn (the outcome every process agent shares).
+pub use crate::agent::process_core::TurnOutcome as LineOutcome;
 
 /// A subtask being run by the CLI.
 #[derive(Debug)]
@@ -48,6 +34,27 @@ pub struct Turn {
     spans: crate::trace::TurnSpans,
     last_title: String,
     thinking: Vec<Value>,
+}
+
+impl crate::agent::process_core::AgentTurn for Turn {
+    fn ctx(&self) -> &SubtaskContext {
+        &self.ctx
+    }
+    fn sent(&self) -> bool {
+        self.sent
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+    fn mark_cancelled(&mut self) {
+        self.cancelled = true;
+    }
+    fn failed(&mut self, message: &str) -> Box<CallbackPayload> {
+        Turn::failed(self, message)
+    }
+    fn progress_event(&self) -> Box<CallbackPayload> {
+        Turn::progress_event(self)
+    }
 }
 
 impl Turn {
@@ -105,9 +112,7 @@ impl Turn {
 
     /// The stream-json user line for this turn.
     pub fn user_line(&self) -> String {
-        json!({"type": "user", "message": {"role": "user", "content": self.prompt},
-               "parent_tool_use_id": null, "session_id": ""})
-        .to_string()
+        super::protocol::user(&self.prompt)
     }
 
     /// Interprets one message from the CLI's stdout.
