@@ -7,7 +7,6 @@
 //! the executor is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so orphans are re-parented to
 //! it — where [`crate::child::reap_adopted`] collects them so that no zombie accumulates.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
@@ -62,21 +61,53 @@ pub(crate) fn recent_table() -> Table {
     t
 }
 
-/// `(pid, ppid, state)` of every process, from `/proc/<pid>/stat`.
+/// `(pid, ppid, state)` of every process, from `/proc/<pid>/stat`. One path and one read
+/// buffer serve the whole scan (it runs for every agent process that ends; allocating per
+/// process showed in profiles).
 pub(crate) fn process_table() -> Vec<(u32, u32, char)> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let ppid = fields.next()?.parse().ok()?;
-            Some((pid, ppid, state))
-        })
-        .collect()
+    let mut out = Vec::with_capacity(256);
+    let mut path = String::with_capacity(32);
+    let mut buf = Vec::with_capacity(512);
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = std::str::from_utf8(name.as_bytes())
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        path.clear();
+        path.push_str("/proc/");
+        path.push_str(std::str::from_utf8(name.as_bytes()).unwrap_or_default());
+        path.push_str("/stat");
+        buf.clear();
+        let Ok(mut f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if f.read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        if let Some((ppid, state)) = parse_stat(&buf) {
+            out.push((pid, ppid, state));
+        }
+    }
+    out
+}
+
+/// `(ppid, state)` from the text of `/proc/<pid>/stat` (the command name may hold any byte,
+/// so fields are read after its last `)`).
+fn parse_stat(stat: &[u8]) -> Option<(u32, char)> {
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((ppid, state))
 }
 
 /// Every living descendant of `root` (children, grandchildren, ...).
@@ -84,21 +115,25 @@ pub fn descendants(root: u32) -> Vec<u32> {
     descendants_in(&recent_table(), &[root])
 }
 
+/// Living descendants of `roots` in `table`, found generation by generation (a family is a few
+/// levels deep; no map of the whole table is built).
 pub(crate) fn descendants_in(table: &[(u32, u32, char)], roots: &[u32]) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (pid, ppid, state) in table {
-        if *state != 'Z' {
-            children.entry(*ppid).or_default().push(*pid);
-        }
-    }
     let mut out = Vec::new();
-    let mut stack = roots.to_vec();
-    while let Some(p) = stack.pop() {
-        for c in children.get(&p).into_iter().flatten() {
-            out.push(*c);
-            stack.push(*c);
-        }
+    let mut generation: Vec<u32> = roots.to_vec();
+    while !generation.is_empty() {
+        generation.sort_unstable();
+        generation.dedup();
+        let next: Vec<u32> = table
+            .iter()
+            .filter(|(_, ppid, state)| *state != 'Z' && generation.binary_search(ppid).is_ok())
+            .map(|(pid, _, _)| *pid)
+            .collect();
+        out.extend_from_slice(&next);
+        generation = next;
     }
+    // Roots that descend from other roots would be counted twice.
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
