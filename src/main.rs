@@ -65,8 +65,12 @@ fn main() -> ExitCode {
             }
         };
     }
+    // File work and process start-ups run on the blocking pool; its threads stay a minute (not
+    // tokio's 10 s) so bursts of new tasks reuse them instead of creating threads (and fresh
+    // allocator heaps) again.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(60))
         .build()
     {
         Ok(rt) => rt,

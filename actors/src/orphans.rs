@@ -8,7 +8,9 @@
 //! directory, and close-all and shutdown end every adopted process. After a SIGKILL of the
 //! executor, its agents and their tools live on under init; the next instance ends them at
 //! start-up, before it serves: processes carrying the marker of an executor that is no longer
-//! alive, and orphans (parent: init) working in a task's directory under `WORKSPACE_ROOT`.
+//! alive and working under `WORKSPACE_ROOT`, and orphans (parent: init) working in a task's
+//! directory under it. Another executor's processes on the same host (another root) are never
+//! touched, dead owner or not.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -116,10 +118,13 @@ pub fn end_leftovers(workspace_root: &Path) -> usize {
         .iter()
         .filter(|(pid, _, state)| *pid != me && *pid > 1 && *state != 'Z' && !spared.contains(pid))
         .filter(|(pid, ppid, _)| {
+            // A dead executor's process counts only when it works under this executor's
+            // workspace root: another executor on the host (its own root) is not ours to end.
             let dead_owner = std::fs::read(format!("/proc/{pid}/environ"))
                 .ok()
                 .and_then(|env| marker_owner(&env))
-                .is_some_and(|owner| owner != me && !alive(owner));
+                .is_some_and(|owner| owner != me && !alive(owner))
+                && cwd_of(*pid).is_some_and(|cwd| cwd.starts_with(&root));
             let orphan_in_root =
                 *ppid == 1 && cwd_of(*pid).is_some_and(|cwd| in_task_dir(&cwd, &root));
             dead_owner || orphan_in_root
