@@ -429,9 +429,29 @@ async fn idle_sessions_are_closed_too() {
 async fn subtasks_of_a_busy_task_wait_in_order_on_the_same_process() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[]).await;
-    post_task(&exec, 401, 1, "one\nFAKE:sleep:300").await;
+    // Subtask 1 stays busy until the test has queued 2 and 3 (no timing involved).
+    let go = tempfile::tempdir().unwrap();
+    let go_file = go.path().join("go");
+    post_task(
+        &exec,
+        401,
+        1,
+        &format!("one\nFAKE:wait_file:{}", go_file.display()),
+    )
+    .await;
+    rx.wait_for(WAIT, |cbs| {
+        cbs.iter()
+            .any(|c| is_subtask(c, 401, 1) && c["status"] == "RUNNING" && c["progress"] == 55)
+    })
+    .await;
     post_task(&exec, 401, 2, "two").await;
     post_task(&exec, 401, 3, "three").await;
+    assert!(
+        rx.for_subtask(401, 1).iter().all(|c| !is_terminal(c)),
+        "subtask 1 is still running while 2 and 3 queue: {}",
+        rx.dump()
+    );
+    std::fs::write(&go_file, b"").unwrap();
     rx.wait_terminal(401, 3, WAIT).await;
 
     let cbs = rx.for_task(401);
@@ -467,6 +487,7 @@ async fn subtasks_of_a_busy_task_wait_in_order_on_the_same_process() {
         "the three subtasks run in order on one process: {}",
         rx.dump()
     );
+    assert_one_terminal_each(&exec, &rx, 401, &[1, 2, 3], 4).await;
     for s in 1..=3 {
         assert_eq!(
             terminals(&rx, 401, s),

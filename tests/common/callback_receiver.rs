@@ -256,6 +256,34 @@ impl CallbackReceiver {
             .collect()
     }
 
+    /// Statuses of the accepted terminal callbacks of one subtask, in arrival order (one
+    /// element when all is well).
+    pub fn terminal_statuses(&self, task_id: i64, subtask_id: i64) -> Vec<String> {
+        self.for_subtask(task_id, subtask_id)
+            .iter()
+            .filter(|c| is_terminal(c))
+            .map(|c| c["status"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Panics unless each of `subtasks` of `task_id` has exactly one accepted terminal
+    /// callback. On its own this only proves "no duplicate yet": call it once nothing more can
+    /// arrive — after a later subtask of the same task finished (callbacks are delivered in
+    /// order per task; [`super::tasks::assert_one_terminal_each`] does that) or after the
+    /// executor exited and delivered everything.
+    pub fn assert_one_terminal_now(&self, task_id: i64, subtasks: &[i64]) {
+        for &sub in subtasks {
+            let statuses = self.terminal_statuses(task_id, sub);
+            assert_eq!(
+                statuses.len(),
+                1,
+                "task {task_id} subtask {sub}: exactly one terminal callback expected, got \
+                 {statuses:?}; all requests:\n{}",
+                self.dump()
+            );
+        }
+    }
+
     /// Waits (woken by each new callback, no polling) until `pred` holds for the accepted
     /// callbacks and returns them; panics with everything received if `timeout` passes.
     pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {

@@ -37,7 +37,10 @@ pub use procs::{
     zombie_children_of,
 };
 pub use raw_http::{post_chunked, request_head, send_raw, Pace, RawResponse};
-pub use tasks::{message_texts, post_task, run_task, seed_task, start_fake, start_real, FAKE_WAIT};
+pub use tasks::{
+    assert_one_terminal_each, message_texts, post_task, run_task, seed_task, start_fake,
+    start_real, FAKE_WAIT,
+};
 
 use std::time::Duration;
 

@@ -65,6 +65,33 @@ pub async fn run_task(
     rx.wait_terminal(task_id, subtask_id, FAKE_WAIT).await
 }
 
+/// Proves "exactly one terminal callback" for each of `subtasks` of `task_id`, counted when a
+/// duplicate could no longer be on its way: first runs one more subtask, `fence`, of the same
+/// task to completion (callbacks of one task are delivered in order, so everything queued for
+/// the earlier subtasks has arrived by then), then re-counts the earlier ones. Also checks the
+/// task is still usable. Returns the fence's terminal callback.
+pub async fn assert_one_terminal_each(
+    exec: &Executor,
+    rx: &CallbackReceiver,
+    task_id: i64,
+    subtasks: &[i64],
+    fence: i64,
+) -> Value {
+    assert!(
+        !subtasks.contains(&fence),
+        "the fence subtask must be a new one"
+    );
+    let done = run_task(exec, rx, task_id, fence, "fence: nothing left in flight").await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "task {task_id}: the fence subtask {fence} runs after the others: {}",
+        rx.dump()
+    );
+    rx.assert_one_terminal_now(task_id, subtasks);
+    done
+}
+
 /// `(role, text)` of every message of a Messages API request body (text blocks joined).
 pub fn message_texts(req: &Value) -> Vec<(String, String)> {
     req["messages"]
