@@ -183,6 +183,8 @@ async fn wegent_body_maps_bot_settings_into_the_cli() {
 async fn follow_ups_continue_in_the_same_process_and_new_session_starts_fresh() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[]).await;
+    let dir = exec.workspace().join("3");
+    let mut pids = Vec::new();
     for (sub, extra, want) in [
         (1, json!({}), "#1"),
         (2, json!({}), "#2"),
@@ -199,7 +201,19 @@ async fn follow_ups_continue_in_the_same_process_and_new_session_starts_fresh() 
             value_of(&done).starts_with(&format!("fake reply {want} to: message {sub}")),
             "{done}"
         );
+        pids.push(processes_in(&dir));
     }
+    assert_eq!(pids[0].len(), 1, "one CLI for the task: {pids:?}");
+    assert_eq!(pids[0], pids[1], "the follow-up ran on the same process");
+    assert!(
+        wait_until(WAIT, || {
+            let now = processes_in(&dir);
+            now.len() == 1 && now != pids[0]
+        })
+        .await,
+        "new_session started a new process and ended the old one: {pids:?} now {:?}",
+        processes_in(&dir)
+    );
     let sid = std::fs::read_to_string(exec.workspace().join("3/.claude_session_id"))
         .expect("session id file");
     assert!(!sid.trim().is_empty());
