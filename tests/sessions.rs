@@ -329,9 +329,11 @@ async fn assert_all_closed(
     );
     let listing = list(exec).await;
     assert_eq!(listing, json!({"total": 0, "sessions": []}));
+    // A generous bound on purpose (a loaded 2-core machine): it only rules out waiting for
+    // the 30 s turns to end; the processes being gone when the route returned is the check.
     assert!(
-        took < Duration::from_secs(4),
-        "{route} took {took:?} with 500 ms grace periods"
+        took < Duration::from_secs(10),
+        "{route} took {took:?} with 500 ms grace periods and 30 s turns"
     );
     for &t in ids {
         let done = rx.wait_terminal(t, 1, WAIT).await;
