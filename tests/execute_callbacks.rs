@@ -439,10 +439,25 @@ async fn task_info_runs_once_at_start_up() {
     let done = rx.wait_terminal(30, 300, WAIT).await;
     assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(value_of(&done), "fake reply #1 to: from TASK_INFO");
-    assert!(exec
+    let found = exec
         .logs()
         .iter()
-        .any(|l| l.contains("TASK_INFO environment variable found")));
+        .filter(|l| l.contains("TASK_INFO environment variable found"))
+        .count();
+    assert_eq!(found, 1, "read once:\n{}", exec.logs_tail(40));
+    // Counted when nothing can still arrive: a later subtask of the same task finished. It is
+    // the process's second turn, so the TASK_INFO turn ran exactly once.
+    let fence = assert_one_terminal_each(&exec, &rx, 30, &[300], 301).await;
+    assert_eq!(
+        value_of(&fence),
+        "fake reply #2 to: fence: nothing left in flight"
+    );
+    let starts = rx
+        .for_subtask(30, 300)
+        .iter()
+        .filter(|c| c["status"] == "RUNNING" && c["progress"] == 55)
+        .count();
+    assert_eq!(starts, 1, "started once: {}", rx.dump());
 }
 
 #[tokio::test]

@@ -29,6 +29,18 @@ async fn run(
     rx.wait_terminal(task_id, sub, WAIT).await
 }
 
+/// Peak resident set (`VmHWM`) of `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no VmHWM for pid {pid}"))
+}
+
 fn message(cb: &Value) -> &str {
     cb["error_message"].as_str().unwrap_or("")
 }
@@ -109,11 +121,24 @@ async fn error_results_fail_with_the_cli_message() {
 async fn an_oversized_stdout_line_fails_the_turn_without_eating_memory() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[("MAX_LINE_BYTES", "4096")]).await;
-    let done = run(&exec, &rx, 4, 1, "FAKE:bigline:100000\nhi").await;
+    // Warm up (first task, first callback client…) so the peak below is the line's doing.
+    assert_eq!(
+        run(&exec, &rx, 4, 0, "warm up").await["status"],
+        "COMPLETED"
+    );
+    let before = peak_rss_kib(exec.pid());
+    let done = run(&exec, &rx, 4, 1, "FAKE:bigline:64000000\nhi").await;
     assert_eq!(done["status"], "FAILED");
     assert!(message(&done).contains("longer than 4096 bytes"), "{done}");
+    // A 64 MB line read into memory would raise the peak by at least 64 MB; the limit keeps
+    // it far lower (32 MiB is a generous allowance for everything else).
+    let grown = peak_rss_kib(exec.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "the executor's peak RSS grew by {grown} KiB for a 64 MB line over a 4 KiB limit"
+    );
     assert_eq!(run(&exec, &rx, 4, 2, "small").await["status"], "COMPLETED");
-    assert_one_terminal_each(&exec, &rx, 4, &[1, 2], 3).await;
+    assert_one_terminal_each(&exec, &rx, 4, &[0, 1, 2], 3).await;
 }
 
 #[tokio::test]
