@@ -49,10 +49,6 @@ fn statuses(rx: &CallbackReceiver, task_id: i64, subtask_id: i64) -> Vec<(String
         .collect()
 }
 
-fn value_of(cb: &Value) -> &str {
-    cb["result"]["value"].as_str().unwrap_or("")
-}
-
 #[tokio::test]
 async fn cancel_of_an_unknown_task_is_400() {
     let rx = CallbackReceiver::start();

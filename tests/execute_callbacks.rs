@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -28,10 +28,6 @@ const PAYLOAD_KEYS: &[&str] = &[
     "result",
     "task_type",
 ];
-
-fn value_of(cb: &Value) -> &str {
-    cb["result"]["value"].as_str().unwrap_or("")
-}
 
 #[tokio::test]
 async fn seed_body_runs_with_the_contract_sequence_and_payload() {

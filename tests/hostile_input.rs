@@ -34,39 +34,6 @@ async fn post(exec: &Executor, raw: Vec<u8>) -> (u16, Value) {
     (status.as_u16(), body)
 }
 
-/// `GET /` is healthy and a new task still runs to COMPLETED.
-async fn assert_still_serves(exec: &Executor, rx: &CallbackReceiver, task_id: i64) {
-    let (status, body) = exec.get("/").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "health after the matrix: {body}\n{}",
-        exec.logs_tail(50)
-    );
-    let done = run_task(exec, rx, task_id, 1, "still alive?").await;
-    assert_eq!(
-        done["status"],
-        "COMPLETED",
-        "a valid task after the matrix: {}",
-        rx.dump()
-    );
-}
-
-/// `task_id` padded with `x`s in the prompt to at least `size` bytes.
-fn padded_task(task_id: i64, size: usize) -> Vec<u8> {
-    let overhead = seed_task(task_id, 1, "").to_string().len();
-    let body = seed_task(task_id, 1, &"x".repeat(size.saturating_sub(overhead)));
-    body.to_string().into_bytes()
-}
-
-/// The terminal callbacks of one subtask.
-fn terminals(rx: &CallbackReceiver, task_id: i64) -> Vec<Value> {
-    rx.for_subtask(task_id, 1)
-        .into_iter()
-        .filter(is_terminal)
-        .collect()
-}
-
 #[tokio::test]
 async fn bad_bodies_are_rejected_with_exact_statuses_and_nothing_runs() {
     let rx = CallbackReceiver::start();
@@ -252,7 +219,7 @@ async fn odd_but_valid_bodies_run_and_end_exactly_once() {
     assert_still_serves(&exec, &rx, 9404).await;
     for (task_id, want) in [(9400, 1), (9401, 1), (9402, 0), (9403, 1)] {
         assert_eq!(
-            terminals(&rx, task_id).len(),
+            rx.terminal_statuses(task_id, 1).len(),
             want,
             "task {task_id}: terminal callbacks\n{}",
             rx.dump()

@@ -15,22 +15,10 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn task(task_id: i64, subtask_id: i64, content: &str) -> Value {
-    json!({"task_id": task_id, "subtask_id": subtask_id, "agent_type": "claude_code", "content": content})
-}
-
 fn opts(rx: &CallbackReceiver) -> ExecutorOptions {
     ExecutorOptions::new()
         .callback_url(rx.url())
         .env("ANTHROPIC_API_KEY", "sk-test")
-}
-
-async fn start(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Executor {
-    let mut o = opts(rx);
-    for (k, v) in extra {
-        o = o.env(*k, *v);
-    }
-    Executor::start(o).await
 }
 
 /// Asserts `body` is an error body: a JSON object whose `detail` is a string; returns it.
@@ -46,34 +34,6 @@ fn detail<'a>(body: &'a Value, what: &str, exec: &Executor) -> &'a str {
             exec.logs_tail(50)
         )
     })
-}
-
-/// The service still answers and still runs a task to COMPLETED.
-async fn assert_still_serves(exec: &Executor, rx: &CallbackReceiver, task_id: i64) {
-    let (status, body) = exec.get("/").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "health check after bad requests: {body}\n{}",
-        exec.logs_tail(50)
-    );
-    let (status, body) = exec
-        .post_json("/api/tasks/execute", &task(task_id, 1, "still alive?"))
-        .await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "a valid task after bad requests: {body}\n{}",
-        exec.logs_tail(50)
-    );
-    let done = rx.wait_terminal(task_id, 1, WAIT).await;
-    assert_eq!(
-        done["status"],
-        "COMPLETED",
-        "a valid task after bad requests must complete: {}\n{}",
-        rx.dump(),
-        exec.logs_tail(50)
-    );
 }
 
 /// A client that does not follow redirects.
@@ -93,7 +53,7 @@ fn no_redirect_client() -> reqwest::Client {
 #[tokio::test]
 async fn health_check_answers_healthy() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let (status, body) = exec.get("/").await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", exec.logs_tail(50));
     assert_eq!(
@@ -107,7 +67,7 @@ async fn health_check_answers_healthy() {
 #[tokio::test]
 async fn openapi_document_lists_every_route() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let (status, doc) = exec.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK, "{doc}\n{}", exec.logs_tail(50));
     assert!(
@@ -166,7 +126,7 @@ async fn openapi_document_lists_every_route() {
 #[tokio::test]
 async fn docs_answer_200_with_swagger_ui_at_every_spelling() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     // The seed's own check is a plain `curl .../docs`, which does not follow redirects.
     let client = no_redirect_client();
     for page in ["/docs", "/docs/", "/docs/index.html"] {
@@ -225,7 +185,7 @@ async fn docs_answer_200_with_swagger_ui_at_every_spelling() {
 #[tokio::test]
 async fn unknown_path_is_a_json_404() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let client = exec.client();
     for (method, path) in [
         (reqwest::Method::GET, "/no/such/route"),
@@ -247,7 +207,7 @@ async fn unknown_path_is_a_json_404() {
 #[tokio::test]
 async fn wrong_method_on_a_known_path_is_a_json_405() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let client = exec.client();
     for (method, path) in [
         (reqwest::Method::GET, "/api/tasks/execute"),
@@ -280,7 +240,7 @@ async fn wrong_method_on_a_known_path_is_a_json_405() {
 #[tokio::test]
 async fn execute_body_that_is_not_json_is_400() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     for raw in [
         &b"{not json"[..],
         b"",
@@ -310,7 +270,7 @@ async fn execute_body_that_is_not_json_is_400() {
 #[tokio::test]
 async fn execute_body_of_the_wrong_shape_is_422() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let cases: Vec<(&str, Value, Option<&str>)> = vec![
         (
             "a JSON array",
@@ -374,20 +334,10 @@ async fn execute_body_of_the_wrong_shape_is_422() {
     assert_still_serves(&exec, &rx, 41).await;
 }
 
-/// A valid task body padded to `size` bytes.
-fn padded_task(task_id: i64, size: usize) -> Vec<u8> {
-    let base = task(task_id, 1, "");
-    let overhead = base.to_string().len();
-    let body = task(task_id, 1, &"x".repeat(size.saturating_sub(overhead)));
-    let bytes = body.to_string().into_bytes();
-    assert!(bytes.len() >= size);
-    bytes
-}
-
 #[tokio::test]
 async fn execute_body_over_the_limit_is_413_even_when_chunked() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[("MAX_BODY_BYTES", "1024")]).await;
+    let exec = start_fake(&rx, &[("MAX_BODY_BYTES", "1024")]).await;
 
     // With a Content-Length.
     let big = padded_task(50, 2048);
@@ -421,7 +371,7 @@ async fn execute_body_over_the_limit_is_413_even_when_chunked() {
     );
 
     // A small chunked body is a normal request.
-    let small = task(51, 1, "chunked hello").to_string().into_bytes();
+    let small = seed_task(51, 1, "chunked hello").to_string().into_bytes();
     let (a, b) = small.split_at(small.len() / 2);
     let resp = post_chunked(exec.port(), "/api/tasks/execute", &[a, b]).await;
     assert_eq!(
@@ -451,7 +401,7 @@ async fn execute_body_over_the_limit_is_413_even_when_chunked() {
 #[tokio::test]
 async fn task_id_query_is_required_and_must_be_an_integer() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let client = exec.client();
     for (method, route) in [
         (reqwest::Method::POST, "/api/tasks/cancel"),
@@ -676,7 +626,7 @@ async fn missing_workspace_root_is_created() {
         exec.logs_tail(50)
     );
     let (status, body) = exec
-        .post_json("/api/tasks/execute", &task(60, 1, "hi"))
+        .post_json("/api/tasks/execute", &seed_task(60, 1, "hi"))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let done = rx.wait_terminal(60, 1, WAIT).await;
@@ -700,7 +650,7 @@ fn write_config(dir: &Path) -> String {
 /// Runs one subtask and returns the distinct `executor_name`s its callbacks carried.
 async fn executor_names(exec: &Executor, rx: &CallbackReceiver, task_id: i64) -> Vec<Value> {
     let (status, body) = exec
-        .post_json("/api/tasks/execute", &task(task_id, 1, "who are you"))
+        .post_json("/api/tasks/execute", &seed_task(task_id, 1, "who are you"))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let done = rx.wait_terminal(task_id, 1, WAIT).await;
@@ -779,7 +729,7 @@ async fn shipped_default_config_loads() {
 #[tokio::test]
 async fn probes_answer_head_and_options() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     let client = exec.client();
     for path in ["/", "/health", "/ready"] {
         let resp = client.head(exec.url(path)).send().await.unwrap();
@@ -810,7 +760,7 @@ async fn probes_answer_head_and_options() {
 #[tokio::test]
 async fn a_non_numeric_last_event_id_is_ignored() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[]).await;
+    let exec = start_fake(&rx, &[]).await;
     for id in ["abc", "-1", "", "99999999999999999999999"] {
         let resp = exec
             .client()
@@ -838,7 +788,7 @@ async fn a_non_numeric_last_event_id_is_ignored() {
 #[tokio::test]
 async fn the_bearer_scheme_is_case_insensitive() {
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, &[("EXECUTOR_AUTH_TOKEN", "tok-CASE-1")]).await;
+    let exec = start_fake(&rx, &[("EXECUTOR_AUTH_TOKEN", "tok-CASE-1")]).await;
     for (auth, want) in [
         ("bearer tok-CASE-1", StatusCode::OK),
         ("BEARER tok-CASE-1", StatusCode::OK),

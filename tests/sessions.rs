@@ -25,10 +25,6 @@ async fn wait_sent(rx: &CallbackReceiver, task_id: i64, subtask_id: i64) {
     .await;
 }
 
-fn value_of(cb: &Value) -> &str {
-    cb["result"]["value"].as_str().unwrap_or("")
-}
-
 async fn list(exec: &Executor) -> Value {
     let (status, body) = exec.get("/api/tasks/sessions").await;
     assert_eq!(
@@ -64,15 +60,6 @@ async fn wait_listing(exec: &Executor, what: &str, pred: impl Fn(&Value) -> bool
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Terminal statuses of one subtask, in arrival order.
-fn terminals(rx: &CallbackReceiver, task_id: i64, subtask_id: i64) -> Vec<String> {
-    rx.for_subtask(task_id, subtask_id)
-        .iter()
-        .filter(|c| is_terminal(c))
-        .map(|c| c["status"].as_str().unwrap_or("").to_string())
-        .collect()
 }
 
 #[tokio::test]
@@ -255,7 +242,7 @@ async fn deleting_a_session_fails_its_running_subtask_exactly_once() {
     assert_eq!(next["status"], "COMPLETED", "{}", rx.dump());
 
     assert_eq!(
-        terminals(&rx, 301, 1),
+        rx.terminal_statuses(301, 1),
         vec!["FAILED".to_string()],
         "exactly one terminal callback for the deleted subtask: {}",
         rx.dump()
@@ -419,7 +406,7 @@ async fn idle_sessions_are_closed_too() {
     assert_eq!(list(&exec).await["total"], 0);
     for t in [601, 602] {
         assert_eq!(
-            terminals(&rx, t, 1),
+            rx.terminal_statuses(t, 1),
             vec!["COMPLETED".to_string()],
             "closing an idle session sends nothing for finished subtasks: {}",
             rx.dump()
@@ -492,7 +479,7 @@ async fn subtasks_of_a_busy_task_wait_in_order_on_the_same_process() {
     assert_one_terminal_each(&exec, &rx, 401, &[1, 2, 3], 4).await;
     for s in 1..=3 {
         assert_eq!(
-            terminals(&rx, 401, s),
+            rx.terminal_statuses(401, s),
             vec!["COMPLETED".to_string()],
             "{}",
             rx.dump()

@@ -14,24 +14,6 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "ghp-SECRET-token-4711";
 
-/// Every process's command line (NUL-separated arguments joined by spaces).
-fn all_cmdlines() -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
-            let s: Vec<String> = raw
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            out.push((pid, s.join(" ")));
-        }
-    }
-    out
-}
-
 fn git_task(task_id: i64, subtask_id: i64, url: &str, token: &str, prompt: &str) -> Value {
     json!({
         "task_id": task_id, "subtask_id": subtask_id, "task_title": "T", "subtask_title": "S",

@@ -68,6 +68,11 @@ pub fn is_subtask(cb: &Value, task_id: i64, subtask_id: i64) -> bool {
     is_task(cb, task_id) && json_i64(&cb["subtask_id"]) == Some(subtask_id)
 }
 
+/// `result.value` of a callback (the agent's answer), `""` when absent.
+pub fn value_of(cb: &Value) -> &str {
+    cb["result"]["value"].as_str().unwrap_or("")
+}
+
 /// True if `cb` carries a terminal status (COMPLETED / FAILED / CANCELLED).
 pub fn is_terminal(cb: &Value) -> bool {
     cb["status"]

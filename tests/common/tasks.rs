@@ -92,6 +92,36 @@ pub async fn assert_one_terminal_each(
     done
 }
 
+/// A seed-shaped task whose JSON is at least `size` bytes (the content is padded with `x`), for
+/// body-limit tests.
+pub fn padded_task(task_id: i64, size: usize) -> Vec<u8> {
+    let overhead = seed_task(task_id, 1, "").to_string().len();
+    let body = seed_task(task_id, 1, &"x".repeat(size.saturating_sub(overhead)));
+    let bytes = body.to_string().into_bytes();
+    assert!(bytes.len() >= size);
+    bytes
+}
+
+/// Proves the executor still works after a test threw bad input at it: the health check
+/// answers and a valid subtask (`task_id`.1) runs to COMPLETED.
+pub async fn assert_still_serves(exec: &Executor, rx: &CallbackReceiver, task_id: i64) {
+    let (status, body) = exec.get("/").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "health check after bad input: {body}\n{}",
+        exec.logs_tail(50)
+    );
+    let done = run_task(exec, rx, task_id, 1, "still alive?").await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "a valid task after bad input must complete: {}\n{}",
+        rx.dump(),
+        exec.logs_tail(50)
+    );
+}
+
 /// `(role, text)` of every message of a Messages API request body (text blocks joined).
 pub fn message_texts(req: &Value) -> Vec<(String, String)> {
     req["messages"]
