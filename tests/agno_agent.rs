@@ -454,3 +454,53 @@ async fn close_all_ends_the_pools_spare_client_and_the_pool_refills_on_demand() 
         agno_clients(&exec)
     );
 }
+
+/// `DELETE /api/tasks/claude/sessions` ends the Claude Code sessions only: an Agno session
+/// beside them keeps its client process and its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_claude_sessions_leaves_agno_sessions_alone() {
+    let mock = MockOpenAi::start();
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[("ANTHROPIC_API_KEY", "sk-test")]).await;
+    post(&exec, &seed_task(60, 1, "claude here")).await;
+    post(&exec, &task(61, 1, vec![bot("Solo", &mock)], "agno here")).await;
+    for t in [60, 61] {
+        let done = rx.wait_terminal(t, 1, AGNO_WAIT).await;
+        assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    }
+    let first = history_of(&rx.wait_terminal(61, 1, AGNO_WAIT).await["result"]["value"]);
+    let clients = agno_clients(&exec);
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    assert!(!processes_in(&exec.workspace().join("60")).is_empty());
+
+    let (status, body) = exec.delete("/api/tasks/claude/sessions").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["closed"], 1, "only the Claude session: {body}");
+    let dir = exec.workspace().join("60");
+    assert!(
+        wait_until(Duration::from_secs(10), || processes_in(&dir).is_empty()).await,
+        "the Claude CLI is ended: {}",
+        describe(&processes_in(&dir))
+    );
+    let (_, listing) = exec.get("/api/tasks/sessions").await;
+    let rows = listing["sessions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{listing}");
+    assert_eq!(
+        (rows[0]["task_id"].as_i64(), rows[0]["agent_type"].as_str()),
+        (Some(61), Some("Agno")),
+        "{listing}"
+    );
+    assert_eq!(agno_clients(&exec), clients, "the Agno client kept running");
+
+    post(
+        &exec,
+        &task(61, 2, vec![bot("Solo", &mock)], "still there?"),
+    )
+    .await;
+    let done = rx.wait_terminal(61, 2, AGNO_WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(
+        history_of(&done["result"]["value"]) > first,
+        "the Agno conversation went on: {done}"
+    );
+}
