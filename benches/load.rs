@@ -54,6 +54,9 @@ struct Bench {
     rx: CallbackReceiver,
     rows: Vec<(String, String)>,
     json: serde_json::Map<String, Value>,
+    /// Correctness figures that were violated (unfinished tasks, processes left behind…):
+    /// any makes the run exit non-zero; timings are only reported.
+    violations: Vec<String>,
 }
 
 impl Bench {
@@ -167,6 +170,11 @@ impl Bench {
         let secs = t0.elapsed().as_secs_f64();
         prober.abort();
         let done = terminals(&self.rx, base);
+        if done != total {
+            self.violations.push(format!(
+                "throughput: {done} terminal callbacks for {total} tasks"
+            ));
+        }
         self.row(
             "throughput",
             format!("{:.0} tasks/s ({total} tasks, {clients} clients, {} unfinished)", done as f64 / secs, total - done),
@@ -315,6 +323,10 @@ impl Bench {
         wait_until(Duration::from_secs(30), || processes_in(&ws).is_empty()).await;
         let gone = t0.elapsed();
         let left = processes_in(&ws).len();
+        if left > 0 {
+            self.violations
+                .push(format!("close-all of {n} sessions left {left} processes"));
+        }
         self.row(
             &format!("close-all, {n} sessions"),
             format!("returns in {:.0} ms, all processes gone in {:.0} ms, {left} left (closed {})", returned.as_secs_f64() * 1e3, gone.as_secs_f64() * 1e3, body["closed"]),
@@ -347,6 +359,7 @@ async fn main() {
         rx,
         rows: Vec::new(),
         json: serde_json::Map::new(),
+        violations: Vec::new(),
     };
     let idle = rss_kib(b.exec.pid());
     b.row(
@@ -370,10 +383,34 @@ async fn main() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-load.json");
     let _ = std::fs::write(
         path,
-        serde_json::to_string_pretty(&Value::Object(b.json)).unwrap_or_default(),
+        serde_json::to_string_pretty(&Value::Object(std::mem::take(&mut b.json)))
+            .unwrap_or_default(),
     );
     println!(
         "\nJSON: {path} (run took {:.0} s)",
         started.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0)
     );
+    let pid = b.exec.pid();
+    let zombies = zombie_children_of(pid).len();
+    if zombies > 0 {
+        b.violations.push(format!("{zombies} zombie children"));
+    }
+    let mut once: std::collections::HashMap<(i64, i64), usize> = Default::default();
+    for c in b.rx.callbacks().iter().filter(|c| is_terminal(c)) {
+        if let (Some(t), Some(s)) = (json_i64(&c["task_id"]), json_i64(&c["subtask_id"])) {
+            *once.entry((t, s)).or_default() += 1;
+        }
+    }
+    let duplicated = once.values().filter(|n| **n > 1).count();
+    if duplicated > 0 {
+        b.violations.push(format!(
+            "{duplicated} subtasks with more than one terminal callback"
+        ));
+    }
+    if !b.violations.is_empty() {
+        eprintln!("VIOLATED: {}", b.violations.join("; "));
+        // `exit` runs no destructors: stop the executor (and its agents) first.
+        drop(b);
+        std::process::exit(1);
+    }
 }

@@ -97,8 +97,12 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await; // sampling cadence, not a sync
     }
+    // A client that panicked (a terminal callback that never came) left its tasks unfinished.
+    let mut failed_clients = 0;
     for j in joins {
-        let _ = j.await;
+        if j.await.is_err() {
+            failed_clients += 1;
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     samples.push(("end", sample(pid)));
@@ -126,7 +130,15 @@ async fn main() {
     println!("open fds at the end by kind: {kinds:?}");
     let leaked = processes_in(exec.workspace()).len();
     let zombies = zombie_children_of(pid).len();
-    let terminals = rx.callbacks().iter().filter(|c| is_terminal(c)).count();
+    let terminal_cbs: Vec<serde_json::Value> =
+        rx.callbacks().into_iter().filter(is_terminal).collect();
+    let terminals = terminal_cbs.len();
+    let total_ids = (per_client * clients) as i64;
+    let not_completed = terminal_cbs
+        .iter()
+        .filter(|c| json_i64(&c["task_id"]).is_some_and(|t| (1..=total_ids).contains(&t)))
+        .filter(|c| c["status"] != "COMPLETED")
+        .count();
     println!("\n| point | RSS | open fds | threads |\n|---|---|---|---|");
     for (name, (rss, fds, threads)) in &samples {
         println!(
@@ -160,11 +172,24 @@ async fn main() {
     if adversarial.entries != Some(0) {
         leaks.push(format!("event-stream entries: {:?}", adversarial.entries));
     }
-    if leaked > 0 || zombies > 0 || terminals < subtasks {
-        leaks.push("processes or callbacks".into());
+    if leaked > 0 || zombies > 0 {
+        leaks.push(format!(
+            "{leaked} leaked processes, {zombies} zombie children"
+        ));
+    }
+    if terminals != subtasks {
+        leaks.push(format!(
+            "{terminals} terminal callbacks for {subtasks} subtasks (lost or duplicated)"
+        ));
+    }
+    if failed_clients > 0 || not_completed > 0 {
+        leaks.push(format!(
+            "unfinished: {failed_clients} clients gave up waiting, {not_completed} soak \
+             subtasks did not complete"
+        ));
     }
     if !leaks.is_empty() {
-        eprintln!("LEAK: {}", leaks.join("; "));
+        eprintln!("VIOLATED: {}", leaks.join("; "));
         // `exit` runs no destructors: stop the executor (and its agents) first.
         drop(exec);
         std::process::exit(1);

@@ -211,7 +211,7 @@ pub struct Cli {
     /// Longest stdout line accepted from the CLI in bytes [default: 16777216].
     #[arg(long, env = "MAX_LINE_BYTES")]
     pub max_line_bytes: Option<usize>,
-    /// Seconds to flush callbacks at shutdown [default: 20].
+    /// Seconds from SIGTERM to exit (sessions closed, callbacks flushed) [default: 5].
     #[arg(long, env = "SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
     /// Workspace preparation.

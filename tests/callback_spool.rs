@@ -57,6 +57,18 @@ fn spool_text(ws: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
+/// The spool's `.log` files (a drained spool has none: not even an empty one).
+fn spool_files(ws: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(ws.join(".callback-spool"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn callbacks_survive_a_down_receiver_and_an_executor_crash() {
     let rx = CallbackReceiver::start();
@@ -131,11 +143,11 @@ async fn callbacks_survive_a_down_receiver_and_an_executor_crash() {
         let want: Vec<u64> = (1..=s.len() as u64).collect();
         assert_eq!(s, &want, "subtask {key:?}: in order, no gap, no duplicate");
     }
-    let drained = wait_until(Duration::from_secs(5), || spool_text(ws.path()).is_empty()).await;
+    let drained = wait_until(Duration::from_secs(5), || spool_files(ws.path()).is_empty()).await;
     assert!(
         drained,
-        "a drained spool is removed: {}",
-        spool_text(ws.path())
+        "a drained spool file is deleted, not left empty: {:?}",
+        spool_files(ws.path())
     );
     drop(exec);
 }
@@ -144,9 +156,25 @@ async fn callbacks_survive_a_down_receiver_and_an_executor_crash() {
 async fn the_spool_is_empty_when_the_receiver_keeps_up() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[]).await;
-    run_task(&exec, &rx, 3, 1, "hi").await;
     let ws = exec.workspace().to_path_buf();
-    assert!(wait_until(Duration::from_secs(5), || spool_text(&ws).is_empty()).await);
+    // Proves the events go through the spool at all: while the receiver holds the first
+    // callback, it is on disk.
+    rx.hold();
+    post_task(&exec, 3, 1, "hi").await;
+    rx.wait_for_held(1, Duration::from_secs(15)).await;
+    assert!(
+        spool_text(&ws).contains("\"task_id\":3"),
+        "an undelivered callback is in the spool: {:?}",
+        spool_files(&ws)
+    );
+    rx.release();
+    let done = rx.wait_terminal(3, 1, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    assert!(
+        wait_until(Duration::from_secs(5), || spool_files(&ws).is_empty()).await,
+        "once delivered, nothing is left: {:?}",
+        spool_files(&ws)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

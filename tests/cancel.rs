@@ -49,10 +49,6 @@ fn statuses(rx: &CallbackReceiver, task_id: i64, subtask_id: i64) -> Vec<(String
         .collect()
 }
 
-fn value_of(cb: &Value) -> &str {
-    cb["result"]["value"].as_str().unwrap_or("")
-}
-
 #[tokio::test]
 async fn cancel_of_an_unknown_task_is_400() {
     let rx = CallbackReceiver::start();
@@ -83,8 +79,10 @@ async fn cancel_of_a_running_subtask_sends_one_cancelled_and_keeps_the_process()
     let took = started.elapsed();
     assert_eq!(status, StatusCode::OK, "{body}\n{}", exec.logs_tail(50));
     assert_eq!(body, json!({"message": "[task_id: 11.-1] Task cancelled"}));
+    // Generous on purpose: it only rules out waiting for the 30 s turn to end or for the
+    // 10 s interrupt timeout (CLAUDE_INTERRUPT_TIMEOUT_SECS) to kill the CLI.
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(5),
         "cancel answered after {took:?}"
     );
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -28,10 +28,6 @@ const PAYLOAD_KEYS: &[&str] = &[
     "result",
     "task_type",
 ];
-
-fn value_of(cb: &Value) -> &str {
-    cb["result"]["value"].as_str().unwrap_or("")
-}
 
 #[tokio::test]
 async fn seed_body_runs_with_the_contract_sequence_and_payload() {
@@ -183,6 +179,8 @@ async fn wegent_body_maps_bot_settings_into_the_cli() {
 async fn follow_ups_continue_in_the_same_process_and_new_session_starts_fresh() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[]).await;
+    let dir = exec.workspace().join("3");
+    let mut pids = Vec::new();
     for (sub, extra, want) in [
         (1, json!({}), "#1"),
         (2, json!({}), "#2"),
@@ -199,7 +197,19 @@ async fn follow_ups_continue_in_the_same_process_and_new_session_starts_fresh() 
             value_of(&done).starts_with(&format!("fake reply {want} to: message {sub}")),
             "{done}"
         );
+        pids.push(processes_in(&dir));
     }
+    assert_eq!(pids[0].len(), 1, "one CLI for the task: {pids:?}");
+    assert_eq!(pids[0], pids[1], "the follow-up ran on the same process");
+    assert!(
+        wait_until(WAIT, || {
+            let now = processes_in(&dir);
+            now.len() == 1 && now != pids[0]
+        })
+        .await,
+        "new_session started a new process and ended the old one: {pids:?} now {:?}",
+        processes_in(&dir)
+    );
     let sid = std::fs::read_to_string(exec.workspace().join("3/.claude_session_id"))
         .expect("session id file");
     assert!(!sid.trim().is_empty());
@@ -425,10 +435,25 @@ async fn task_info_runs_once_at_start_up() {
     let done = rx.wait_terminal(30, 300, WAIT).await;
     assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(value_of(&done), "fake reply #1 to: from TASK_INFO");
-    assert!(exec
+    let found = exec
         .logs()
         .iter()
-        .any(|l| l.contains("TASK_INFO environment variable found")));
+        .filter(|l| l.contains("TASK_INFO environment variable found"))
+        .count();
+    assert_eq!(found, 1, "read once:\n{}", exec.logs_tail(40));
+    // Counted when nothing can still arrive: a later subtask of the same task finished. It is
+    // the process's second turn, so the TASK_INFO turn ran exactly once.
+    let fence = assert_one_terminal_each(&exec, &rx, 30, &[300], 301).await;
+    assert_eq!(
+        value_of(&fence),
+        "fake reply #2 to: fence: nothing left in flight"
+    );
+    let starts = rx
+        .for_subtask(30, 300)
+        .iter()
+        .filter(|c| c["status"] == "RUNNING" && c["progress"] == 55)
+        .count();
+    assert_eq!(starts, 1, "started once: {}", rx.dump());
 }
 
 #[tokio::test]

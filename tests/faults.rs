@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Runs one subtask and returns its terminal callback, checking it is the only terminal one.
+/// Runs one subtask and returns its terminal callback. Counting terminals here would be too
+/// early (a duplicate comes later): each test ends with [`assert_one_terminal_each`].
 async fn run(
     exec: &Executor,
     rx: &CallbackReceiver,
@@ -25,19 +26,36 @@ async fn run(
         .post_json("/api/tasks/execute", &seed_task(task_id, sub, content))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let done = rx.wait_terminal(task_id, sub, WAIT).await;
-    let terminals = rx
-        .for_subtask(task_id, sub)
-        .into_iter()
-        .filter(is_terminal)
-        .count();
-    assert_eq!(
-        terminals,
-        1,
-        "one terminal callback per subtask: {}",
-        rx.dump()
-    );
-    done
+    rx.wait_terminal(task_id, sub, WAIT).await
+}
+
+/// [`run`] for a subtask that moves many megabytes through the debug build: a loaded 2-core
+/// machine needs far more than [`WAIT`] for it.
+async fn run_big(
+    exec: &Executor,
+    rx: &CallbackReceiver,
+    task_id: i64,
+    sub: i64,
+    content: &str,
+) -> Value {
+    let (status, _) = exec
+        .post_json("/api/tasks/execute", &seed_task(task_id, sub, content))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    rx.wait_terminal(task_id, sub, Duration::from_secs(90))
+        .await
+}
+
+/// Peak resident set (`VmHWM`) of `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no VmHWM for pid {pid}"))
 }
 
 fn message(cb: &Value) -> &str {
@@ -70,6 +88,7 @@ async fn a_crash_mid_turn_fails_the_subtask_with_exit_code_and_stderr_then_recov
         1,
         "the session survived"
     );
+    assert_one_terminal_each(&exec, &rx, 1, &[1, 2, 3], 4).await;
 }
 
 #[tokio::test]
@@ -83,6 +102,7 @@ async fn a_turn_without_result_fails_instead_of_hanging() {
         "{done}"
     );
     assert_eq!(run(&exec, &rx, 2, 2, "again").await["status"], "COMPLETED");
+    assert_one_terminal_each(&exec, &rx, 2, &[1, 2], 3).await;
 }
 
 #[tokio::test]
@@ -111,16 +131,31 @@ async fn error_results_fail_with_the_cli_message() {
         ok["result"]["value"], "fake reply #3 to: fine",
         "error results do not end the process"
     );
+    assert_one_terminal_each(&exec, &rx, 3, &[1, 2, 3], 4).await;
 }
 
 #[tokio::test]
 async fn an_oversized_stdout_line_fails_the_turn_without_eating_memory() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[("MAX_LINE_BYTES", "4096")]).await;
-    let done = run(&exec, &rx, 4, 1, "FAKE:bigline:100000\nhi").await;
+    // Warm up (first task, first callback client…) so the peak below is the line's doing.
+    assert_eq!(
+        run(&exec, &rx, 4, 0, "warm up").await["status"],
+        "COMPLETED"
+    );
+    let before = peak_rss_kib(exec.pid());
+    let done = run_big(&exec, &rx, 4, 1, "FAKE:bigline:32000000\nhi").await;
     assert_eq!(done["status"], "FAILED");
     assert!(message(&done).contains("longer than 4096 bytes"), "{done}");
+    // A 32 MB line read into memory would raise the peak by at least 32 MB; the limit keeps
+    // it far lower (16 MiB is a generous allowance for everything else).
+    let grown = peak_rss_kib(exec.pid()).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "the executor's peak RSS grew by {grown} KiB for a 32 MB line over a 4 KiB limit"
+    );
     assert_eq!(run(&exec, &rx, 4, 2, "small").await["status"], "COMPLETED");
+    assert_one_terminal_each(&exec, &rx, 4, &[0, 1, 2], 3).await;
 }
 
 #[tokio::test]
@@ -138,6 +173,7 @@ async fn a_process_that_exits_after_its_result_is_replaced_for_the_next_subtask(
         "{}",
         rx.dump()
     );
+    assert_one_terminal_each(&exec, &rx, 5, &[1, 2], 3).await;
 }
 
 #[tokio::test]
@@ -162,6 +198,10 @@ async fn a_missing_cli_fails_with_install_instructions() {
         msg.contains("Failed to start Claude Code CLI") && msg.contains("npm install"),
         "{msg}"
     );
+    // No fence can complete without a CLI; a later subtask that also ended still orders the
+    // callbacks of the first before its own.
+    assert_eq!(run(&exec, &rx, 6, 2, "again").await["status"], "FAILED");
+    rx.assert_one_terminal_now(6, &[1, 2]);
 }
 
 /// executor_manager's delete runs `docker stop` (SIGTERM, SIGKILL 10 s later) while its own
@@ -213,15 +253,7 @@ async fn sigterm_with_a_blocked_receiver_exits_inside_docker_stops_10_s_and_deli
         "{}",
         next.logs_tail(20)
     );
-    // A later subtask of the same task finished: callbacks are ordered per task, so every
-    // earlier one has arrived by now.
-    run_task(&next, &rx, 81, 2, "after").await;
-    let terminals = rx
-        .for_subtask(81, 1)
-        .into_iter()
-        .filter(is_terminal)
-        .count();
-    assert_eq!(terminals, 1, "{}", rx.dump());
+    assert_one_terminal_each(&next, &rx, 81, &[1], 2).await;
 }
 
 #[tokio::test]
@@ -267,6 +299,10 @@ async fn sigterm_fails_running_subtasks_ends_all_processes_and_exits_zero() {
         "left behind: {}",
         describe(&processes_in(&ws))
     );
+    // The executor has exited: nothing more can arrive, so the count is final.
+    for t in 10..13 {
+        rx.assert_one_terminal_now(t, &[1]);
+    }
 }
 
 #[tokio::test]
@@ -298,6 +334,7 @@ async fn secrets_never_reach_logs_callbacks_listings_or_command_lines() {
             assert!(!h.contains(marker), "secret {marker} leaked into: {h}");
         }
     }
+    assert_one_terminal_each(&exec, &rx, 40, &[1], 2).await;
 }
 
 #[tokio::test]
@@ -307,10 +344,11 @@ async fn garbage_lines_and_a_10_mb_line_within_the_limit_are_survived() {
     let noisy = run(&exec, &rx, 50, 1, "FAKE:garbage\nstill fine").await;
     assert_eq!(noisy["status"], "COMPLETED", "{}", rx.dump());
     assert_eq!(noisy["result"]["value"], "fake reply #1 to: still fine");
-    let big = run(&exec, &rx, 50, 2, "FAKE:bigline:10000000\nbig").await;
+    let big = run_big(&exec, &rx, 50, 2, "FAKE:bigline:10000000\nbig").await;
     assert_eq!(big["status"], "COMPLETED");
     assert_eq!(big["result"]["value"], "fake reply #2 to: big");
     assert_eq!(run(&exec, &rx, 50, 3, "after").await["status"], "COMPLETED");
+    assert_one_terminal_each(&exec, &rx, 50, &[1, 2, 3], 4).await;
 }
 
 #[tokio::test]
@@ -335,4 +373,5 @@ async fn a_flood_of_100000_messages_ends_once_with_few_callbacks() {
         "the thinking list stays bounded: {thinking}"
     );
     assert_eq!(run(&exec, &rx, 60, 2, "after").await["status"], "COMPLETED");
+    assert_one_terminal_each(&exec, &rx, 60, &[1, 2], 3).await;
 }

@@ -440,3 +440,57 @@ fn listening_port_is_parsed_from_the_log_line() {
     );
     assert_eq!(parse_listening_port("starting up"), None);
 }
+
+/// A stand-in "executor": logs the listening line, starts `sleep` in its working directory
+/// (detached into its own session when `leak`), and exits on SIGTERM without ending it.
+fn stand_in(dir: &std::path::Path, leak: bool) -> std::path::PathBuf {
+    let path = dir.join("stand-in.sh");
+    let spawn = if leak {
+        "setsid sleep 600 </dev/null >/dev/null 2>&1 &"
+    } else {
+        ":"
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\n{spawn}\necho 'listening on http://127.0.0.1:9'\n\
+             trap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The harness's own leak check must be able to fail: a process left in the executor's
+/// directories after it exited fails the test in `Drop`, a clean exit does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_an_executor_that_leaked_a_process_fails_the_test() {
+    let scripts = tempfile::tempdir().unwrap();
+    let clean =
+        Executor::start(ExecutorOptions::new().program(stand_in(scripts.path(), false))).await;
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(clean)));
+    assert!(
+        dropped.is_ok(),
+        "a clean stand-in must not fail the drop check"
+    );
+
+    let leaky =
+        Executor::start(ExecutorOptions::new().program(stand_in(scripts.path(), true))).await;
+    let tmp = leaky.tmp_root().to_path_buf();
+    assert!(
+        wait_until(Duration::from_secs(5), || !processes_in(&tmp).is_empty()).await,
+        "the stand-in's sleep runs in the executor's directory"
+    );
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(leaky)));
+    let message = match dropped {
+        Ok(()) => panic!("dropping an executor that leaked a process must fail the test"),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(message.contains("sleep 600"), "{message}");
+    assert!(
+        processes_in(&tmp).is_empty(),
+        "the leaked process is still killed"
+    );
+}

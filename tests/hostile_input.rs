@@ -34,39 +34,6 @@ async fn post(exec: &Executor, raw: Vec<u8>) -> (u16, Value) {
     (status.as_u16(), body)
 }
 
-/// `GET /` is healthy and a new task still runs to COMPLETED.
-async fn assert_still_serves(exec: &Executor, rx: &CallbackReceiver, task_id: i64) {
-    let (status, body) = exec.get("/").await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "health after the matrix: {body}\n{}",
-        exec.logs_tail(50)
-    );
-    let done = run_task(exec, rx, task_id, 1, "still alive?").await;
-    assert_eq!(
-        done["status"],
-        "COMPLETED",
-        "a valid task after the matrix: {}",
-        rx.dump()
-    );
-}
-
-/// `task_id` padded with `x`s in the prompt to at least `size` bytes.
-fn padded_task(task_id: i64, size: usize) -> Vec<u8> {
-    let overhead = seed_task(task_id, 1, "").to_string().len();
-    let body = seed_task(task_id, 1, &"x".repeat(size.saturating_sub(overhead)));
-    body.to_string().into_bytes()
-}
-
-/// The terminal callbacks of one subtask.
-fn terminals(rx: &CallbackReceiver, task_id: i64) -> Vec<Value> {
-    rx.for_subtask(task_id, 1)
-        .into_iter()
-        .filter(is_terminal)
-        .collect()
-}
-
 #[tokio::test]
 async fn bad_bodies_are_rejected_with_exact_statuses_and_nothing_runs() {
     let rx = CallbackReceiver::start();
@@ -252,7 +219,7 @@ async fn odd_but_valid_bodies_run_and_end_exactly_once() {
     assert_still_serves(&exec, &rx, 9404).await;
     for (task_id, want) in [(9400, 1), (9401, 1), (9402, 0), (9403, 1)] {
         assert_eq!(
-            terminals(&rx, task_id).len(),
+            rx.terminal_statuses(task_id, 1).len(),
             want,
             "task {task_id}: terminal callbacks\n{}",
             rx.dump()
@@ -321,7 +288,7 @@ async fn unknown_routes_wrong_methods_and_bad_queries() {
 #[tokio::test]
 async fn slow_body_gets_408_without_blocking_other_clients() {
     let rx = CallbackReceiver::start();
-    let exec = start_fake(&rx, &[("BODY_TIMEOUT_SECS", "1")]).await;
+    let exec = start_fake(&rx, &[("BODY_TIMEOUT_SECS", "3")]).await;
     let port = exec.port();
     let head = request_head(
         "POST",
@@ -361,24 +328,27 @@ async fn slow_body_gets_408_without_blocking_other_clients() {
             answered.push((t0.elapsed(), asked.elapsed()));
         }
     }
+    // Answered while the slow body was still pending is the evidence; the per-check bound is
+    // generous (half the body timeout) and only rules out waiting for the slow request.
     assert!(
         answered
             .iter()
-            .any(|(at, _)| *at >= Duration::from_millis(500)),
+            .any(|(at, _)| *at >= Duration::from_millis(1500)),
         "no health check was answered while the slow body was pending: {answered:?}"
     );
     assert!(
         answered
             .iter()
-            .all(|(_, took)| *took < Duration::from_millis(500)),
+            .all(|(_, took)| *took < Duration::from_millis(1500)),
         "health checks were slow during a slow body (at, took): {answered:?}"
     );
 
     let resp = slow.await.expect("the slow request task");
     check("slow body", (resp.status, resp.body), 408, "", &exec);
+    // Not before BODY_TIMEOUT_SECS; the upper bound is generous (loaded machine).
     assert!(
-        resp.elapsed >= Duration::from_millis(900) && resp.elapsed < Duration::from_secs(5),
-        "408 should come about 1 s after the headers, took {:?}",
+        resp.elapsed >= Duration::from_millis(2900) && resp.elapsed < Duration::from_secs(10),
+        "408 should come about 3 s after the headers, took {:?}",
         resp.elapsed
     );
     assert_still_serves(&exec, &rx, 9600).await;

@@ -22,19 +22,23 @@ async fn a_silent_cli_with_no_tool_running_is_declared_hung() {
         wait_until(Duration::from_secs(5), || processes_in(&dir).is_empty()).await,
         "the hung CLI is ended"
     );
-    let next = run_task(&exec, &rx, 1, 2, "fine").await;
-    assert_eq!(
-        next["status"],
-        "COMPLETED",
-        "the task stays usable: {}",
-        rx.dump()
-    );
+    // The task stays usable, and the hung subtask had exactly one terminal callback.
+    assert_one_terminal_each(&exec, &rx, 1, &[1], 2).await;
 }
 
+/// Silence while a tool runs is normal up to `WATCHDOG_TOOL_SECS`, past it the tool counts as
+/// hung. Both halves in one executor: the first alone would pass with the watchdog deleted.
 #[tokio::test(flavor = "multi_thread")]
-async fn silence_while_a_tool_runs_is_normal() {
+async fn silence_while_a_tool_runs_is_normal_until_the_tool_limit() {
     let rx = CallbackReceiver::start();
-    let exec = start_fake(&rx, &[("WATCHDOG_SILENCE_SECS", "1")]).await;
+    let exec = start_fake(
+        &rx,
+        &[("WATCHDOG_SILENCE_SECS", "1"), ("WATCHDOG_TOOL_SECS", "5")],
+    )
+    .await;
+    // 2.5 s of silence with a tool open: well over the 1 s silence limit, well under the 5 s
+    // tool limit (the margins are generous on purpose: a loaded machine only makes the
+    // silence longer, never shorter).
     let done = run_task(
         &exec,
         &rx,
@@ -44,6 +48,27 @@ async fn silence_while_a_tool_runs_is_normal() {
     )
     .await;
     assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    let stuck = run_task(
+        &exec,
+        &rx,
+        2,
+        2,
+        "FAKE:open_tool\nFAKE:sleep:60000\nstuck tool",
+    )
+    .await;
+    assert_eq!(stuck["status"], "FAILED", "{}", rx.dump());
+    let msg = stuck["error_message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("WATCHDOG_TOOL_SECS") && msg.contains("limit 5 s"),
+        "{msg}"
+    );
+    let dir = exec.workspace().join("2");
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_in(&dir).is_empty()).await,
+        "the stuck CLI is ended: {}",
+        describe(&processes_in(&dir))
+    );
+    assert_one_terminal_each(&exec, &rx, 2, &[1, 2], 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,6 +84,7 @@ async fn a_turn_over_its_time_limit_fails_with_that_reason() {
             .contains("time limit"),
         "{done}"
     );
+    assert_one_terminal_each(&exec, &rx, 3, &[1], 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -197,17 +197,22 @@ async fn slow_chunks_are_flushed_one_by_one() {
     let expected: Vec<String> = (0..WANT).map(|i| format!("chunk{i} ")).collect();
     let got: Vec<String> = arrivals.iter().map(|(_, c)| c.clone()).collect();
     assert_eq!(got, expected);
+    // Flushed one by one, not at the end: the first chunk comes long before the last (a
+    // reader delayed on a loaded machine may still read two chunks at once, so no single gap
+    // is checked, only that most are spread out).
+    let whole = SLOW_DELAY * (WANT as u32 - 1);
     assert!(
-        arrivals[0].0 < Duration::from_secs(1),
+        arrivals[0].0 < whole / 2,
         "first chunk came late: {arrivals:?}"
     );
-    for pair in arrivals.windows(2) {
-        let gap = pair[1].0 - pair[0].0;
-        assert!(
-            gap >= SLOW_DELAY / 2,
-            "chunks arrived bunched together (not flushed one by one): {arrivals:?}"
-        );
-    }
+    let spread = arrivals
+        .windows(2)
+        .filter(|pair| pair[1].0 - pair[0].0 >= SLOW_DELAY / 2)
+        .count();
+    assert!(
+        spread * 2 >= WANT - 1,
+        "chunks arrived bunched together (not flushed one by one): {arrivals:?}"
+    );
     let span = arrivals[WANT - 1].0 - arrivals[0].0;
     assert!(
         span >= SLOW_DELAY * (WANT as u32 - 1) * 4 / 5,

@@ -240,8 +240,23 @@ async fn heartbeats_reach_the_manager_on_schedule() {
             .filter(|a| a.path == "/executor-manager/tasks/77/heartbeat")
             .collect::<Vec<_>>()
     };
-    let two = wait_until(std::time::Duration::from_secs(10), || beats().len() >= 2).await;
-    assert!(two, "beats: {}\n{}", rx.dump(), exec.logs_tail(20));
+    let four = wait_until(std::time::Duration::from_secs(20), || beats().len() >= 4).await;
+    assert!(four, "beats: {}\n{}", rx.dump(), exec.logs_tail(20));
+    // On schedule: HEARTBEAT_INTERVAL=1 means about one beat a second, never a burst. The
+    // window is generous (a loaded machine delays ticks) but rules out a wrong unit (ms, min)
+    // or beats sent back to back.
+    let at: Vec<_> = beats().iter().take(4).map(|a| a.at).collect();
+    let gaps: Vec<_> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let mean = (at[3] - at[0]) / 3;
+    assert!(
+        mean >= std::time::Duration::from_millis(700) && mean <= std::time::Duration::from_secs(3),
+        "mean interval {mean:?} for HEARTBEAT_INTERVAL=1 (gaps {gaps:?})"
+    );
+    assert!(
+        gaps.iter()
+            .all(|g| *g >= std::time::Duration::from_millis(300)),
+        "beats in a burst: {gaps:?}"
+    );
     let b = &beats()[0].body;
     assert_eq!(
         (b["heartbeat_id"].as_str(), b["heartbeat_type"].as_str()),

@@ -113,6 +113,11 @@ async fn real_cli_cancel_interrupts_the_turn_and_the_conversation_goes_on() {
     exec.post_json("/api/tasks/execute", &task(2, 1, "a question that hangs"))
         .await;
     mock.wait_for_held(1, WAIT).await;
+    let cli_before = processes_in(&exec.workspace().join("2"));
+    assert!(
+        !cli_before.is_empty(),
+        "the CLI runs in the task's directory"
+    );
     let (status, body) = exec
         .post_json("/api/tasks/cancel?task_id=2", &json!({}))
         .await;
@@ -142,10 +147,22 @@ async fn real_cli_cancel_interrupts_the_turn_and_the_conversation_goes_on() {
             .contains("after the cancel"),
         "{next}"
     );
-    let terminals = rx
-        .for_subtask(2, 1)
-        .iter()
-        .filter(|c| is_terminal(c))
-        .count();
-    assert_eq!(terminals, 1, "{}", rx.dump());
+    // The same process answered, and it still had the interrupted question in its history.
+    let cli_after = processes_in(&exec.workspace().join("2"));
+    assert!(
+        cli_before.iter().all(|p| cli_after.contains(p)),
+        "the CLI survived the cancel: before {cli_before:?}, after {cli_after:?}"
+    );
+    let last = mock.requests().into_iter().last().expect("a request");
+    let users: Vec<String> = message_texts(&last)
+        .into_iter()
+        .filter(|(r, _)| r == "user")
+        .map(|(_, t)| t)
+        .collect();
+    assert!(
+        users.iter().any(|t| t.contains("a question that hangs"))
+            && users.iter().any(|t| t.contains("after the cancel")),
+        "the conversation went on in the same session: {users:?}"
+    );
+    rx.assert_one_terminal_now(2, &[1, 2]);
 }

@@ -274,6 +274,40 @@ proptest! {
     fn task_reader_never_panics_on_task_like_objects(v in task_like()) {
         check_task(&v)?;
     }
+
+    /// `check_task` passes whenever parsing fails; here every field has its documented type,
+    /// so parsing must succeed and keep what it read.
+    #[test]
+    fn task_reader_accepts_every_well_typed_task(v in well_typed_task()) {
+        let spec = TaskSpec::from_value(&v);
+        prop_assert!(spec.is_ok(), "a well-typed task was refused: {:?}\n{}", spec.err(), v);
+        check_task(&v)?;
+        let spec = spec.expect("checked above");
+        prop_assert_eq!(Some(spec.subtask_id), v["subtask_id"].as_i64());
+        prop_assert_eq!(Some(spec.task_title.as_str()), v["task_title"].as_str());
+        prop_assert_eq!(Some(spec.new_session), v["new_session"].as_bool());
+    }
+}
+
+/// Tasks whose fields all have the type the contract documents (ids non-negative integers,
+/// texts strings, `new_session` a boolean).
+fn well_typed_task() -> impl Strategy<Value = Value> {
+    (
+        0i64..=i64::MAX,
+        0i64..=i64::MAX,
+        text(),
+        text(),
+        any::<bool>(),
+    )
+        .prop_map(|(task_id, subtask_id, prompt, title, new_session)| {
+            serde_json::json!({
+                "task_id": task_id,
+                "subtask_id": subtask_id,
+                "prompt": prompt,
+                "task_title": title,
+                "new_session": new_session,
+            })
+        })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -392,8 +426,36 @@ fn credential_url() -> impl Strategy<Value = String> {
         .prop_map(|(scheme, user, pw, host)| format!("{scheme}{user}:{pw}@{host}"))
 }
 
+/// `(url, password marker)`: a credential URL whose password holds a marker of upper-case
+/// letters and digits no other part of the URL can contain. Unlike [`credential_url`] the URL
+/// is well-formed (a host, no space in the userinfo): a password there must always go.
+fn credential_url_with_marker() -> impl Strategy<Value = (String, String)> {
+    let scheme = prop::sample::select(&["https://", "git://", "ssh://"][..]);
+    let key = prop::sample::select(&["password=", "token:", "secret=", "api_key=", ""][..]);
+    let sep = prop::sample::select(&[",", "'", "}", ""][..]);
+    (
+        scheme,
+        "[a-z]{1,4}",
+        ("[a-z]{0,2}", key, "[A-Z0-9]{6,10}", sep, "[a-z]{0,3}"),
+        "[a-z][a-z./]{0,8}",
+    )
+        .prop_map(|(scheme, user, (a, k, marker, s, t), host)| {
+            (
+                format!("{scheme}{user}:{a}{k}{marker}{s}{t}@{host}"),
+                marker,
+            )
+        })
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    /// Idempotency alone passes for a mask that does nothing: the password must be gone.
+    #[test]
+    fn mask_removes_the_password_of_credential_urls((url, marker) in credential_url_with_marker()) {
+        let out = mask_str(&url);
+        prop_assert!(!out.contains(&marker), "password {:?} survived in {:?}", marker, out);
+    }
 
     #[test]
     fn mask_is_idempotent_on_any_text(s in any::<String>()) {

@@ -100,7 +100,11 @@ pub struct SessionList {
         super::routes::list_sessions,
         super::routes::delete_session,
         super::routes::close_claude_sessions,
-        super::routes::close_all_sessions
+        super::routes::close_all_sessions,
+        super::probes::health_doc,
+        super::probes::ready_doc,
+        super::metrics::metrics_doc,
+        super::events::events_doc
     ),
     components(schemas(
         TaskRequest,

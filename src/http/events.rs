@@ -15,6 +15,15 @@ use futures::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 use warp::{Filter, Rejection, Reply};
 
+/// `GET /api/tasks/{task_id}/events` in the OpenAPI document (documentation only: the route is
+/// [`route`]).
+#[utoipa::path(get, path = "/api/tasks/{task_id}/events",
+    params(("task_id" = i64, Path, description = "Task to follow"),
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses((status = 200, description = "Server-Sent Events: event `callback`, data = the callback payload, id = its number within the task", content_type = "text/event-stream")))]
+#[allow(dead_code)] // only its generated `__path_…` type is used, by the OpenAPI derive
+pub fn events_doc() {}
+
 /// The route.
 pub fn route(
     rt: Runtime,

@@ -10,6 +10,11 @@ use actors::metrics::{Histogram, Metrics, BUCKETS, METRICS};
 use actors::runtime::Runtime;
 use warp::{Filter, Rejection, Reply};
 
+/// `GET /metrics` in the OpenAPI document (documentation only: the route is [`route`]).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format (version 0.0.4)", content_type = "text/plain")))]
+#[allow(dead_code)] // only its generated `__path_…` type is used, by the OpenAPI derive
+pub fn metrics_doc() {}
+
 /// The route.
 pub fn route(
     rt: Runtime,

@@ -8,6 +8,18 @@ use serde_json::json;
 use warp::http::{Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
+/// `GET /health` in the OpenAPI document (documentation only: the route is in [`routes`]).
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "The process is alive", example = json!({"status": "ok"}))))]
+#[allow(dead_code)] // only its generated `__path_…` type is used, by the OpenAPI derive
+pub fn health_doc() {}
+
+/// `GET /ready` in the OpenAPI document (documentation only: the route is in [`routes`]).
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, description = "Ready for new tasks", example = json!({"ready": true, "reason": null, "sessions": 0})),
+    (status = 503, description = "Shutting down, at the session cap or with a degraded callback spool", example = json!({"ready": false, "reason": "shutting down", "sessions": 0}))))]
+#[allow(dead_code)] // only its generated `__path_…` type is used, by the OpenAPI derive
+pub fn ready_doc() {}
+
 /// The three probe routes.
 pub fn routes(
     rt: Runtime,

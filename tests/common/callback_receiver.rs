@@ -68,6 +68,11 @@ pub fn is_subtask(cb: &Value, task_id: i64, subtask_id: i64) -> bool {
     is_task(cb, task_id) && json_i64(&cb["subtask_id"]) == Some(subtask_id)
 }
 
+/// `result.value` of a callback (the agent's answer), `""` when absent.
+pub fn value_of(cb: &Value) -> &str {
+    cb["result"]["value"].as_str().unwrap_or("")
+}
+
 /// True if `cb` carries a terminal status (COMPLETED / FAILED / CANCELLED).
 pub fn is_terminal(cb: &Value) -> bool {
     cb["status"]
@@ -254,6 +259,34 @@ impl CallbackReceiver {
             .into_iter()
             .filter(|c| is_subtask(c, task_id, subtask_id))
             .collect()
+    }
+
+    /// Statuses of the accepted terminal callbacks of one subtask, in arrival order (one
+    /// element when all is well).
+    pub fn terminal_statuses(&self, task_id: i64, subtask_id: i64) -> Vec<String> {
+        self.for_subtask(task_id, subtask_id)
+            .iter()
+            .filter(|c| is_terminal(c))
+            .map(|c| c["status"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Panics unless each of `subtasks` of `task_id` has exactly one accepted terminal
+    /// callback. On its own this only proves "no duplicate yet": call it once nothing more can
+    /// arrive — after a later subtask of the same task finished (callbacks are delivered in
+    /// order per task; [`super::tasks::assert_one_terminal_each`] does that) or after the
+    /// executor exited and delivered everything.
+    pub fn assert_one_terminal_now(&self, task_id: i64, subtasks: &[i64]) {
+        for &sub in subtasks {
+            let statuses = self.terminal_statuses(task_id, sub);
+            assert_eq!(
+                statuses.len(),
+                1,
+                "task {task_id} subtask {sub}: exactly one terminal callback expected, got \
+                 {statuses:?}; all requests:\n{}",
+                self.dump()
+            );
+        }
     }
 
     /// Waits (woken by each new callback, no polling) until `pred` holds for the accepted

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::mock_anthropic::{claude_cli_path, real_claude_env, MockAnthropic};
-use super::procs::{describe, processes_in, signal};
+use super::procs::{descendants_of, describe, is_alive, processes_in, signal, zombie_children_of};
 use super::{wait_until, wait_until_blocking};
 
 /// Default for [`ExecutorOptions::startup_timeout`].
@@ -241,11 +241,24 @@ fn indent(lines: &[String]) -> String {
         .join("\n")
 }
 
-/// A running executor process. Dropping it SIGKILLs it (and its process group, and anything
-/// left running inside its temporary directories) and reaps it.
+/// How long leftovers may take to disappear by themselves (a child being reaped, a process
+/// group dying after its SIGKILL) before they count as left behind.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+
+/// A running executor process.
+///
+/// Dropping it checks that the executor leaves nothing behind, then cleans up: if it still
+/// runs, it must have no zombie children and must stop on SIGTERM, and once it exited no
+/// process may still work in its directories. Any of these fails the test (unless the test is
+/// already failing, or it simulated a crash with [`Executor::kill`], or it called
+/// [`Executor::allow_leftovers`]). Whatever is left is SIGKILLed either way. Tests that want
+/// the check at a precise moment call [`Executor::assert_no_leftovers`].
 pub struct Executor {
     child: Child,
     exit: Option<ExitStatus>,
+    /// Set by [`Executor::kill`] (a simulated crash leaves the agents running on purpose) and
+    /// by [`Executor::allow_leftovers`]: `Drop` then cleans up without failing the test.
+    leftovers_expected: bool,
     port: u16,
     client: reqwest::Client,
     sink: Arc<LogSink>,
@@ -358,6 +371,7 @@ impl Executor {
         let mut exec = Executor {
             child,
             exit: None,
+            leftovers_expected: false,
             port: 0,
             client,
             sink,
@@ -624,8 +638,57 @@ impl Executor {
         }
     }
 
-    /// SIGKILL (simulated crash) and reap; returns the status. Children are not touched.
+    /// SIGKILL (simulated crash) and reap; returns the status. Children are not touched, so
+    /// `Drop` no longer counts them as leaked (the next instance or `Drop` ends them).
     pub fn kill(&mut self) -> ExitStatus {
+        self.leftovers_expected = true;
+        self.sigkill()
+    }
+
+    /// Says this test leaves processes behind on purpose (e.g. a daemon outside any task
+    /// directory): `Drop` still ends them, but does not fail the test.
+    pub fn allow_leftovers(&mut self) {
+        self.leftovers_expected = true;
+    }
+
+    /// What the executor should have ended or reaped by now. While it runs: zombie children
+    /// (it is a subreaper: it must reap what it adopts) and processes in its directories that
+    /// are not below it (escaped its supervision). Once it exited: every process still
+    /// working in its directories.
+    pub fn leftovers(&self) -> Vec<u32> {
+        let pid = self.pid();
+        let mut in_dirs = processes_in(self.tmp.path());
+        if !self.workspace.starts_with(self.tmp.path()) {
+            in_dirs.extend(processes_in(&self.workspace));
+        }
+        in_dirs.retain(|&p| p != pid);
+        if self.exit.is_some() {
+            return in_dirs;
+        }
+        let below = descendants_of(pid);
+        let mut out = zombie_children_of(pid);
+        out.extend(in_dirs.into_iter().filter(|p| !below.contains(p)));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Panics unless [`leftovers`](Self::leftovers) becomes empty within [`LEFTOVER_GRACE`]:
+    /// the explicit form of the check `Drop` makes, for a chosen moment of a test.
+    pub async fn assert_no_leftovers(&self) {
+        let clean = wait_until(LEFTOVER_GRACE, || self.leftovers().is_empty()).await;
+        assert!(
+            clean,
+            "executor {} left processes behind (zombie children, or processes in its \
+             directories outside its supervision):\n{}\nexecutor output:\n{}",
+            self.pid(),
+            describe(&self.leftovers()),
+            self.logs_tail(40)
+        );
+    }
+
+    /// SIGKILL and reap (no-op once exited).
+    fn sigkill(&mut self) -> ExitStatus {
         if let Some(status) = self.exit {
             return status;
         }
@@ -639,28 +702,65 @@ impl Executor {
 impl Drop for Executor {
     fn drop(&mut self) {
         let pid = self.pid();
-        self.kill();
+        // Never panic while already panicking (that aborts the test binary); a simulated crash
+        // leaves its agents running on purpose.
+        let check = !std::thread::panicking() && !self.leftovers_expected;
+        let mut problems: Vec<String> = Vec::new();
+        if check && self.exit.is_none() {
+            let settled =
+                wait_until_blocking(LEFTOVER_GRACE, || zombie_children_of(pid).is_empty());
+            if !settled {
+                problems.push(format!(
+                    "unreaped (zombie) children of the executor:\n{}",
+                    describe(&zombie_children_of(pid))
+                ));
+            }
+            // The executor's own shutdown must end everything it started.
+            signal(pid, libc::SIGTERM);
+            if !wait_until_blocking(TERMINATE_TIMEOUT, || self.try_reap()) {
+                problems.push(format!(
+                    "the executor did not exit within {TERMINATE_TIMEOUT:?} of SIGTERM"
+                ));
+            }
+        }
+        self.sigkill();
         // Everything still in its process group, then anything else running in its dirs.
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
             libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
         }
-        let mut strays = processes_in(self.tmp.path());
-        if !self.workspace.starts_with(self.tmp.path()) {
-            strays.extend(processes_in(&self.workspace));
+        if check && problems.is_empty() {
+            // Whatever shutdown signalled gets a moment to die before it counts as leaked.
+            wait_until_blocking(LEFTOVER_GRACE, || self.leftovers().is_empty());
         }
+        let strays = self.leftovers();
         if !strays.is_empty() {
-            eprintln!(
-                "[harness] killing processes left behind by executor {pid}:\n{}",
-                describe(&strays)
-            );
+            if check {
+                problems.push(format!(
+                    "processes still working in the executor's directories after it exited:\n{}",
+                    describe(&strays)
+                ));
+            } else {
+                eprintln!(
+                    "[harness] killing processes left behind by executor {pid}:\n{}",
+                    describe(&strays)
+                );
+            }
             for p in &strays {
                 signal(*p, libc::SIGKILL);
             }
             // Give the kernel a moment to tear them down before the directory is removed.
             wait_until_blocking(Duration::from_secs(2), || {
-                strays.iter().all(|p| !super::procs::is_alive(*p))
+                strays.iter().all(|p| !is_alive(*p))
             });
+        }
+        if !problems.is_empty() {
+            panic!(
+                "executor {pid} left work behind (call `allow_leftovers()` only if the test \
+                 means it):\n{}\nexecutor output:\n{}",
+                problems.join("\n"),
+                self.logs_tail(60)
+            );
         }
     }
 }

@@ -24,7 +24,7 @@ pub mod tasks;
 pub mod test_backend;
 
 pub use callback_receiver::{
-    is_subtask, is_task, is_terminal, json_i64, CallbackReceiver, ReceivedCallback,
+    is_subtask, is_task, is_terminal, json_i64, value_of, CallbackReceiver, ReceivedCallback,
     TERMINAL_STATUSES,
 };
 pub use executor_process::{fake_claude_path, Executor, ExecutorOptions, StartFailure};
@@ -33,11 +33,14 @@ pub use mock_anthropic::{
 };
 pub use mock_openai::MockOpenAi;
 pub use procs::{
-    children_of, descendants_of, describe, is_alive, process_state, processes_in,
+    all_cmdlines, children_of, descendants_of, describe, is_alive, process_state, processes_in,
     zombie_children_of,
 };
 pub use raw_http::{post_chunked, request_head, send_raw, Pace, RawResponse};
-pub use tasks::{message_texts, post_task, run_task, seed_task, start_fake, start_real, FAKE_WAIT};
+pub use tasks::{
+    assert_one_terminal_each, assert_still_serves, message_texts, padded_task, post_task, run_task,
+    seed_task, start_fake, start_real, FAKE_WAIT,
+};
 
 use std::time::Duration;
 

@@ -47,6 +47,15 @@ pub fn cmdline(pid: u32) -> Option<String> {
     )
 }
 
+/// `(pid, command line)` of every process (arguments joined by spaces), e.g. to prove a secret
+/// is on no command line of the machine.
+pub fn all_cmdlines() -> Vec<(u32, String)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, cmdline(pid)?)))
+        .collect()
+}
+
 /// Working directory of `pid` (`None` for zombies, gone or foreign processes).
 pub fn cwd_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/cwd")).ok()

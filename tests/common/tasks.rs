@@ -65,6 +65,63 @@ pub async fn run_task(
     rx.wait_terminal(task_id, subtask_id, FAKE_WAIT).await
 }
 
+/// Proves "exactly one terminal callback" for each of `subtasks` of `task_id`, counted when a
+/// duplicate could no longer be on its way: first runs one more subtask, `fence`, of the same
+/// task to completion (callbacks of one task are delivered in order, so everything queued for
+/// the earlier subtasks has arrived by then), then re-counts the earlier ones. Also checks the
+/// task is still usable. Returns the fence's terminal callback.
+pub async fn assert_one_terminal_each(
+    exec: &Executor,
+    rx: &CallbackReceiver,
+    task_id: i64,
+    subtasks: &[i64],
+    fence: i64,
+) -> Value {
+    assert!(
+        !subtasks.contains(&fence),
+        "the fence subtask must be a new one"
+    );
+    let done = run_task(exec, rx, task_id, fence, "fence: nothing left in flight").await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "task {task_id}: the fence subtask {fence} runs after the others: {}",
+        rx.dump()
+    );
+    rx.assert_one_terminal_now(task_id, subtasks);
+    done
+}
+
+/// A seed-shaped task whose JSON is at least `size` bytes (the content is padded with `x`), for
+/// body-limit tests.
+pub fn padded_task(task_id: i64, size: usize) -> Vec<u8> {
+    let overhead = seed_task(task_id, 1, "").to_string().len();
+    let body = seed_task(task_id, 1, &"x".repeat(size.saturating_sub(overhead)));
+    let bytes = body.to_string().into_bytes();
+    assert!(bytes.len() >= size);
+    bytes
+}
+
+/// Proves the executor still works after a test threw bad input at it: the health check
+/// answers and a valid subtask (`task_id`.1) runs to COMPLETED.
+pub async fn assert_still_serves(exec: &Executor, rx: &CallbackReceiver, task_id: i64) {
+    let (status, body) = exec.get("/").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "health check after bad input: {body}\n{}",
+        exec.logs_tail(50)
+    );
+    let done = run_task(exec, rx, task_id, 1, "still alive?").await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "a valid task after bad input must complete: {}\n{}",
+        rx.dump(),
+        exec.logs_tail(50)
+    );
+}
+
 /// `(role, text)` of every message of a Messages API request body (text blocks joined).
 pub fn message_texts(req: &Value) -> Vec<(String, String)> {
     req["messages"]

@@ -54,6 +54,9 @@ pub struct Script {
     pub spawn_daemon: bool,
     /// `FAKE:ignore_sigterm`.
     pub ignore_sigterm: bool,
+    /// `FAKE:ignore_interrupt`: answer interrupt requests but keep the turn going (from now
+    /// on, for the whole process), as a CLI stuck in a tool would.
+    pub ignore_interrupt: bool,
     /// `FAKE:exit_after_result:<code>`.
     pub exit_after_result: Option<i32>,
     /// `FAKE:sh:<command>`: run it with `sh -c` in the working directory (as a Bash tool call,
@@ -113,6 +116,7 @@ impl Script {
             ("spawn_orphan", None) => self.spawn_orphan = true,
             ("spawn_daemon", None) => self.spawn_daemon = true,
             ("ignore_sigterm", None) => self.ignore_sigterm = true,
+            ("ignore_interrupt", None) => self.ignore_interrupt = true,
             ("exit_after_result", Some(code)) => self.exit_after_result = Some(number(code)?),
             ("sh", Some(cmd)) if !cmd.is_empty() => self.shell.push(cmd.to_string()),
             ("wait_file", Some(path)) if !path.is_empty() => self.wait_file = Some(path.into()),

@@ -37,6 +37,8 @@ pub struct Session {
     eof: bool,
     /// Turns started so far by this process.
     turns: u64,
+    /// `FAKE:ignore_interrupt` was seen: interrupt requests are answered but change nothing.
+    ignore_interrupts: bool,
 }
 
 impl Session {
@@ -56,6 +58,7 @@ impl Session {
             queue: VecDeque::new(),
             eof: false,
             turns: 0,
+            ignore_interrupts: false,
         }
     }
 
@@ -147,7 +150,7 @@ impl Session {
             ))?,
             "interrupt" => {
                 emit(&control_success(&id, json!({"still_queued": []})))?;
-                if in_turn {
+                if in_turn && !self.ignore_interrupts {
                     return Ok(Flow::Interrupted);
                 }
             }

@@ -26,6 +26,10 @@ impl Session {
         if script.ignore_sigterm {
             ignore_sigterm();
         }
+        if script.ignore_interrupt {
+            eprintln!("fake-claude: ignoring interrupts");
+            self.ignore_interrupts = true;
+        }
         if script.spawn_orphan {
             spawn_orphan();
         }
