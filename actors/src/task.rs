@@ -43,6 +43,11 @@ impl AgentKind {
         }
     }
 
+    /// Agents whose execute request is answered with the final status (contract §13.1).
+    pub fn is_synchronous(&self) -> bool {
+        matches!(self, Self::Dify | Self::ImageValidator)
+    }
+
     /// The name the session listing shows (`agent_type`), as the original's `get_name()`.
     pub fn name(&self) -> &str {
         match self {

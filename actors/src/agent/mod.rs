@@ -9,6 +9,7 @@ pub mod claude_turn;
 pub mod dify;
 pub mod env_rule;
 pub mod family;
+pub mod job_agent;
 pub mod process;
 pub mod prompt;
 pub mod throttle;
