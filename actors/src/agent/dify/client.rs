@@ -222,6 +222,10 @@ impl DifyClient {
         loop {
             let chunk = tokio::select! {
                 _ = cancel.cancelled() => {
+                    if st.dify_task_id.is_none() {
+                        // Dify names its task in the first event: read on briefly to learn it.
+                        learn_task_id(&mut resp, &mut sse, &mut st, mode).await;
+                    }
                     self.stop(mode, st.dify_task_id.as_deref()).await;
                     return Ok(StreamOutcome { cancelled: true, ..st.outcome(mode) });
                 }
@@ -271,6 +275,32 @@ impl DifyClient {
             reason: reason_of(e),
         }
     }
+}
+
+/// How long a cancelled stream is read on to learn Dify's task id for the stop request (the
+/// original waits up to 2 s for its cancel, too).
+const LEARN_TASK_ID: Duration = Duration::from_secs(2);
+
+/// Reads `resp` until an event names Dify's task id, the stream ends or [`LEARN_TASK_ID`]
+/// passes; events are only recorded (an `error` among them no longer matters).
+async fn learn_task_id(
+    resp: &mut reqwest::Response,
+    sse: &mut SseDecoder,
+    st: &mut StreamState,
+    mode: AppMode,
+) {
+    let read = async {
+        while st.dify_task_id.is_none() {
+            let Ok(Some(chunk)) = resp.chunk().await else {
+                return;
+            };
+            let Ok(lines) = sse.feed(&chunk) else { return };
+            for data in lines {
+                let _ = st.on_data(mode, &data);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LEARN_TASK_ID, read).await;
 }
 
 /// What a stream told so far.
