@@ -45,8 +45,9 @@ pub const DEFAULT_SESSION_TERM_GRACE_MS: u64 = 3_000;
 pub const DEFAULT_CLAUDE_INIT_TIMEOUT_SECS: u64 = 60;
 /// `CLAUDE_INTERRUPT_TIMEOUT_SECS`: after a cancel, time for the turn to end before a kill.
 pub const DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS: u64 = 10;
-/// `CLAUDE_IDLE_TIMEOUT_SECS`: an idle CLI process (250–400 MB) is ended after this; the next
-/// subtask resumes the conversation. 0 keeps processes alive.
+/// `AGENT_IDLE_TIMEOUT_SECS` (older name `CLAUDE_IDLE_TIMEOUT_SECS`, still read): an idle agent
+/// process (a CLI of 250–400 MB, an agno client) is ended after this; the next subtask resumes
+/// the conversation. 0 keeps processes alive.
 pub const DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS: u64 = 1800;
 /// `AGENT_NICE`: how much lower agent processes (and their tools) run than the executor: a
 /// nice increment, with `SCHED_BATCH` (0 = same priority).
@@ -200,7 +201,11 @@ pub struct Cli {
     /// [default: 10].
     #[arg(long, env = "AGENT_NICE")]
     pub agent_nice: Option<i32>,
-    /// Seconds an idle CLI process lives before it is ended (0 = never) [default: 1800].
+    /// Seconds an idle agent process (Claude Code CLI, agno client) lives before it is ended
+    /// (0 = never) [default: 1800]; wins over CLAUDE_IDLE_TIMEOUT_SECS.
+    #[arg(long, env = "AGENT_IDLE_TIMEOUT_SECS")]
+    pub agent_idle_timeout_secs: Option<u64>,
+    /// The older name of AGENT_IDLE_TIMEOUT_SECS, still read.
     #[arg(long, env = "CLAUDE_IDLE_TIMEOUT_SECS")]
     pub claude_idle_timeout_secs: Option<u64>,
     /// Longest stdout line accepted from the CLI in bytes [default: 16777216].
@@ -275,6 +280,7 @@ pub struct FileConfig {
     claude_init_timeout_secs: Option<u64>,
     claude_interrupt_timeout_secs: Option<u64>,
     claude_idle_timeout_secs: Option<u64>,
+    agent_idle_timeout_secs: Option<u64>,
     max_live_processes: Option<usize>,
     agent_nice: Option<i32>,
     watchdog_silence_secs: Option<u64>,
@@ -427,7 +433,7 @@ impl Settings {
                     .map_or("0 (no cap)".into(), |v| v.to_string())
             ),
             format!("AGENT_NICE={}", r.agent_nice),
-            format!("CLAUDE_IDLE_TIMEOUT_SECS={}", secs(r.claude.idle_timeout)),
+            format!("AGENT_IDLE_TIMEOUT_SECS={}", secs(r.agent_idle_timeout)),
             format!("WATCHDOG_SILENCE_SECS={}", secs(r.claude.silence_timeout)),
             format!("WATCHDOG_TOOL_SECS={}", secs(r.claude.tool_timeout)),
             format!("TURN_TIMEOUT_SECS={}", secs(r.claude.turn_timeout)),
@@ -518,6 +524,12 @@ impl Settings {
             ),
             max_live_processes: (max_live > 0).then_some(max_live),
             agent_nice,
+            agent_idle_timeout: secs(pick(
+                cli.agent_idle_timeout_secs.or(cli.claude_idle_timeout_secs),
+                file.agent_idle_timeout_secs
+                    .or(file.claude_idle_timeout_secs),
+                DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS,
+            )),
             workspace_root: workspace_root.clone(),
             executor_name: non_empty(cli.executor_name).or(file.executor_name),
             executor_namespace: non_empty(cli.executor_namespace).or(file.executor_namespace),
@@ -589,13 +601,6 @@ impl Settings {
                     file.claude_interrupt_timeout_secs,
                     DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS,
                 )),
-                idle_timeout: Some(pick(
-                    cli.claude_idle_timeout_secs,
-                    file.claude_idle_timeout_secs,
-                    DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS,
-                ))
-                .filter(|s| *s > 0)
-                .map(Duration::from_secs),
             },
             workspace,
             agno,

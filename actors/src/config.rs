@@ -67,9 +67,6 @@ pub struct ClaudeConfig {
     pub max_line_bytes: usize,
     /// After an interrupt, how long to wait for the turn's `result` before killing the CLI.
     pub interrupt_timeout: Duration,
-    /// An idle CLI process (250–400 MB each) is ended after this long; the next subtask
-    /// resumes the conversation. `None` keeps it alive.
-    pub idle_timeout: Option<Duration>,
     /// Watchdog: a turn with no output for this long and no tool running is hung.
     pub silence_timeout: Option<Duration>,
     /// Watchdog: a tool may run without output for this long.
@@ -136,6 +133,10 @@ pub struct RuntimeConfig {
     /// `AGENT_NICE`: nice increment (with `SCHED_BATCH`) for agent processes and everything
     /// they start, so they never slow the executor's HTTP answers and callbacks; `0` = off.
     pub agent_nice: i32,
+    /// An idle agent process (a Claude Code CLI of 250–400 MB, an agno client) is ended after
+    /// this long; the next subtask resumes the conversation. `None` keeps it alive
+    /// (`AGENT_IDLE_TIMEOUT_SECS`, or its older name `CLAUDE_IDLE_TIMEOUT_SECS`).
+    pub agent_idle_timeout: Option<Duration>,
 }
 
 /// How the agent's environment is built from the executor's (`AGENT_ENV_MODE`).
@@ -277,7 +278,6 @@ impl RuntimeConfig {
                 init_timeout: Duration::from_secs(60),
                 max_line_bytes: 16 * 1024 * 1024,
                 interrupt_timeout: Duration::from_secs(10),
-                idle_timeout: None,
                 silence_timeout: None,
                 tool_timeout: None,
                 turn_timeout: None,
@@ -291,6 +291,7 @@ impl RuntimeConfig {
             heartbeat: None,
             workspace: WorkspaceConfig::default(),
             agent_nice: 0,
+            agent_idle_timeout: None,
             security: SecurityConfig::default(),
             session_expiry: None,
         }

@@ -84,7 +84,9 @@ impl Runtime {
             cfg: cfg.clone(),
             callbacks: callbacks.clone(),
             index: index.clone(),
-            agno_pool: agno_pool.clone(),
+            agents: Arc::new(crate::agent::Registry {
+                agno_pool: agno_pool.clone(),
+            }),
         };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args)
             .await

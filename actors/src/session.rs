@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::agent::agno::{AgnoAgent, AgnoMsg};
-use crate::agent::claude_code::{AgentMsg, ClaudeCodeAgent};
-use crate::agent::job_agent::{JobAgent, JobMsg};
-use crate::agent::{AgentArgs, TurnRequest};
+pub use crate::agent::seam::ProcessState;
+use crate::agent::seam::{AgentArgs, AgentEvent, AgentHandle, AgentSink, TurnRequest};
+use crate::agent::StartAgent;
 use crate::callback::CallbackMsg;
 use crate::config::RuntimeConfig;
 use crate::index::SessionStatus;
@@ -34,19 +33,11 @@ pub enum SessionMsg {
     /// Cancel the running subtask and drop the queued ones. Replies whether anything was
     /// running or queued.
     Cancel(RpcReplyPort<bool>),
-    /// The agent finished the running subtask.
-    TurnDone {
-        /// Which subtask ended.
-        subtask_id: i64,
-        /// How it ended (its callback was already sent by the agent).
-        status: TaskStatus,
-    },
+    /// The agent reports: a turn ended, or its process changed.
+    Agent(AgentEvent),
     /// Stop the session: end the agent and its processes, fail what was still running with
     /// this reason.
     Close(String),
-    /// The agent's process started, was suspended (ended to free memory; the next subtask
-    /// resumes the conversation) or ended otherwise.
-    Process(ProcessState),
     /// End the agent's process if it is idle (the supervisor's live-process cap).
     Suspend,
     /// The supervisor granted the live-process slot this session waits for.
@@ -83,75 +74,8 @@ pub struct SessionArgs {
     pub callbacks: ActorRef<CallbackMsg>,
     /// Told about every state change (it maintains the session index).
     pub supervisor: ActorRef<SupervisorMsg>,
-    /// Pre-started agno clients, when the pool is on.
-    pub agno_pool: Option<ActorRef<crate::agent::agno::pool::PoolMsg>>,
-}
-
-/// The session's agent child, whichever kind runs the task.
-#[derive(Clone)]
-pub enum AgentHandle {
-    /// Claude Code.
-    Claude(ActorRef<AgentMsg>),
-    /// Agno.
-    Agno(ActorRef<AgnoMsg>),
-    /// An agent without a process (Dify, the image validator), with its kind.
-    Job(ActorRef<JobMsg>, AgentKind),
-}
-
-impl AgentHandle {
-    fn kind(&self) -> AgentKind {
-        match self {
-            Self::Claude(_) => AgentKind::ClaudeCode,
-            Self::Agno(_) => AgentKind::Agno,
-            Self::Job(_, kind) => kind.clone(),
-        }
-    }
-
-    fn id(&self) -> ractor::ActorId {
-        match self {
-            Self::Claude(a) => a.get_id(),
-            Self::Agno(a) => a.get_id(),
-            Self::Job(a, _) => a.get_id(),
-        }
-    }
-
-    fn turn(&self, req: TurnRequest) -> Result<(), ()> {
-        match self {
-            Self::Claude(a) => a.cast(AgentMsg::Turn(Box::new(req))).map_err(|_| ()),
-            Self::Agno(a) => a.cast(AgnoMsg::Turn(Box::new(req))).map_err(|_| ()),
-            Self::Job(a, _) => a.cast(JobMsg::Turn(Box::new(req))).map_err(|_| ()),
-        }
-    }
-
-    fn interrupt(&self) {
-        let _ = match self {
-            Self::Claude(a) => a.cast(AgentMsg::Interrupt).map_err(|_| ()),
-            Self::Agno(a) => a.cast(AgnoMsg::Interrupt).map_err(|_| ()),
-            Self::Job(a, _) => a.cast(JobMsg::Interrupt).map_err(|_| ()),
-        };
-    }
-
-    fn suspend(&self) {
-        let _ = match self {
-            Self::Claude(a) => a.cast(AgentMsg::Suspend).map_err(|_| ()),
-            Self::Agno(a) => a.cast(AgnoMsg::Suspend).map_err(|_| ()),
-            // No process to end.
-            Self::Job(..) => Ok(()),
-        };
-    }
-
-    fn stop(&self) {
-        match self {
-            Self::Claude(a) => a.stop(None),
-            Self::Agno(a) => a.stop(None),
-            Self::Job(a, _) => a.stop(None),
-        }
-    }
-
-    /// Whether the agent runs a process (and so takes a slot under the live-process cap).
-    fn has_process(&self) -> bool {
-        !matches!(self, Self::Job(..))
-    }
+    /// Starts the agent a subtask's kind needs ([`crate::agent::Registry`] in the executor).
+    pub agents: Arc<dyn StartAgent>,
 }
 
 /// The actor; see the module docs.
@@ -178,15 +102,20 @@ pub struct SessionState {
     slot_queued: bool,
 }
 
-/// The agent process of a session, as the listing and the live-process cap see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessState {
-    /// Running.
-    Started,
-    /// Ended to free memory; the conversation resumes on the next subtask.
-    Suspended,
-    /// Not running (never started, exited or killed).
-    Ended,
+impl From<AgentEvent> for SessionMsg {
+    fn from(e: AgentEvent) -> Self {
+        SessionMsg::Agent(e)
+    }
+}
+
+impl TryFrom<SessionMsg> for AgentEvent {
+    type Error = SessionMsg;
+    fn try_from(msg: SessionMsg) -> Result<Self, SessionMsg> {
+        match msg {
+            SessionMsg::Agent(e) => Ok(e),
+            other => Err(other),
+        }
+    }
 }
 
 impl Actor for Session {
@@ -250,7 +179,7 @@ impl Actor for Session {
                 // Cancelled meanwhile: the report frees the slot again.
                 None => st.report(),
             },
-            SessionMsg::TurnDone { subtask_id, status } => {
+            SessionMsg::Agent(AgentEvent::TurnDone { subtask_id, status }) => {
                 if st
                     .current
                     .as_ref()
@@ -266,7 +195,7 @@ impl Actor for Session {
                     st.start_next(&me).await;
                 }
             }
-            SessionMsg::Process(p) => {
+            SessionMsg::Agent(AgentEvent::Process(p)) => {
                 st.process = p;
                 st.report();
             }
@@ -370,35 +299,14 @@ impl SessionState {
         &self,
         me: &ActorRef<SessionMsg>,
         kind: &AgentKind,
-    ) -> Result<AgentHandle, ActorProcessingErr> {
+    ) -> Result<AgentHandle, crate::agent::registry::StartError> {
         let args = AgentArgs {
             task_id: self.args.task_id,
             cfg: self.args.cfg.clone(),
             callbacks: self.args.callbacks.clone(),
-            session: me.clone(),
-            agno_pool: self.args.agno_pool.clone(),
+            session: AgentSink::new(me),
         };
-        Ok(match kind {
-            AgentKind::Agno => AgentHandle::Agno(
-                Actor::spawn_linked(None, AgnoAgent, args, me.get_cell())
-                    .await?
-                    .0,
-            ),
-            AgentKind::ClaudeCode => AgentHandle::Claude(
-                Actor::spawn_linked(None, ClaudeCodeAgent, args, me.get_cell())
-                    .await?
-                    .0,
-            ),
-            AgentKind::Dify | AgentKind::ImageValidator => AgentHandle::Job(
-                Actor::spawn_linked(None, JobAgent { kind: kind.clone() }, args, me.get_cell())
-                    .await?
-                    .0,
-                kind.clone(),
-            ),
-            AgentKind::Unsupported(name) => {
-                return Err(format!("unsupported agent type '{name}'").into())
-            }
-        })
+        self.args.agents.start(kind, args, me.get_cell()).await
     }
 
     fn emit(&self, p: crate::payload::CallbackPayload) {
@@ -453,12 +361,12 @@ impl SessionState {
         let outcome = match result {
             _ if self.prep_cancelled => Err((
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE.to_string(),
+                crate::agent::seam::CANCEL_MESSAGE.to_string(),
                 None,
             )),
             Err(PrepareError::Cancelled) => Err((
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE.to_string(),
+                crate::agent::seam::CANCEL_MESSAGE.to_string(),
                 None,
             )),
             Err(e) => {
@@ -483,9 +391,9 @@ impl SessionState {
                 return self.start_next(me).await;
             }
         };
-        if let Some(old) = self.agent.as_ref().filter(|a| a.kind() != spec.agent) {
+        if let Some(old) = self.agent.as_ref().filter(|a| *a.kind() != spec.agent) {
             // The task switched agent types: the old agent (and its process) goes.
-            old.stop();
+            old.close();
             self.agent = None;
         }
         let agent = match &self.agent {
@@ -499,7 +407,7 @@ impl SessionState {
                     self.emit(ctx.payload(
                         100,
                         TaskStatus::Failed,
-                        format!("could not start the agent: {e}"),
+                        format!("{} Unable to get or create agent: {e}", spec.label()),
                         None,
                     ));
                     self.current = None;
@@ -513,7 +421,7 @@ impl SessionState {
             prepared,
         };
         if self.args.cfg.max_live_processes.is_some()
-            && agent.has_process()
+            && agent.kind().has_process()
             && self.process != ProcessState::Started
         {
             // A new agent process is needed: it takes a slot under the live-process cap.
@@ -562,7 +470,7 @@ impl SessionState {
             let p = ctx.payload(
                 100,
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE,
+                crate::agent::seam::CANCEL_MESSAGE,
                 None,
             );
             let _ = self.args.callbacks.cast(CallbackMsg::Send(Box::new(p)));
@@ -573,7 +481,7 @@ impl SessionState {
             self.emit(ctx.payload(
                 100,
                 TaskStatus::Cancelled,
-                crate::agent::claude_turn::CANCEL_MESSAGE,
+                crate::agent::seam::CANCEL_MESSAGE,
                 None,
             ));
             self.current = None;

@@ -106,8 +106,9 @@ pub struct SupervisorArgs {
     pub callbacks: ActorRef<CallbackMsg>,
     /// The index it alone writes.
     pub index: SessionIndex,
-    /// Pre-started agno clients, when the pool is on.
-    pub agno_pool: Option<ActorRef<crate::agent::agno::pool::PoolMsg>>,
+    /// Starts the agent of each session ([`crate::agent::Registry`] in the executor; a
+    /// scripted agent in tests).
+    pub agents: Arc<dyn crate::agent::StartAgent>,
 }
 
 /// The actor; see the module docs.
@@ -330,7 +331,7 @@ impl SupervisorState {
             cfg: self.args.cfg.clone(),
             callbacks: self.args.callbacks.clone(),
             supervisor: me.clone(),
-            agno_pool: self.args.agno_pool.clone(),
+            agents: self.args.agents.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), task_id);

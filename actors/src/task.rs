@@ -5,60 +5,9 @@ use serde_json::{Map, Value};
 
 use crate::error::TaskError;
 
-/// Which agent runs a task. Only [`AgentKind::ClaudeCode`] is built today; the others are
-/// recognised so the `FAILED` message can say exactly what is and is not available.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentKind {
-    /// `shell_type: "ClaudeCode"` / `agent_type: "claude_code"`.
-    ClaudeCode,
-    /// `shell_type: "Agno"` / `agent_type: "agno"`.
-    Agno,
-    /// `shell_type: "Dify"`: a Dify application over HTTP (the original's `external_api`).
-    Dify,
-    /// `type: "validation"`: checks a custom base image's tools (no bot, no prompt).
-    ImageValidator,
-    /// Any other value, kept verbatim for the error message (`""` when none was given).
-    Unsupported(String),
-}
-
-impl AgentKind {
-    /// Agent types this build can run, as listed in error messages.
-    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode", "Agno", "Dify"];
-
-    /// Reads a `shell_type`/`agent_type` the way the original does: case-insensitive, and the
-    /// seed's snake_case spelling (`claude_code`) means the same.
-    pub fn parse(raw: &str) -> Self {
-        let norm: String = raw
-            .trim()
-            .chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect();
-        match norm.as_str() {
-            "claudecode" => Self::ClaudeCode,
-            "agno" => Self::Agno,
-            "dify" => Self::Dify,
-            "imagevalidator" => Self::ImageValidator,
-            _ => Self::Unsupported(raw.trim().to_string()),
-        }
-    }
-
-    /// Agents whose execute request is answered with the final status (contract §13.1).
-    pub fn is_synchronous(&self) -> bool {
-        matches!(self, Self::Dify | Self::ImageValidator)
-    }
-
-    /// The name the session listing shows (`agent_type`), as the original's `get_name()`.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::ClaudeCode => "ClaudeCode",
-            Self::Agno => "Agno",
-            Self::Dify => "Dify",
-            Self::ImageValidator => "ImageValidator",
-            Self::Unsupported(s) => s,
-        }
-    }
-}
+/// Which agent runs a task (defined with the agent registry, the one place that knows every
+/// kind).
+pub use crate::agent::registry::AgentKind;
 
 /// The first bot of the task: the one that drives Claude Code.
 #[derive(Debug, Clone, Default)]

@@ -6,14 +6,10 @@ use serde_json::{json, Value};
 use crate::mask::{mask_str, mask_value};
 use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 
-/// Thinking steps kept per turn; callbacks carry the whole list, so it must stay bounded.
-pub const MAX_THINKING_STEPS: usize = 200;
+pub use crate::agent::seam::{CANCEL_MESSAGE, MAX_THINKING_STEPS};
 
 /// Message of every running event from the agent's start-up (contract §4.4).
 pub const INIT_MESSAGE: &str = "${{thinking.initialize_agent}}";
-
-/// Message of the `CANCELLED` callback (contract §2.4).
-pub const CANCEL_MESSAGE: &str = "${{tasks.cancel_task}}";
 
 /// What a stdout line means for the turn.
 #[derive(Debug, PartialEq)]

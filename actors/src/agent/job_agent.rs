@@ -6,18 +6,15 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio_util::sync::CancellationToken;
 
-use super::{AgentArgs, TurnRequest};
+use super::seam::{AgentArgs, AgentCmd, TurnRequest, CANCEL_MESSAGE};
 use crate::callback::CallbackMsg;
 use crate::payload::{CallbackPayload, TaskStatus};
-use crate::session::SessionMsg;
 use crate::task::AgentKind;
 
 /// Messages of a [`JobAgent`].
 pub enum JobMsg {
-    /// Run one subtask; the session sends the next only after `TurnDone`.
-    Turn(Box<TurnRequest>),
-    /// Cancel the running subtask (its job ends CANCELLED).
-    Interrupt,
+    /// A command of the seam (turn, interrupt; suspend is a no-op: there is no process).
+    Cmd(AgentCmd),
     /// The job of subtask `subtask_id` ended with `status` (its terminal callback was sent).
     Done {
         /// Which subtask.
@@ -26,6 +23,8 @@ pub enum JobMsg {
         status: TaskStatus,
     },
 }
+
+crate::seam_message!(JobMsg);
 
 /// The actor; `kind` says which job a turn runs (Dify or the image validator).
 pub struct JobAgent {
@@ -64,7 +63,7 @@ impl Actor for JobAgent {
         st: &mut JobState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            JobMsg::Turn(req) => {
+            JobMsg::Cmd(AgentCmd::Turn(req)) => {
                 if st.running.is_some() {
                     // The session runs one subtask at a time; a second one is a bug upstream.
                     let p = req.ctx.payload(
@@ -80,7 +79,8 @@ impl Actor for JobAgent {
                 st.running = Some((req.ctx.subtask_id, cancel.clone(), abandon.clone()));
                 spawn_job(&self.kind, &st.args, me, *req, cancel, abandon);
             }
-            JobMsg::Interrupt => {
+            JobMsg::Cmd(AgentCmd::Suspend) => {}
+            JobMsg::Cmd(AgentCmd::Interrupt) => {
                 if let Some((_, cancel, _)) = &st.running {
                     cancel.cancel();
                 }
@@ -92,10 +92,7 @@ impl Actor for JobAgent {
                     .is_some_and(|(s, _, _)| *s == subtask_id)
                 {
                     st.running = None;
-                    let _ = st
-                        .args
-                        .session
-                        .cast(SessionMsg::TurnDone { subtask_id, status });
+                    st.args.session.turn_done(subtask_id, status);
                 }
             }
         }
@@ -156,7 +153,7 @@ fn spawn_job(
                         ) => s,
                         _ = cancel.cancelled() => {
                             emit(req.ctx.payload(100, TaskStatus::Cancelled,
-                                super::claude_turn::CANCEL_MESSAGE, None));
+                                CANCEL_MESSAGE, None));
                             TaskStatus::Cancelled
                         }
                     }

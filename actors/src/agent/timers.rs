@@ -10,13 +10,13 @@ use ractor::MessagingErr;
 /// Which deadline a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimerKind {
-    /// The CLI must answer `initialize`.
+    /// The process must say it is ready (Claude's `initialize` answer, agno's `ready`).
     Init,
-    /// The pipes of an exited CLI must drain.
+    /// The pipes of an exited process must drain.
     Drain,
     /// A throttled progress event goes out.
     Flush,
-    /// An interrupted turn must end.
+    /// An interrupted (cancelled) turn must end.
     Interrupt,
     /// The liveness watchdog's next check.
     Watchdog,

@@ -16,12 +16,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{json, Value};
 
 use super::process::{AgentProcess, ExitInfo, ProcessEvent};
+use super::seam::{AgentCmd, ProcessState};
 use super::throttle::{Admit, ProgressThrottle};
+use super::timers::{TimerKind, Timers};
 use super::{AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
-use crate::session::{ProcessState, SessionMsg};
 use client::Client;
 use pool::PoolMsg;
 use turn::{AgnoOutcome, AgnoTurn};
@@ -31,12 +32,8 @@ const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Messages of the [`AgnoAgent`].
 pub enum AgnoMsg {
-    /// Run one subtask; the session sends the next only after `TurnDone`.
-    Turn(Box<TurnRequest>),
-    /// Cancel the running subtask.
-    Interrupt,
-    /// End the client now if no run is going on (live-process cap).
-    Suspend,
+    /// A command of the seam (turn, interrupt, suspend).
+    Cmd(AgentCmd),
     /// A client for generation `gen` was claimed or started (or could not be).
     Started {
         /// Generation it is for.
@@ -79,12 +76,23 @@ pub enum AgnoMsg {
     },
 }
 
+crate::seam_message!(AgnoMsg);
+
+/// What the [`AgnoAgent`] is started with.
+pub struct AgnoArgs {
+    /// What every agent gets.
+    pub common: AgentArgs,
+    /// Pre-started agno clients, when the pool is on.
+    pub pool: Option<ActorRef<PoolMsg>>,
+}
+
 /// The actor; see the module docs.
 pub struct AgnoAgent;
 
 /// State of the [`AgnoAgent`].
 pub struct AgnoState {
     args: AgentArgs,
+    pool: Option<ActorRef<PoolMsg>>,
     proc: Option<AgentProcess>,
     gen: u64,
     starting: bool,
@@ -95,20 +103,22 @@ pub struct AgnoState {
     pending_run: Option<Value>,
     run_seq: u64,
     throttle: ProgressThrottle,
+    timers: Timers<AgnoMsg>,
 }
 
 impl Actor for AgnoAgent {
     type Msg = AgnoMsg;
     type State = AgnoState;
-    type Arguments = AgentArgs;
+    type Arguments = AgnoArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<AgnoMsg>,
-        args: AgentArgs,
+        args: AgnoArgs,
     ) -> Result<AgnoState, ActorProcessingErr> {
         Ok(AgnoState {
-            args,
+            args: args.common,
+            pool: args.pool,
             proc: None,
             gen: 0,
             starting: false,
@@ -119,6 +129,7 @@ impl Actor for AgnoAgent {
             pending_run: None,
             run_seq: 0,
             throttle: ProgressThrottle::default(),
+            timers: Timers::default(),
         })
     }
 
@@ -129,9 +140,9 @@ impl Actor for AgnoAgent {
         st: &mut AgnoState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AgnoMsg::Turn(req) => st.on_turn(&me, *req),
-            AgnoMsg::Interrupt => st.on_interrupt(&me),
-            AgnoMsg::Suspend => st.suspend("over the live-process cap"),
+            AgnoMsg::Cmd(AgentCmd::Turn(req)) => st.on_turn(&me, *req),
+            AgnoMsg::Cmd(AgentCmd::Interrupt) => st.on_interrupt(&me),
+            AgnoMsg::Cmd(AgentCmd::Suspend) => st.suspend("over the live-process cap"),
             AgnoMsg::IdleDeadline { gen, run_seq }
                 if gen == st.gen && run_seq == st.run_seq && st.turn.is_none() =>
             {
@@ -258,7 +269,7 @@ impl AgnoState {
             self.gen,
             me.clone(),
             self.args.cfg.clone(),
-            self.args.agno_pool.clone(),
+            self.pool.clone(),
             self.args.task_id,
         );
         tokio::spawn(async move {
@@ -310,16 +321,14 @@ impl AgnoState {
         self.ready = ready;
         self.stdout_done = false;
         self.exited = None;
-        let _ = self
-            .args
-            .session
-            .cast(SessionMsg::Process(ProcessState::Started));
+        self.args.session.process(ProcessState::Started);
         if ready {
             self.send_run();
         } else {
-            me.send_after(self.args.cfg.agno.ready_timeout, move || {
+            let t = me.send_after(self.args.cfg.agno.ready_timeout, move || {
                 AgnoMsg::ReadyTimeout { gen }
             });
+            self.timers.arm(TimerKind::Init, t);
         }
     }
 
@@ -363,7 +372,9 @@ impl AgnoState {
                     self.on_gone();
                 } else {
                     let gen = self.gen;
-                    me.send_after(PIPE_DRAIN_TIMEOUT, move || AgnoMsg::DrainDeadline { gen });
+                    let t =
+                        me.send_after(PIPE_DRAIN_TIMEOUT, move || AgnoMsg::DrainDeadline { gen });
+                    self.timers.arm(TimerKind::Drain, t);
                 }
             }
         }
@@ -410,7 +421,8 @@ impl AgnoState {
                     self.emit(p);
                 }
                 Admit::Defer(Some(after)) => {
-                    me.send_after(after, || AgnoMsg::Flush);
+                    let t = me.send_after(after, || AgnoMsg::Flush);
+                    self.timers.arm(TimerKind::Flush, t);
                 }
                 Admit::Defer(None) => {}
             },
@@ -419,9 +431,10 @@ impl AgnoState {
                     self.emit(p);
                 }
                 self.end_turn(status);
-                if let Some(idle) = self.args.cfg.claude.idle_timeout {
+                if let Some(idle) = self.args.cfg.agent_idle_timeout {
                     let (gen, run_seq) = (self.gen, self.run_seq);
-                    me.send_after(idle, move || AgnoMsg::IdleDeadline { gen, run_seq });
+                    let t = me.send_after(idle, move || AgnoMsg::IdleDeadline { gen, run_seq });
+                    self.timers.arm(TimerKind::Idle, t);
                 }
             }
         }
@@ -438,7 +451,7 @@ impl AgnoState {
         let p = Box::new(turn.ctx.payload(
             100,
             TaskStatus::Cancelled,
-            crate::agent::claude_turn::CANCEL_MESSAGE,
+            crate::agent::seam::CANCEL_MESSAGE,
             None,
         ));
         let (sent, run_seq) = (turn.sent, turn.run_seq);
@@ -452,9 +465,10 @@ impl AgnoState {
             proc.send_line(json!({"op": "cancel"}).to_string());
         }
         let gen = self.gen;
-        me.send_after(self.args.cfg.agno.cancel_timeout, move || {
+        let t = me.send_after(self.args.cfg.agno.cancel_timeout, move || {
             AgnoMsg::CancelTimeout { gen, run_seq }
         });
+        self.timers.arm(TimerKind::Interrupt, t);
     }
 
     /// The client is gone (exited and its output drained).
@@ -468,10 +482,7 @@ impl AgnoState {
         let tail = p.stderr_tail();
         drop(p);
         self.ready = false;
-        let _ = self
-            .args
-            .session
-            .cast(SessionMsg::Process(ProcessState::Ended));
+        self.args.session.process(ProcessState::Ended);
         if self.turn.as_ref().is_some_and(|t| t.cancelled) {
             return self.end_turn(TaskStatus::Cancelled);
         }
@@ -501,10 +512,7 @@ impl AgnoState {
         self.throttle.reset();
         self.pending_run = None;
         if let Some(turn) = self.turn.take() {
-            let _ = self.args.session.cast(SessionMsg::TurnDone {
-                subtask_id: turn.ctx.subtask_id,
-                status,
-            });
+            self.args.session.turn_done(turn.ctx.subtask_id, status);
         }
     }
 
@@ -514,10 +522,7 @@ impl AgnoState {
         self.ready = false;
         self.starting = false;
         if self.proc.take().is_some() {
-            let _ = self
-                .args
-                .session
-                .cast(SessionMsg::Process(ProcessState::Ended));
+            self.args.session.process(ProcessState::Ended);
         }
     }
 
@@ -543,9 +548,6 @@ impl AgnoState {
             self.args.task_id
         );
         self.retire_process();
-        let _ = self
-            .args
-            .session
-            .cast(SessionMsg::Process(ProcessState::Suspended));
+        self.args.session.process(ProcessState::Suspended);
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::agent::claude_turn::MAX_THINKING_STEPS;
+use crate::agent::seam::MAX_THINKING_STEPS;
 use crate::mask::{mask_str, mask_value};
 use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 

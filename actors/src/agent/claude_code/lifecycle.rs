@@ -65,10 +65,7 @@ impl ClaudeState {
         self.throttle.reset();
         self.stop_monitor();
         if let Some(turn) = self.turn.take() {
-            let _ = self.args.session.cast(SessionMsg::TurnDone {
-                subtask_id: turn.ctx.subtask_id,
-                status,
-            });
+            self.args.session.turn_done(turn.ctx.subtask_id, status);
         }
     }
 
@@ -79,7 +76,7 @@ impl ClaudeState {
     }
 
     pub(super) fn tell_session(&self, state: ProcessState) {
-        let _ = self.args.session.cast(SessionMsg::Process(state));
+        self.args.session.process(state);
     }
 
     /// Ends an idle process to free memory; the next subtask resumes the conversation.
@@ -146,7 +143,7 @@ impl ClaudeState {
     }
 
     pub(super) fn arm_idle_timer(&mut self, me: &ActorRef<AgentMsg>) {
-        if let Some(idle) = self.args.cfg.claude.idle_timeout {
+        if let Some(idle) = self.args.cfg.agent_idle_timeout {
             let (gen, turns) = (self.gen, self.turns_in_process);
             let t = me.send_after(idle, move || AgentMsg::IdleDeadline { gen, turns });
             self.timers.arm(TimerKind::Idle, t);

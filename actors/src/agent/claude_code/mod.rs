@@ -20,13 +20,13 @@ use super::claude_env::claude_env;
 use super::claude_spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
 use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
 use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
+use super::seam::{AgentCmd, ProcessState};
 use super::throttle::{Admit, ProgressThrottle};
 use super::timers::{TimerKind, Timers};
 use super::{prompt, AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
-use crate::session::{ProcessState, SessionMsg};
 use crate::task::TaskSpec;
 
 /// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
@@ -42,10 +42,8 @@ const NO_CONVERSATION: &str = "No conversation found";
 
 /// Messages of the [`ClaudeCodeAgent`].
 pub enum AgentMsg {
-    /// Run one subtask; the session sends the next only after `TurnDone`.
-    Turn(Box<TurnRequest>),
-    /// Cancel the running subtask.
-    Interrupt,
+    /// A command of the seam (turn, interrupt, suspend).
+    Cmd(AgentCmd),
     /// The spawn task finished (generation `gen`).
     Spawned {
         /// Generation of the process this is about.
@@ -75,8 +73,6 @@ pub enum AgentMsg {
         /// Generation of the process this is about.
         gen: u64,
     },
-    /// End the process now if no turn runs (asked by the session for the live-process cap).
-    Suspend,
     /// The throttled progress event of process `gen` may go out now.
     FlushProgress {
         /// Generation of the process this is about.
@@ -104,6 +100,8 @@ pub enum AgentMsg {
         turns: u32,
     },
 }
+
+crate::seam_message!(AgentMsg);
 
 /// The actor; see the module docs.
 pub struct ClaudeCodeAgent;
@@ -189,8 +187,8 @@ impl Actor for ClaudeCodeAgent {
         st: &mut ClaudeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AgentMsg::Turn(req) => st.on_turn(&me, *req),
-            AgentMsg::Interrupt => st.on_interrupt(&me),
+            AgentMsg::Cmd(AgentCmd::Turn(req)) => st.on_turn(&me, *req),
+            AgentMsg::Cmd(AgentCmd::Interrupt) => st.on_interrupt(&me),
             AgentMsg::Spawned { gen, result } if gen == st.gen => st.on_spawned(&me, result),
             AgentMsg::Process { gen, event } if gen == st.gen => st.on_event(&me, event),
             AgentMsg::DrainDeadline { gen } if gen == st.gen => st.on_process_gone(&me),
@@ -216,7 +214,7 @@ impl Actor for ClaudeCodeAgent {
             {
                 st.suspend("idle")
             }
-            AgentMsg::Suspend => st.suspend("over the live-process cap"),
+            AgentMsg::Cmd(AgentCmd::Suspend) => st.suspend("over the live-process cap"),
             AgentMsg::Workbench { turn, snapshot } if turn == st.turn_seq => {
                 if let Some(wb) = st.turn.as_mut().and_then(|t| t.workbench.as_mut()) {
                     wb.update(snapshot);

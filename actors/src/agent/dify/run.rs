@@ -57,7 +57,7 @@ pub async fn run_dify(run: DifyRun, emit: &(dyn Fn(CallbackPayload) + Send + Syn
     let cancelled = || {
         end(
             TaskStatus::Cancelled,
-            crate::agent::claude_turn::CANCEL_MESSAGE.into(),
+            crate::agent::seam::CANCEL_MESSAGE.into(),
             None,
         )
     };
