@@ -18,6 +18,7 @@ pub mod process;
 pub mod prompt;
 pub mod registry;
 pub mod seam;
+pub mod silent_exit;
 pub mod throttle;
 pub mod timers;
 pub mod validation;
