@@ -3,7 +3,7 @@
 //! Run with `cargo bench --bench hot_paths` (or everything with `cargo bench --workspace`).
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
-use actors::agent::claude_turn::Turn;
+use actors::agent::claude_code::turn::Turn;
 use actors::mask::mask_str;
 use actors::payload::{SubtaskContext, TaskStatus};
 use criterion::{criterion_group, criterion_main, Criterion};

@@ -2,7 +2,7 @@
 //! (`TaskSpec::from_value`), the stream-json turn parser (`Turn::on_message`) and secret masking
 //! (`mask_str`). Each property runs proptest's default 256 cases on trees of bounded depth.
 
-use actors::agent::claude_turn::{LineOutcome, Turn};
+use actors::agent::claude_code::turn::{LineOutcome, Turn};
 use actors::mask::mask_str;
 use actors::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 use actors::task::TaskSpec;

@@ -7,15 +7,11 @@
 pub mod agent_user;
 pub mod agno;
 pub mod claude_code;
-pub mod claude_env;
-pub mod claude_spawn;
-pub mod claude_turn;
 pub mod dify;
 pub mod env_rule;
 pub mod family;
 pub mod job_agent;
 pub mod process;
-pub mod prompt;
 pub mod registry;
 pub mod seam;
 pub mod silent_exit;

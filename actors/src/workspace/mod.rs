@@ -267,7 +267,7 @@ pub async fn prepare(
             Some(token) => {
                 progress("Downloading skills".into());
                 let dir = task_dir
-                    .join(crate::agent::claude_spawn::CONFIG_DIR)
+                    .join(crate::agent::claude_code::spawn::CONFIG_DIR)
                     .join("skills");
                 let problems = skills::deploy(
                     &cfg.workspace,
@@ -422,8 +422,8 @@ async fn configure_clone(
 fn repo_dir_name(url: &str) -> String {
     let name = git::repo_name(url);
     let reserved = [
-        crate::agent::claude_spawn::CONFIG_DIR,
-        crate::agent::claude_spawn::SESSION_ID_FILE,
+        crate::agent::claude_code::spawn::CONFIG_DIR,
+        crate::agent::claude_code::spawn::SESSION_ID_FILE,
         ".executor",
     ];
     if reserved.contains(&name.as_str())

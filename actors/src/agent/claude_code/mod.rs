@@ -11,23 +11,29 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod env;
 mod lifecycle;
+pub mod prompt;
+pub mod protocol;
+pub mod spawn;
+pub mod turn;
 mod turn_flow;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::claude_env::claude_env;
-use super::claude_spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
-use super::claude_turn::{LineOutcome, Turn, INIT_MESSAGE};
 use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
 use super::seam::{AgentCmd, ProcessState};
 use super::throttle::{Admit, ProgressThrottle};
 use super::timers::{TimerKind, Timers};
-use super::{prompt, AgentArgs, TurnRequest};
+use super::{AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
 use crate::task::TaskSpec;
+use env::claude_env;
+use protocol::{CliRequest, CliResponse, Inbound};
+use spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
+use turn::{LineOutcome, Turn, INIT_MESSAGE};
 
 /// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
 /// process counts as gone anyway.

@@ -139,9 +139,7 @@ impl ClaudeState {
                         .map(|id| format!(" resuming {id}"))
                         .unwrap_or_default()
                 );
-                let init = json!({"type": "control_request", "request_id": format!("req_init_{}", self.gen),
-                                  "request": {"subtype": "initialize", "hooks": null}});
-                process.send_line(init.to_string());
+                process.send_line(protocol::initialize(self.gen));
                 self.proc = Some(process);
                 self.resumed_with = resumed;
                 self.ready = false;
@@ -239,11 +237,16 @@ impl ClaudeState {
             );
             return;
         };
-        match msg.get("type").and_then(Value::as_str) {
-            Some("control_response") => return self.on_control_response(me, &msg),
-            Some("control_request") => return self.answer_control_request(&msg),
-            Some("result") if self.resume_failed(&msg) => return self.fall_back_to_fresh(me),
-            _ => {}
+        match protocol::classify(&msg) {
+            Inbound::ControlResponse(r) => return self.on_control_response(me, &r),
+            Inbound::ControlRequest(r) => return self.answer_control_request(&r),
+            Inbound::Message(m)
+                if m.get("type").and_then(Value::as_str) == Some("result")
+                    && self.resume_failed(m) =>
+            {
+                return self.fall_back_to_fresh(me)
+            }
+            Inbound::Message(_) => {}
         }
         if let Some(id) = msg.get("session_id").and_then(Value::as_str) {
             self.remember_session(id);
@@ -275,12 +278,8 @@ impl ClaudeState {
         }
     }
 
-    pub(super) fn on_control_response(&mut self, me: &ActorRef<AgentMsg>, msg: &Value) {
-        let id = msg
-            .pointer("/response/request_id")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if id == format!("req_init_{}", self.gen) && !self.ready {
+    pub(super) fn on_control_response(&mut self, me: &ActorRef<AgentMsg>, r: &CliResponse) {
+        if r.answers_init(self.gen) && !self.ready {
             self.ready = true;
             self.timers.cancel(TimerKind::Init);
             self.send_turn(me);
@@ -289,19 +288,9 @@ impl ClaudeState {
 
     /// Every request from the CLI gets an answer, so a turn never waits on us: tool use is
     /// allowed (the executor runs in bypass mode), anything else is refused.
-    pub(super) fn answer_control_request(&self, msg: &Value) {
-        let id = msg.get("request_id").cloned().unwrap_or(Value::Null);
-        let request = msg.get("request").cloned().unwrap_or(Value::Null);
-        let reply = match request.get("subtype").and_then(Value::as_str) {
-            Some("can_use_tool") => {
-                json!({"type": "control_response", "response": {"subtype": "success", "request_id": id,
-                "response": {"behavior": "allow", "updatedInput": request.get("input").cloned().unwrap_or(json!({}))}}})
-            }
-            _ => json!({"type": "control_response",
-                        "response": {"subtype": "error", "request_id": id, "error": "not supported by this executor"}}),
-        };
+    pub(super) fn answer_control_request(&self, r: &CliRequest) {
         if let Some(p) = &self.proc {
-            p.send_line(reply.to_string());
+            p.send_line(protocol::answer(r));
         }
     }
 
@@ -360,10 +349,8 @@ impl ClaudeState {
         if !sent {
             return self.end_turn(TaskStatus::Cancelled);
         }
-        let req = json!({"type": "control_request", "request_id": format!("req_int_{}", self.gen),
-                         "request": {"subtype": "interrupt"}});
         if let Some(p) = &self.proc {
-            p.send_line(req.to_string());
+            p.send_line(protocol::interrupt(self.gen));
         }
         let gen = self.gen;
         let t = me.send_after(self.args.cfg.claude.interrupt_timeout, move || {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::claude_env::claude_args;
-use super::process::{create_private_dir, AgentProcess, ProcessEvent, SpawnSpec};
+use super::env::claude_args;
+use crate::agent::process::{create_private_dir, AgentProcess, ProcessEvent, SpawnSpec};
 use crate::config::PINNED_CLAUDE_CODE_VERSION;
 use crate::error::AgentError;
 use crate::task::BotSpec;
@@ -109,7 +109,7 @@ pub async fn launch(
     if let (Some(uid), Some(gid)) = (spec.uid, spec.gid) {
         let user = crate::config::AgentUser { uid, gid };
         let dir = task_dir.clone();
-        tokio::task::spawn_blocking(move || super::agent_user::hand_over(&dir, user))
+        tokio::task::spawn_blocking(move || crate::agent::agent_user::hand_over(&dir, user))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(format!("chown task failed: {e}"))))
             .map_err(ws_err(&task_dir))?;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::env_rule;
+use crate::agent::env_rule;
 use crate::config::RuntimeConfig;
 use crate::error::AgentError;
 use crate::task::BotSpec;
@@ -68,7 +68,7 @@ pub fn claude_args(bot: &BotSpec, resume: Option<&str>, mcp_config: Option<&Path
 }
 
 /// The complete environment of the CLI: the executor's environment under the
-/// [`env_rule`](super::env_rule), `EXECUTOR_ENV`, then the task's settings. The executor's own
+/// [`env_rule`](crate::agent::env_rule), `EXECUTOR_ENV`, then the task's settings. The executor's own
 /// credentials are added only when the task brings no key and names no endpoint of its own (or
 /// one the operator lists), so a task can never have them sent to its own server, and the child
 /// never holds both a task key and the executor's. Fails with [`AgentError::ApiKeyMissing`]

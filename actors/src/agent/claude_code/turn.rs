@@ -104,9 +104,7 @@ impl Turn {
 
     /// The stream-json user line for this turn.
     pub fn user_line(&self) -> String {
-        json!({"type": "user", "message": {"role": "user", "content": self.prompt},
-               "parent_tool_use_id": null, "session_id": ""})
-        .to_string()
+        super::protocol::user(&self.prompt)
     }
 
     /// Interprets one message from the CLI's stdout.
@@ -156,7 +154,7 @@ impl Turn {
                     }
                     if self.silent_exit.is_none() {
                         let content = b.get("content").unwrap_or(&Value::Null);
-                        self.silent_exit = super::silent_exit::detect_in_content(content);
+                        self.silent_exit = crate::agent::silent_exit::detect_in_content(content);
                     }
                 }
                 _ => {}
@@ -222,7 +220,7 @@ impl Turn {
         };
         let mut result = self.result(Some(value), "completed");
         if let Some(reason) = &self.silent_exit {
-            super::silent_exit::mark(&mut result, reason);
+            crate::agent::silent_exit::mark(&mut result, reason);
         }
         let p = self
             .ctx
