@@ -2,9 +2,10 @@
 //! `{"__silent_exit__": true, "reason": …}` ends the subtask COMPLETED with
 //! `result.silent_exit: true` and `result.silent_exit_reason`, exactly once. The tool is a real
 //! stdio MCP server (`agno/mcp_silent_exit.py`, as Wegent's system MCP server): Agno calls it
-//! through agno's MCP client (the mock model asks for it) and the run stops there; for Claude
-//! Code the fake CLI calls it (a one-shot MCP client run as its tool) and reports the result
-//! in a stream-json `user` `tool_result` line, as the real CLI does.
+//! through agno's MCP client (the mock model asks for it) and the run stops there; the real
+//! pinned Claude Code CLI calls it through `--mcp-config` (the mock Anthropic API asks for
+//! `mcp__wegent__silent_exit`) and reports the result in a stream-json `user` `tool_result`
+//! line; the fake CLI does the same through a one-shot MCP client run as its Bash tool.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools
 
 mod common;
@@ -109,4 +110,36 @@ async fn agno_a_silent_exit_mcp_tool_stops_the_run_and_marks_the_result() {
         "{}",
         next["result"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_claude_cli_a_silent_exit_mcp_tool_marks_the_completed_result() {
+    let mock = MockAnthropic::start();
+    let rx = CallbackReceiver::start();
+    let exec = start_real(&rx, &mock).await;
+    let python = agno_python().display().to_string();
+    let task = json!({"task_id": 93, "subtask_id": 1, "task_title": "T", "subtask_title": "S",
+        "type": "subscription",
+        "bot": [{"id": 1, "shell_type": "ClaudeCode", "system_prompt": "You watch.",
+                 "mcp_servers": {"wegent": {"type": "stdio", "command": python,
+                                            "args": [silent_server().display().to_string()]}}}],
+        "prompt": "check the feed\nMOCK_TOOL:MCP:mcp__wegent__silent_exit:{\"reason\": \"feed is quiet\"}"});
+    let (status, reply) = exec.post_json("/api/tasks/execute", &task).await;
+    assert_eq!(status, 200, "{reply}");
+    let done = rx.wait_terminal(93, 1, WAIT).await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "{done}\n{}",
+        exec.logs_tail(60)
+    );
+    assert_eq!(
+        done["result"]["silent_exit"],
+        true,
+        "{}\n{}",
+        done["result"]["value"],
+        exec.logs_tail(60)
+    );
+    assert_eq!(done["result"]["silent_exit_reason"], "feed is quiet");
+    assert_eq!(terminals(&rx, 93, 1).len(), 1, "{}", rx.dump());
 }

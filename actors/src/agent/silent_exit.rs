@@ -13,7 +13,26 @@ pub const MARKER: &str = "__silent_exit__";
 pub fn detect(text: &str) -> Option<String> {
     let v: Value = serde_json::from_str(text.trim()).ok()?;
     let obj = v.as_object()?;
-    let truthy = match obj.get(MARKER)? {
+    let Some(marker) = obj.get(MARKER) else {
+        // A FastMCP tool returning a string reaches the Claude CLI as structured content
+        // `{"result": "<the string>"}` (found with the real CLI and a real MCP server).
+        return match obj.get("result") {
+            Some(Value::String(inner)) if obj.len() == 1 => detect_plain(inner),
+            _ => None,
+        };
+    };
+    marker_reason(obj, marker)
+}
+
+/// [`detect`] without looking into a `{"result": ...}` wrapper.
+fn detect_plain(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text.trim()).ok()?;
+    let obj = v.as_object()?;
+    marker_reason(obj, obj.get(MARKER)?)
+}
+
+fn marker_reason(obj: &serde_json::Map<String, Value>, marker: &Value) -> Option<String> {
+    let truthy = match marker {
         Value::Bool(b) => *b,
         Value::Null => false,
         Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
@@ -63,6 +82,9 @@ mod tests {
         assert_eq!(detect(r#"{"__silent_exit__": false}"#), None);
         assert_eq!(detect("silent_exit"), None);
         assert_eq!(detect("[1]"), None);
+        let wrapped = json!({"result": "{\"__silent_exit__\": true, \"reason\": \"q\"}"});
+        assert_eq!(detect(&wrapped.to_string()).as_deref(), Some("q"));
+        assert_eq!(detect(r#"{"result": "plain"}"#), None);
         let blocks =
             json!([{"type": "text", "text": "{\"__silent_exit__\": true, \"reason\": \"r\"}"}]);
         assert_eq!(detect_in_content(&blocks).as_deref(), Some("r"));
