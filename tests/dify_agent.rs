@@ -2,7 +2,7 @@
 //! (`common::mock_dify`, Dify's SSE wire format) with callbacks to a real receiver. Chat and
 //! workflow apps, a follow-up continuing the conversation (also across an executor restart),
 //! cancel mid-stream (the stop endpoint is called, one CANCELLED), errors (bad key, HTTP 500,
-//! unreachable, an `error` event, no key) ending FAILED once with a clear message and the key
+//! unreachable, an `error` event, no key, no answer, the time limit) ending FAILED once with a clear message and the key
 //! nowhere, and the params precedence. The execute request is answered with the final status,
 //! while other tasks and routes go on.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor
@@ -265,7 +265,8 @@ async fn the_conversation_survives_an_executor_restart() {
 async fn errors_end_failed_once_with_a_clear_message_and_never_show_the_key() {
     let mock = MockDify::start("chat", KEY);
     let rx = CallbackReceiver::start();
-    let exec = start(&rx, ExecutorOptions::new()).await;
+    // A short limit, so the slow stream below times out.
+    let exec = start(&rx, ExecutorOptions::new().env("DIFY_TIMEOUT_SECS", "2")).await;
     let closed_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -319,6 +320,12 @@ async fn errors_end_failed_once_with_a_clear_message_and_never_show_the_key() {
             dify_bot(&mock.base_url(), KEY, json!({})),
             "EMPTY",
             vec!["No answer received from Dify application"],
+        ),
+        (
+            87,
+            dify_bot(&mock.base_url(), KEY, json!({})),
+            "SLOW",
+            vec!["Dify Agent execution failed", "did not finish within 2 s"],
         ),
     ];
     for (task_id, bot, prompt, wants) in &cases {

@@ -138,7 +138,7 @@ fn spawn_job(
                         spec: req.spec,
                         cipher: cfg.workspace.cipher.clone(),
                         cancel,
-                        timeout: super::dify::client::STREAM_TIMEOUT,
+                        timeout: cfg.dify_timeout,
                     };
                     super::dify::run_dify(run, &emit).await
                 }
