@@ -330,7 +330,8 @@ impl SessionState {
                     let progress = move |message: String| {
                         let _ = news.cast(SessionMsg::PrepProgress { seq, message });
                     };
-                    let result = workspace::prepare(&cfg, &spec, &progress, &stop).await;
+                    let needs = spec.agent.workspace_needs();
+                    let result = workspace::prepare(&cfg, &spec, &needs, &progress, &stop).await;
                     let _ = me.cast(SessionMsg::Prepared {
                         seq,
                         spec,

@@ -14,8 +14,10 @@
 //!    task from [`TaskSpec`](crate::task::TaskSpec) (`bots`, `prompt`, ...).
 //! 2. `agent/mod.rs`: `pub mod dify;`.
 //! 3. This file: a variant of [`AgentKind`], its spellings in [`AgentKind::parse`], its name in
-//!    [`AgentKind::name`] and [`AgentKind::SUPPORTED`], and its arm in [`Registry::start`]
-//!    (the compiler points at each place once the variant exists).
+//!    [`AgentKind::name`] and [`AgentKind::SUPPORTED`], its `WORKSPACE_NEEDS` in
+//!    [`AgentKind::workspace_needs`] (what preparation does for it: clone, instruction files,
+//!    skills, attachments) and its arm in [`Registry::start`] (the compiler points at each
+//!    place once the variant exists).
 //! 4. Settings of its own, if any: a field in [`crate::config::RuntimeConfig`] and its
 //!    environment name in the binary's `src/config.rs` (documented in README).
 //!
@@ -32,6 +34,7 @@ use super::agno::{pool::PoolMsg, AgnoAgent, AgnoArgs};
 use super::claude_code::ClaudeCodeAgent;
 use super::job_agent::JobAgent;
 use super::seam::{AgentArgs, AgentHandle};
+use crate::workspace::WorkspaceNeeds;
 
 /// Which agent runs a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,16 @@ impl AgentKind {
             Self::Dify => "Dify",
             Self::ImageValidator => "ImageValidator",
             Self::Unsupported(s) => s,
+        }
+    }
+
+    /// What this kind's agent needs from workspace preparation (the agent module says).
+    pub fn workspace_needs(&self) -> WorkspaceNeeds {
+        match self {
+            Self::ClaudeCode => super::claude_code::WORKSPACE_NEEDS,
+            Self::Agno => super::agno::WORKSPACE_NEEDS,
+            // Never handed to an agent (the subtask fails): nothing to prepare.
+            Self::Unsupported(_) => WorkspaceNeeds::default(),
         }
     }
 }

@@ -110,10 +110,33 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> PrepareError + '_ {
     }
 }
 
-/// Prepares the workspace of one subtask; `progress` gets human messages for RUNNING callbacks.
+/// What an agent kind needs from workspace preparation. Each agent says (its
+/// `WORKSPACE_NEEDS`, looked up by [`crate::agent::AgentKind::workspace_needs`]), so this layer
+/// never tests the agent kind nor knows an agent's file names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkspaceNeeds {
+    /// Clone `git_url` into the task directory and export the `GIT_*` variables.
+    pub clone: bool,
+    /// In the clone: copy the custom instruction files into `.claudecode/` and link
+    /// `CLAUDE.md` to `AGENTS.md` (contract §6.3).
+    pub instruction_files: bool,
+    /// Write coordinate-mode sub-agents into the clone's `.claude/agents/`.
+    pub sub_agents: bool,
+    /// Deploy the task's skills into `<task dir>/<this>/skills/` (none when `None`).
+    pub skills_under: Option<&'static str>,
+    /// Download attachments and point the prompt at them.
+    pub attachments: bool,
+    /// Names in the task directory the agent keeps its own files under; a clone never lands
+    /// on one of them.
+    pub reserved: &'static [&'static str],
+}
+
+/// Prepares the workspace of one subtask as `needs` says; `progress` gets human messages for
+/// RUNNING callbacks.
 pub async fn prepare(
     cfg: &RuntimeConfig,
     spec: &TaskSpec,
+    needs: &WorkspaceNeeds,
     progress: &(dyn Fn(String) + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<Prepared, PrepareError> {
@@ -122,9 +145,6 @@ pub async fn prepare(
         .await
         .map_err(io_err(&task_dir))?;
     let ws = &spec.workspace;
-    // Instruction files, sub-agents, skills and attachments are Claude Code's (as the original);
-    // every agent gets the clone.
-    let claude = spec.agent == crate::task::AgentKind::ClaudeCode;
     let mut out = Prepared {
         task_dir: task_dir.clone(),
         workdir: task_dir.clone(),
@@ -133,7 +153,7 @@ pub async fn prepare(
         agent_env: Vec::new(),
         notices: Vec::new(),
     };
-    if let Some(url) = spec.git_url.as_deref() {
+    if let Some(url) = spec.git_url.as_deref().filter(|_| needs.clone) {
         let (clean, url_creds) = git::split_credentials(url.trim());
         if let Err(message) = clone_source::check(&clean, &cfg.security.local_clone_dirs).await {
             return Err(PrepareError::Clone {
@@ -174,7 +194,7 @@ pub async fn prepare(
         if let Some(b) = branch.filter(|b| b.starts_with('-') || b.chars().any(char::is_control)) {
             return Err(PrepareError::BadBranch(b.to_string()));
         }
-        let dest = task_dir.join(repo_dir_name(&clean));
+        let dest = task_dir.join(repo_dir_name(&clean, needs.reserved));
         let helper = match &creds {
             Some(_) => Some(
                 git::write_helper(&task_dir)
@@ -226,7 +246,7 @@ pub async fn prepare(
                 out.agent_env.push((k.into(), Secret::new(v)));
             }
         }
-        if claude {
+        if needs.instruction_files {
             if let Err(e) = setup_instructions(cfg, &dest).await {
                 tracing::warn!("task {}: instruction files: {e}", spec.task_id);
                 out.notices
@@ -246,7 +266,7 @@ pub async fn prepare(
             out.agent_env.push((name.into(), Secret::new(v.clone())));
         }
     }
-    if claude && ws.mode.as_deref() == Some("coordinate") && !ws.sub_agents.is_empty() {
+    if needs.sub_agents && ws.mode.as_deref() == Some("coordinate") && !ws.sub_agents.is_empty() {
         let written = async {
             instructions::write_sub_agents(&out.workdir, &ws.sub_agents).await?;
             instructions::exclude(&out.workdir, &[".claude/agents/"]).await
@@ -260,15 +280,14 @@ pub async fn prepare(
     if cancel.is_cancelled() {
         return Err(PrepareError::Cancelled);
     }
-    let needs_http = claude && (!ws.skills.is_empty() || !ws.attachments.is_empty());
-    let http = needs_http.then(download::client);
-    if let (false, Some(http)) = (ws.skills.is_empty(), &http) {
+    let skills_under = needs.skills_under.filter(|_| !ws.skills.is_empty());
+    let attachments = needs.attachments && !ws.attachments.is_empty();
+    let http = (skills_under.is_some() || attachments).then(download::client);
+    if let (Some(under), Some(http)) = (skills_under, &http) {
         match &ws.auth_token {
             Some(token) => {
                 progress("Downloading skills".into());
-                let dir = task_dir
-                    .join(crate::agent::claude_code::spawn::CONFIG_DIR)
-                    .join("skills");
+                let dir = task_dir.join(under).join("skills");
                 let problems = skills::deploy(
                     &cfg.workspace,
                     http,
@@ -286,7 +305,7 @@ pub async fn prepare(
                 .push("skills were not deployed: the task has no auth_token".into()),
         }
     }
-    if let (false, Some(http)) = (ws.attachments.is_empty(), &http) {
+    if let (true, Some(http)) = (attachments, &http) {
         progress("Downloading attachments".into());
         let dir = attachments::folder(&task_dir, spec.task_id, spec.subtask_id);
         let results = attachments::fetch_all(
@@ -419,14 +438,10 @@ async fn configure_clone(
 
 /// The clone's folder name: the original's, unless it would land on one of the executor's own
 /// files in the task directory (then `repo-<name>`).
-fn repo_dir_name(url: &str) -> String {
+fn repo_dir_name(url: &str, reserved: &[&str]) -> String {
     let name = git::repo_name(url);
-    let reserved = [
-        crate::agent::claude_code::spawn::CONFIG_DIR,
-        crate::agent::claude_code::spawn::SESSION_ID_FILE,
-        ".executor",
-    ];
-    if reserved.contains(&name.as_str())
+    if name == ".executor"
+        || reserved.contains(&name.as_str())
         || name.contains(":executor:attachments")
         || name.ends_with(".cloning")
     {

@@ -10,25 +10,30 @@ pub mod credentials;
 pub mod pool;
 pub mod turn;
 
-use std::time::{Duration, Instant};
-
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{json, Value};
 
 use super::process::{AgentProcess, ExitInfo, ProcessEvent};
-use super::seam::{AgentCmd, ProcessState};
-use super::throttle::{Admit, ProgressThrottle};
-use super::timers::{TimerKind, Timers};
+use super::process_core::{Phase, PipeStep, ProcessCore, PIPE_DRAIN_TIMEOUT};
+use super::seam::AgentCmd;
+use super::timers::TimerKind;
 use super::{AgentArgs, TurnRequest};
-use crate::callback::CallbackMsg;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
 use client::Client;
 use pool::PoolMsg;
 use turn::{AgnoOutcome, AgnoTurn};
 
-/// After the client exits, how long its stdout may still deliver lines.
-const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+/// What Agno needs from workspace preparation: the clone only (instruction files, skills and
+/// attachments are Claude Code's, as in the original).
+pub const WORKSPACE_NEEDS: crate::workspace::WorkspaceNeeds = crate::workspace::WorkspaceNeeds {
+    clone: true,
+    instruction_files: false,
+    sub_agents: false,
+    skills_under: None,
+    attachments: false,
+    reserved: &[],
+};
 
 /// Messages of the [`AgnoAgent`].
 pub enum AgnoMsg {
@@ -91,19 +96,11 @@ pub struct AgnoAgent;
 
 /// State of the [`AgnoAgent`].
 pub struct AgnoState {
-    args: AgentArgs,
+    /// The client process, its turn, throttle and timers (shared with every process agent).
+    core: ProcessCore<AgnoTurn, AgnoMsg>,
     pool: Option<ActorRef<PoolMsg>>,
-    proc: Option<AgentProcess>,
-    gen: u64,
-    starting: bool,
-    ready: bool,
-    stdout_done: bool,
-    exited: Option<ExitInfo>,
-    turn: Option<AgnoTurn>,
     pending_run: Option<Value>,
     run_seq: u64,
-    throttle: ProgressThrottle,
-    timers: Timers<AgnoMsg>,
 }
 
 impl Actor for AgnoAgent {
@@ -117,19 +114,10 @@ impl Actor for AgnoAgent {
         args: AgnoArgs,
     ) -> Result<AgnoState, ActorProcessingErr> {
         Ok(AgnoState {
-            args: args.common,
+            core: ProcessCore::new(args.common, "agno client"),
             pool: args.pool,
-            proc: None,
-            gen: 0,
-            starting: false,
-            ready: false,
-            stdout_done: false,
-            exited: None,
-            turn: None,
             pending_run: None,
             run_seq: 0,
-            throttle: ProgressThrottle::default(),
-            timers: Timers::default(),
         })
     }
 
@@ -144,14 +132,16 @@ impl Actor for AgnoAgent {
             AgnoMsg::Cmd(AgentCmd::Interrupt) => st.on_interrupt(&me),
             AgnoMsg::Cmd(AgentCmd::Suspend) => st.suspend("over the live-process cap"),
             AgnoMsg::IdleDeadline { gen, run_seq }
-                if gen == st.gen && run_seq == st.run_seq && st.turn.is_none() =>
+                if gen == st.core.gen && run_seq == st.run_seq && st.core.turn.is_none() =>
             {
                 st.suspend("idle")
             }
-            AgnoMsg::Started { gen, result } if gen == st.gen => st.on_started(&me, result),
-            AgnoMsg::Process { gen, event } if gen == st.gen => st.on_event(&me, event),
-            AgnoMsg::ReadyTimeout { gen } if gen == st.gen && !st.ready && st.proc.is_some() => {
-                let secs = st.args.cfg.agno.ready_timeout.as_secs();
+            AgnoMsg::Started { gen, result } if gen == st.core.gen => st.on_started(&me, result),
+            AgnoMsg::Process { gen, event } if gen == st.core.gen => st.on_event(&me, event),
+            AgnoMsg::ReadyTimeout { gen }
+                if gen == st.core.gen && st.core.phase == Phase::Warming =>
+            {
+                let secs = st.core.args.cfg.agno.ready_timeout.as_secs();
                 st.fail_turn(&format!(
                     "the agno client did not start within {secs} s; {}",
                     client::INSTALL_HINT
@@ -159,25 +149,26 @@ impl Actor for AgnoAgent {
                 st.discard_process();
             }
             AgnoMsg::CancelTimeout { gen, run_seq }
-                if gen == st.gen
+                if gen == st.core.gen
                     && st
+                        .core
                         .turn
                         .as_ref()
                         .is_some_and(|t| t.cancelled && t.run_seq == run_seq) =>
             {
                 tracing::warn!(
                     "task {}: cancelled Agno run did not end in time; killing the client",
-                    st.args.task_id
+                    st.core.args.task_id
                 );
                 st.discard_process();
                 st.end_turn(TaskStatus::Cancelled);
             }
-            AgnoMsg::DrainDeadline { gen } if gen == st.gen => st.on_gone(),
-            AgnoMsg::Flush if st.throttle.flush(Instant::now()) => {
-                if let Some(t) = st.turn.as_ref().filter(|t| !t.cancelled) {
-                    st.emit(t.progress_event());
+            AgnoMsg::DrainDeadline { gen } if gen == st.core.gen => {
+                if let PipeStep::Gone(p, exit) = st.core.gone() {
+                    st.after_exit(p, exit);
                 }
             }
+            AgnoMsg::Flush => st.core.flush(),
             _ => {} // events of a retired client, or deadlines that no longer apply
         }
         Ok(())
@@ -188,39 +179,27 @@ impl Actor for AgnoAgent {
         _me: ActorRef<AgnoMsg>,
         st: &mut AgnoState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(mut p) = st.proc.take() {
-            // stdin EOF first: the client closes its MCP connections and exits by itself.
-            let how = p.terminate(st.args.cfg.stop).await;
-            tracing::info!(
-                "task {}: agno client {} stopped ({how:?})",
-                st.args.task_id,
-                p.pid()
-            );
-        }
+        // stdin EOF first: the client closes its MCP connections and exits by itself.
+        st.core.stop().await;
         Ok(())
     }
 }
 
 impl AgnoState {
     fn emit(&self, p: Box<CallbackPayload>) {
-        let _ = self.args.callbacks.cast(CallbackMsg::Send(p));
+        self.core.emit(p);
     }
 
     fn on_turn(&mut self, me: &ActorRef<AgnoMsg>, req: TurnRequest) {
         self.run_seq += 1;
         let team = req.spec.bots.len() > 1;
         let mut turn = AgnoTurn::new(req.ctx, self.run_seq, team);
-        if self.turn.is_some() {
-            tracing::error!(
-                "task {}: a turn arrived while another runs; refusing it",
-                self.args.task_id
-            );
-            self.emit(turn.failed("internal error: the agent is busy with another subtask"));
+        if self.core.refuse_if_busy(&mut turn) {
             return;
         }
         self.emit(turn.running(55, "Starting Agno Agent"));
         let spec = &req.spec;
-        if spec.new_session && self.proc.is_some() {
+        if spec.new_session && self.core.proc.is_some() {
             // A fresh client builds a fresh agent for the new session id.
             self.retire_process();
         }
@@ -238,7 +217,7 @@ impl AgnoState {
         }
         // Keys the backend sends encrypted are decrypted here, as for Claude Code.
         let mut bots = spec.bots.clone();
-        let cipher = &self.args.cfg.workspace.cipher;
+        let cipher = &self.core.args.cfg.workspace.cipher;
         for b in &mut bots {
             if let Some(key) = b.pointer_mut("/agent_config/env/api_key") {
                 if let Some(k) = key.as_str().map(|k| cipher.decrypt(k)) {
@@ -246,7 +225,11 @@ impl AgnoState {
                 }
             }
         }
-        credentials::fill_executor_keys(&mut bots, &self.args.cfg, &std::env::vars().collect());
+        credentials::fill_executor_keys(
+            &mut bots,
+            &self.core.args.cfg,
+            &std::env::vars().collect(),
+        );
         self.pending_run = Some(json!({
             "op": "run", "run_seq": self.run_seq, "session_id": session_id,
             "user_id": session_id, "mode": spec.workspace.mode.clone().unwrap_or_default(),
@@ -254,23 +237,22 @@ impl AgnoState {
             "cwd": req.prepared.workdir,
         }));
         self.emit(turn.running(60, "${{thinking.starting_agent_async}}"));
-        self.turn = Some(turn);
-        if self.ready {
-            self.send_run();
-        } else if self.proc.is_none() && !self.starting {
-            self.start_client(me);
+        self.core.turn = Some(turn);
+        match self.core.phase {
+            Phase::Ready => self.send_run(),
+            Phase::Down => self.start_client(me),
+            Phase::Starting | Phase::Warming => {} // sent once the client is ready
         }
     }
 
     fn start_client(&mut self, me: &ActorRef<AgnoMsg>) {
-        self.gen += 1;
-        self.starting = true;
+        let gen = self.core.begin_start();
         let (gen, me, cfg, pool, task_id) = (
-            self.gen,
+            gen,
             me.clone(),
-            self.args.cfg.clone(),
+            self.core.args.cfg.clone(),
             self.pool.clone(),
-            self.args.task_id,
+            self.core.args.task_id,
         );
         tokio::spawn(async move {
             let claimed = match pool {
@@ -290,18 +272,20 @@ impl AgnoState {
     }
 
     fn on_started(&mut self, me: &ActorRef<AgnoMsg>, result: Result<Client, AgentError>) {
-        self.starting = false;
         let Client {
             process,
             mut events,
             ready,
         } = match result {
             Ok(c) => c,
-            Err(e) => return self.fail_turn(&e.to_string()),
+            Err(e) => {
+                self.core.phase = Phase::Down;
+                return self.fail_turn(&e.to_string());
+            }
         };
         tracing::info!(
             "task {}: agno client {} {}",
-            self.args.task_id,
+            self.core.args.task_id,
             process.pid(),
             if ready {
                 "claimed from the pool"
@@ -309,7 +293,7 @@ impl AgnoState {
                 "started"
             }
         );
-        let (fwd, gen) = (me.clone(), self.gen);
+        let (fwd, gen) = (me.clone(), self.core.gen);
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 if fwd.cast(AgnoMsg::Process { gen, event }).is_err() {
@@ -317,23 +301,19 @@ impl AgnoState {
                 }
             }
         });
-        self.proc = Some(process);
-        self.ready = ready;
-        self.stdout_done = false;
-        self.exited = None;
-        self.args.session.process(ProcessState::Started);
+        self.core.adopt(process, ready);
         if ready {
             self.send_run();
         } else {
-            let t = me.send_after(self.args.cfg.agno.ready_timeout, move || {
+            let t = me.send_after(self.core.args.cfg.agno.ready_timeout, move || {
                 AgnoMsg::ReadyTimeout { gen }
             });
-            self.timers.arm(TimerKind::Init, t);
+            self.core.timers.arm(TimerKind::Init, t);
         }
     }
 
     fn send_run(&mut self) {
-        let (Some(turn), Some(proc)) = (self.turn.as_mut(), self.proc.as_ref()) else {
+        let (Some(turn), Some(proc)) = (self.core.turn.as_mut(), self.core.proc.as_ref()) else {
             return;
         };
         if turn.sent || turn.cancelled {
@@ -353,30 +333,14 @@ impl AgnoState {
     }
 
     fn on_event(&mut self, me: &ActorRef<AgnoMsg>, event: ProcessEvent) {
-        match event {
-            ProcessEvent::Line(line) => self.on_line(me, &line),
-            ProcessEvent::StdoutFailed(reason) => {
-                self.fail_turn(&reason);
-                self.discard_process();
-            }
-            ProcessEvent::StdoutClosed => {
-                self.stdout_done = true;
-                if self.exited.is_some() {
-                    self.on_gone();
-                }
-            }
-            ProcessEvent::StderrClosed => {}
-            ProcessEvent::Exited(info) => {
-                self.exited = Some(info);
-                if self.stdout_done {
-                    self.on_gone();
-                } else {
-                    let gen = self.gen;
-                    let t =
-                        me.send_after(PIPE_DRAIN_TIMEOUT, move || AgnoMsg::DrainDeadline { gen });
-                    self.timers.arm(TimerKind::Drain, t);
-                }
-            }
+        let drain = me.clone();
+        let step = self.core.on_pipe(event, false, move |gen| {
+            drain.send_after(PIPE_DRAIN_TIMEOUT, move || AgnoMsg::DrainDeadline { gen })
+        });
+        match step {
+            PipeStep::Line(line) => self.on_line(me, &line),
+            PipeStep::Gone(p, exit) => self.after_exit(p, exit),
+            PipeStep::Nothing => {}
         }
     }
 
@@ -384,13 +348,13 @@ impl AgnoState {
         let Some(ev) = client::parse(line) else {
             tracing::debug!(
                 "task {}: skipping a non-JSON client line",
-                self.args.task_id
+                self.core.args.task_id
             );
             return;
         };
         match ev.get("type").and_then(Value::as_str) {
             Some("ready") => {
-                self.ready = true;
+                self.core.phase = Phase::Ready;
                 return self.send_run();
             }
             Some("cancel_ack") => return,
@@ -399,15 +363,15 @@ impl AgnoState {
                     .as_str()
                     .unwrap_or("agno client error")
                     .to_string();
-                tracing::warn!("task {}: agno client: {msg}", self.args.task_id);
-                if ev["where"] == "import" || !self.ready {
+                tracing::warn!("task {}: agno client: {msg}", self.core.args.task_id);
+                if ev["where"] == "import" || self.core.phase != Phase::Ready {
                     self.fail_turn(&msg);
                 }
                 return;
             }
             _ => {}
         }
-        let Some(turn) = self.turn.as_mut() else {
+        let Some(turn) = self.core.turn.as_mut() else {
             return;
         };
         if ev.get("run_seq").and_then(Value::as_u64) != Some(turn.run_seq) {
@@ -415,75 +379,50 @@ impl AgnoState {
         }
         match turn.on_event(&ev) {
             AgnoOutcome::Ignore => {}
-            AgnoOutcome::Progress => match self.throttle.admit(Instant::now()) {
-                Admit::Now => {
-                    let p = turn.progress_event();
-                    self.emit(p);
-                }
-                Admit::Defer(Some(after)) => {
-                    let t = me.send_after(after, || AgnoMsg::Flush);
-                    self.timers.arm(TimerKind::Flush, t);
-                }
-                Admit::Defer(None) => {}
-            },
+            AgnoOutcome::Progress => self
+                .core
+                .progress(|after| me.send_after(after, || AgnoMsg::Flush)),
             AgnoOutcome::Finished(status, p) => {
                 if let Some(p) = p {
                     self.emit(p);
                 }
                 self.end_turn(status);
-                if let Some(idle) = self.args.cfg.agent_idle_timeout {
-                    let (gen, run_seq) = (self.gen, self.run_seq);
+                if let Some(idle) = self.core.args.cfg.agent_idle_timeout {
+                    let (gen, run_seq) = (self.core.gen, self.run_seq);
                     let t = me.send_after(idle, move || AgnoMsg::IdleDeadline { gen, run_seq });
-                    self.timers.arm(TimerKind::Idle, t);
+                    self.core.timers.arm(TimerKind::Idle, t);
                 }
             }
         }
     }
 
     fn on_interrupt(&mut self, me: &ActorRef<AgnoMsg>) {
-        let Some(turn) = self.turn.as_mut() else {
+        let Some(run_seq) = self.core.turn.as_ref().map(|t| t.run_seq) else {
             return;
         };
-        if turn.cancelled {
-            return;
+        match self.core.cancel_turn() {
+            Some(true) => {}
+            Some(false) => {
+                self.pending_run = None;
+                return;
+            }
+            None => return,
         }
-        turn.cancelled = true;
-        let p = Box::new(turn.ctx.payload(
-            100,
-            TaskStatus::Cancelled,
-            crate::agent::seam::CANCEL_MESSAGE,
-            None,
-        ));
-        let (sent, run_seq) = (turn.sent, turn.run_seq);
-        self.throttle.reset();
-        self.emit(p);
-        if !sent {
-            self.pending_run = None;
-            return self.end_turn(TaskStatus::Cancelled);
-        }
-        if let Some(proc) = &self.proc {
+        if let Some(proc) = &self.core.proc {
             proc.send_line(json!({"op": "cancel"}).to_string());
         }
-        let gen = self.gen;
-        let t = me.send_after(self.args.cfg.agno.cancel_timeout, move || {
+        let gen = self.core.gen;
+        let t = me.send_after(self.core.args.cfg.agno.cancel_timeout, move || {
             AgnoMsg::CancelTimeout { gen, run_seq }
         });
-        self.timers.arm(TimerKind::Interrupt, t);
+        self.core.timers.arm(TimerKind::Interrupt, t);
     }
 
-    /// The client is gone (exited and its output drained).
-    fn on_gone(&mut self) {
-        let Some(p) = self.proc.take() else {
-            return;
-        };
-        let exit = self
-            .exited
-            .map_or_else(|| "unknown exit status".to_string(), |e| e.to_string());
+    /// The client is gone (exited and its output drained): what that means for the turn.
+    fn after_exit(&mut self, p: AgentProcess, exit: ExitInfo) {
         let tail = p.stderr_tail();
         drop(p);
-        self.ready = false;
-        self.args.session.process(ProcessState::Ended);
-        if self.turn.as_ref().is_some_and(|t| t.cancelled) {
+        if self.core.turn_cancelled() {
             return self.end_turn(TaskStatus::Cancelled);
         }
         let mut msg = format!("the agno client exited unexpectedly ({exit})");
@@ -495,59 +434,27 @@ impl AgnoState {
     }
 
     fn fail_turn(&mut self, message: &str) {
-        let Some(turn) = self.turn.as_mut() else {
-            return;
-        };
-        tracing::warn!(
-            "task {}: subtask {} failed: {message}",
-            self.args.task_id,
-            turn.ctx.subtask_id
-        );
-        let p = turn.failed(message);
-        self.emit(p);
-        self.end_turn(TaskStatus::Failed);
+        self.pending_run = None;
+        self.core.fail_turn(message);
     }
 
     fn end_turn(&mut self, status: TaskStatus) {
-        self.throttle.reset();
         self.pending_run = None;
-        if let Some(turn) = self.turn.take() {
-            self.args.session.turn_done(turn.ctx.subtask_id, status);
-        }
+        self.core.end_turn(status);
     }
 
     /// Kills the client at once (it misbehaved); the next subtask gets a new one.
     fn discard_process(&mut self) {
-        self.gen += 1;
-        self.ready = false;
-        self.starting = false;
-        if self.proc.take().is_some() {
-            self.args.session.process(ProcessState::Ended);
-        }
+        self.core.discard_process();
     }
 
     /// Ends the client gracefully in the background (stdin EOF, then signals).
     fn retire_process(&mut self) {
-        self.gen += 1;
-        self.ready = false;
-        self.starting = false;
-        if let Some(mut p) = self.proc.take() {
-            let stop = self.args.cfg.stop;
-            tokio::spawn(async move {
-                p.terminate(stop).await;
-            });
-        }
+        self.core.retire_process();
     }
 
+    /// Ends an idle client; history stays in its database for the next subtask.
     fn suspend(&mut self, why: &str) {
-        if self.turn.is_some() || self.proc.is_none() {
-            return;
-        }
-        tracing::info!(
-            "task {}: suspending the agno client ({why}); history stays in its database",
-            self.args.task_id
-        );
-        self.retire_process();
-        self.args.session.process(ProcessState::Suspended);
+        self.core.suspend(why);
     }
 }

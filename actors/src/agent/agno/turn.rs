@@ -39,6 +39,27 @@ pub struct AgnoTurn {
     spans: crate::trace::TurnSpans,
 }
 
+impl crate::agent::process_core::AgentTurn for AgnoTurn {
+    fn ctx(&self) -> &SubtaskContext {
+        &self.ctx
+    }
+    fn sent(&self) -> bool {
+        self.sent
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+    fn mark_cancelled(&mut self) {
+        self.cancelled = true;
+    }
+    fn failed(&mut self, message: &str) -> Box<CallbackPayload> {
+        AgnoTurn::failed(self, message)
+    }
+    fn progress_event(&self) -> Box<CallbackPayload> {
+        AgnoTurn::progress_event(self)
+    }
+}
+
 impl AgnoTurn {
     /// A turn for a subtask run as run number `run_seq` of its client.
     pub fn new(ctx: SubtaskContext, run_seq: u64, team: bool) -> Self {

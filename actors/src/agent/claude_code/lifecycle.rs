@@ -3,25 +3,22 @@
 use ractor::ActorRef;
 
 use super::*;
+use crate::agent::process::{AgentProcess, ExitInfo};
 
 impl ClaudeState {
     pub(super) fn on_process_gone(&mut self, me: &ActorRef<AgentMsg>) {
-        let Some(p) = self.proc.take() else { return };
-        self.tell_session(ProcessState::Ended);
-        let exit = self.exited.unwrap_or(ExitInfo {
-            code: None,
-            signal: None,
-        });
-        tracing::info!(
-            "task {}: Claude Code process {} ended ({exit})",
-            self.args.task_id,
-            p.pid()
-        );
-        self.ready = false;
-        if self.turn.as_ref().is_some_and(|t| t.cancelled) {
+        if let PipeStep::Gone(p, exit) = self.core.gone() {
+            self.after_exit(me, p, exit);
+        }
+    }
+
+    /// The process is gone: what that means for the running turn.
+    pub(super) fn after_exit(&mut self, me: &ActorRef<AgentMsg>, p: AgentProcess, exit: ExitInfo) {
+        if self.core.turn_cancelled() {
             return self.end_turn(TaskStatus::Cancelled);
         }
         if let Some(turn) = self
+            .core
             .turn
             .as_mut()
             .filter(|t| t.sent && !t.saw_output && !t.retried)
@@ -30,7 +27,7 @@ impl ClaudeState {
             // the previous result): run the turn once more on a fresh process.
             tracing::warn!(
                 "task {}: the CLI exited before answering; retrying on a new process",
-                self.args.task_id
+                self.core.args.task_id
             );
             turn.sent = false;
             turn.retried = true;
@@ -48,25 +45,13 @@ impl ClaudeState {
 
     /// Ends the running turn with a `FAILED` callback (no-op without a turn).
     pub(super) fn fail_turn(&mut self, message: &str) {
-        let Some(turn) = self.turn.as_mut() else {
-            return;
-        };
-        tracing::warn!(
-            "task {}: subtask {} failed: {message}",
-            self.args.task_id,
-            turn.ctx.subtask_id
-        );
-        let p = turn.failed(message);
-        self.emit(p);
-        self.end_turn(TaskStatus::Failed);
+        self.stop_monitor();
+        self.core.fail_turn(message);
     }
 
     pub(super) fn end_turn(&mut self, status: TaskStatus) {
-        self.throttle.reset();
         self.stop_monitor();
-        if let Some(turn) = self.turn.take() {
-            self.args.session.turn_done(turn.ctx.subtask_id, status);
-        }
+        self.core.end_turn(status);
     }
 
     pub(super) fn stop_monitor(&mut self) {
@@ -75,25 +60,13 @@ impl ClaudeState {
         }
     }
 
-    pub(super) fn tell_session(&self, state: ProcessState) {
-        self.args.session.process(state);
-    }
-
     /// Ends an idle process to free memory; the next subtask resumes the conversation.
     pub(super) fn suspend(&mut self, why: &str) {
-        if self.turn.is_some() || self.proc.is_none() {
-            return;
-        }
-        tracing::info!(
-            "task {}: suspending the Claude Code process ({why}); the next subtask resumes",
-            self.args.task_id
-        );
-        self.retire_process();
-        self.tell_session(ProcessState::Suspended);
+        self.core.suspend(why);
     }
 
     pub(super) fn arm_watchdog(&mut self, me: &ActorRef<AgentMsg>) {
-        let c = &self.args.cfg.claude;
+        let c = &self.core.args.cfg.claude;
         let Some(shortest) = [c.silence_timeout, c.tool_timeout, c.turn_timeout]
             .into_iter()
             .flatten()
@@ -102,18 +75,18 @@ impl ClaudeState {
             return;
         };
         let tick = (shortest / 4).clamp(WATCHDOG_MIN_TICK, WATCHDOG_MAX_TICK);
-        let (gen, turn) = (self.gen, self.turns_in_process);
+        let (gen, turn) = (self.core.gen, self.turns_in_process);
         let t = me.send_after(tick, move || AgentMsg::Watchdog { gen, turn });
-        self.timers.arm(TimerKind::Watchdog, t);
+        self.core.timers.arm(TimerKind::Watchdog, t);
     }
 
     /// Tells a running tool (silence is normal) from a hung CLI, and enforces the turn limit;
     /// either failure ends the turn with its own reason and ends the process.
     pub(super) fn watchdog(&mut self, me: &ActorRef<AgentMsg>) {
-        let Some(turn) = self.turn.as_ref().filter(|t| t.sent && !t.cancelled) else {
+        let Some(turn) = self.core.turn.as_ref().filter(|t| t.sent && !t.cancelled) else {
             return;
         };
-        let c = &self.args.cfg.claude;
+        let c = &self.core.args.cfg.claude;
         let (silent, age) = (self.last_output.elapsed(), self.turn_started.elapsed());
         let verdict = if c.turn_timeout.is_some_and(|limit| age > limit) {
             Some(format!(
@@ -143,34 +116,20 @@ impl ClaudeState {
     }
 
     pub(super) fn arm_idle_timer(&mut self, me: &ActorRef<AgentMsg>) {
-        if let Some(idle) = self.args.cfg.agent_idle_timeout {
-            let (gen, turns) = (self.gen, self.turns_in_process);
+        if let Some(idle) = self.core.args.cfg.agent_idle_timeout {
+            let (gen, turns) = (self.core.gen, self.turns_in_process);
             let t = me.send_after(idle, move || AgentMsg::IdleDeadline { gen, turns });
-            self.timers.arm(TimerKind::Idle, t);
+            self.core.timers.arm(TimerKind::Idle, t);
         }
     }
 
-    /// Drops the current process at once: its group gets SIGKILL (in `Drop`), its reaper still
-    /// reaps it, and its remaining events are ignored.
+    /// Drops the current process at once (SIGKILL to its group); its events are ignored.
     pub(super) fn discard_process(&mut self) {
-        self.gen += 1;
-        self.ready = false;
-        self.spawning = false;
-        if self.proc.take().is_some() {
-            self.tell_session(ProcessState::Ended);
-        }
+        self.core.discard_process();
     }
 
     /// Lets the current process end gracefully in the background (its events are ignored).
     pub(super) fn retire_process(&mut self) {
-        self.gen += 1;
-        self.ready = false;
-        self.spawning = false;
-        if let Some(mut p) = self.proc.take() {
-            let stop = self.args.cfg.stop;
-            tokio::spawn(async move {
-                p.terminate(stop).await;
-            });
-        }
+        self.core.retire_process();
     }
 }

@@ -21,23 +21,18 @@ mod turn_flow;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::process::{AgentProcess, ExitInfo, ProcessEvent, SpawnSpec};
-use super::seam::{AgentCmd, ProcessState};
-use super::throttle::{Admit, ProgressThrottle};
-use super::timers::{TimerKind, Timers};
+use super::process::{ProcessEvent, SpawnSpec};
+use super::process_core::{Phase, PipeStep, ProcessCore, TurnOutcome, PIPE_DRAIN_TIMEOUT};
+use super::seam::AgentCmd;
+use super::timers::TimerKind;
 use super::{AgentArgs, TurnRequest};
-use crate::callback::CallbackMsg;
 use crate::error::AgentError;
 use crate::payload::{CallbackPayload, TaskStatus};
 use crate::task::TaskSpec;
 use env::claude_env;
 use protocol::{CliRequest, CliResponse, Inbound};
 use spawn::{launch, Launch, Resume, Started, CONFIG_DIR, SESSION_ID_FILE};
-use turn::{LineOutcome, Turn, INIT_MESSAGE};
-
-/// After the CLI exits, how long its pipes may stay open (held by a grandchild) before the
-/// process counts as gone anyway.
-const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+use turn::{Turn, INIT_MESSAGE};
 
 /// Bounds of the watchdog's check interval (a quarter of the shortest limit).
 const WATCHDOG_MIN_TICK: Duration = Duration::from_millis(100);
@@ -45,6 +40,18 @@ const WATCHDOG_MAX_TICK: Duration = Duration::from_secs(5);
 
 /// What the CLI says when `--resume` names a conversation it does not have.
 const NO_CONVERSATION: &str = "No conversation found";
+
+/// What Claude Code needs from workspace preparation: everything the original prepares for it
+/// (the clone, instruction files, sub-agents, skills in its config directory, attachments), and
+/// its own files in the task directory kept clear of the clone.
+pub const WORKSPACE_NEEDS: crate::workspace::WorkspaceNeeds = crate::workspace::WorkspaceNeeds {
+    clone: true,
+    instruction_files: true,
+    sub_agents: true,
+    skills_under: Some(CONFIG_DIR),
+    attachments: true,
+    reserved: &[CONFIG_DIR, SESSION_ID_FILE],
+};
 
 /// Messages of the [`ClaudeCodeAgent`].
 pub enum AgentMsg {
@@ -114,7 +121,8 @@ pub struct ClaudeCodeAgent;
 
 /// State of the [`ClaudeCodeAgent`].
 pub struct ClaudeState {
-    args: AgentArgs,
+    /// The process, its turn, throttle and timers (shared with every process agent).
+    core: ProcessCore<Turn, AgentMsg>,
     /// `<workspace_root>/<task_id>`: session id file and the task's Claude config.
     task_dir: PathBuf,
     /// Where the current process runs (the clone, or the task directory).
@@ -128,23 +136,13 @@ pub struct ClaudeState {
     /// Working directory and extra environment the current process was started with (a
     /// digest): when a subtask needs others (a rotated token), the process is replaced.
     started_with: Option<u64>,
-    proc: Option<AgentProcess>,
-    gen: u64,
-    spawning: bool,
-    ready: bool,
-    stdout_done: bool,
-    stderr_done: bool,
-    exited: Option<ExitInfo>,
     turns_in_process: u32,
-    turn: Option<Turn>,
     spec: Option<TaskSpec>,
     claude_session: Option<String>,
     resumed_with: Option<String>,
     next_resume: Resume,
     last_output: Instant,
     turn_started: Instant,
-    throttle: ProgressThrottle,
-    timers: Timers<AgentMsg>,
 }
 
 impl Actor for ClaudeCodeAgent {
@@ -159,30 +157,20 @@ impl Actor for ClaudeCodeAgent {
     ) -> Result<ClaudeState, ActorProcessingErr> {
         let task_dir = args.cfg.workspace_root.join(args.task_id.to_string());
         Ok(ClaudeState {
-            args,
+            core: ProcessCore::new(args, "Claude Code process"),
             cwd: task_dir.clone(),
             task_dir,
             prepared: None,
             turn_seq: 0,
             monitor: None,
             started_with: None,
-            proc: None,
-            gen: 0,
-            spawning: false,
-            ready: false,
-            stdout_done: false,
-            stderr_done: false,
-            exited: None,
             turns_in_process: 0,
-            turn: None,
             spec: None,
             claude_session: None,
             resumed_with: None,
             next_resume: Resume::FromFile,
             last_output: Instant::now(),
             turn_started: Instant::now(),
-            throttle: ProgressThrottle::default(),
-            timers: Timers::default(),
         })
     }
 
@@ -195,43 +183,43 @@ impl Actor for ClaudeCodeAgent {
         match msg {
             AgentMsg::Cmd(AgentCmd::Turn(req)) => st.on_turn(&me, *req),
             AgentMsg::Cmd(AgentCmd::Interrupt) => st.on_interrupt(&me),
-            AgentMsg::Spawned { gen, result } if gen == st.gen => st.on_spawned(&me, result),
-            AgentMsg::Process { gen, event } if gen == st.gen => st.on_event(&me, event),
-            AgentMsg::DrainDeadline { gen } if gen == st.gen => st.on_process_gone(&me),
-            AgentMsg::InitTimeout { gen } if gen == st.gen && !st.ready && st.proc.is_some() => {
-                let secs = st.args.cfg.claude.init_timeout.as_secs();
+            AgentMsg::Spawned { gen, result } if gen == st.core.gen => st.on_spawned(&me, result),
+            AgentMsg::Process { gen, event } if gen == st.core.gen => st.on_event(&me, event),
+            AgentMsg::DrainDeadline { gen } if gen == st.core.gen => st.on_process_gone(&me),
+            AgentMsg::InitTimeout { gen }
+                if gen == st.core.gen && st.core.phase == Phase::Warming =>
+            {
+                let secs = st.core.args.cfg.claude.init_timeout.as_secs();
                 st.fail_turn(&format!(
                     "Claude Code CLI did not answer the initialize request within {secs} s"
                 ));
                 st.discard_process();
             }
             AgentMsg::InterruptTimeout { gen }
-                if gen == st.gen && st.turn.as_ref().is_some_and(|t| t.cancelled) =>
+                if gen == st.core.gen && st.core.turn.as_ref().is_some_and(|t| t.cancelled) =>
             {
                 tracing::warn!(
                     "task {}: interrupted turn did not end in time; killing the CLI",
-                    st.args.task_id
+                    st.core.args.task_id
                 );
                 st.discard_process();
                 st.end_turn(TaskStatus::Cancelled);
             }
             AgentMsg::IdleDeadline { gen, turns }
-                if gen == st.gen && turns == st.turns_in_process =>
+                if gen == st.core.gen && turns == st.turns_in_process =>
             {
                 st.suspend("idle")
             }
             AgentMsg::Cmd(AgentCmd::Suspend) => st.suspend("over the live-process cap"),
             AgentMsg::Workbench { turn, snapshot } if turn == st.turn_seq => {
-                if let Some(wb) = st.turn.as_mut().and_then(|t| t.workbench.as_mut()) {
+                if let Some(wb) = st.core.turn.as_mut().and_then(|t| t.workbench.as_mut()) {
                     wb.update(snapshot);
                 }
             }
-            AgentMsg::FlushProgress { .. } if st.throttle.flush(Instant::now()) => {
-                if let Some(turn) = st.turn.as_ref().filter(|t| !t.cancelled) {
-                    st.emit(turn.progress_event());
-                }
-            }
-            AgentMsg::Watchdog { gen, turn } if gen == st.gen && turn == st.turns_in_process => {
+            AgentMsg::FlushProgress { .. } => st.core.flush(),
+            AgentMsg::Watchdog { gen, turn }
+                if gen == st.core.gen && turn == st.turns_in_process =>
+            {
                 st.watchdog(&me)
             }
             _ => {} // events of a retired process, or deadlines that no longer apply
@@ -245,14 +233,7 @@ impl Actor for ClaudeCodeAgent {
         st: &mut ClaudeState,
     ) -> Result<(), ActorProcessingErr> {
         st.stop_monitor();
-        if let Some(mut p) = st.proc.take() {
-            let how = p.terminate(st.args.cfg.stop).await;
-            tracing::info!(
-                "task {}: Claude Code process {} stopped ({how:?})",
-                st.args.task_id,
-                p.pid()
-            );
-        }
+        st.core.stop().await;
         Ok(())
     }
 }

@@ -11,18 +11,8 @@ pub use crate::agent::seam::{CANCEL_MESSAGE, MAX_THINKING_STEPS};
 /// Message of every running event from the agent's start-up (contract §4.4).
 pub const INIT_MESSAGE: &str = "${{thinking.initialize_agent}}";
 
-/// What a stdout line means for the turn.
-#[derive(Debug, PartialEq)]
-pub enum LineOutcome {
-    /// Nothing to report (not JSON, or a kind we do not relay).
-    Ignore,
-    /// A progress event to send.
-    /// A progress event is due; build it with [`Turn::progress_event`] (only when it will
-    /// really be sent: a flood of lines must not build a payload each).
-    Progress,
-    /// The turn ended; the payload is its terminal callback (absent for a cancelled turn).
-    Finished(TaskStatus, Option<Box<CallbackPayload>>),
-}
+/// What a stdout line means for the turn (the outcome every process agent shares).
+pub use crate::agent::process_core::TurnOutcome as LineOutcome;
 
 /// A subtask being run by the CLI.
 #[derive(Debug)]
@@ -46,6 +36,27 @@ pub struct Turn {
     thinking: Vec<Value>,
     /// A tool result carried the silent-exit marker (its reason).
     silent_exit: Option<String>,
+}
+
+impl crate::agent::process_core::AgentTurn for Turn {
+    fn ctx(&self) -> &SubtaskContext {
+        &self.ctx
+    }
+    fn sent(&self) -> bool {
+        self.sent
+    }
+    fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+    fn mark_cancelled(&mut self) {
+        self.cancelled = true;
+    }
+    fn failed(&mut self, message: &str) -> Box<CallbackPayload> {
+        Turn::failed(self, message)
+    }
+    fn progress_event(&self) -> Box<CallbackPayload> {
+        Turn::progress_event(self)
+    }
 }
 
 impl Turn {

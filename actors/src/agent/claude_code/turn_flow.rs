@@ -10,7 +10,7 @@ use super::*;
 
 impl ClaudeState {
     pub(super) fn emit(&self, p: Box<CallbackPayload>) {
-        let _ = self.args.callbacks.cast(CallbackMsg::Send(p));
+        self.core.emit(p);
     }
 
     pub(super) fn on_turn(&mut self, me: &ActorRef<AgentMsg>, req: TurnRequest) {
@@ -19,21 +19,21 @@ impl ClaudeState {
         for notice in &req.prepared.notices {
             turn.step("thinking.workspace_notice", json!({"message": notice}));
         }
-        if self.turn.is_some() {
+        if self.core.turn.is_some() {
             tracing::error!(
                 "task {}: a turn arrived while another runs; refusing it",
-                self.args.task_id
+                self.core.args.task_id
             );
             let mut t = turn;
             self.emit(t.failed("internal error: the agent is busy with another subtask"));
             return;
         }
         self.emit(turn.running(55, INIT_MESSAGE));
-        self.turn = Some(turn);
+        self.core.turn = Some(turn);
         if req.spec.new_session {
             tracing::info!(
                 "task {}: new_session requested; starting a fresh conversation",
-                self.args.task_id
+                self.core.args.task_id
             );
             self.retire_process();
             self.claude_session = None;
@@ -41,22 +41,22 @@ impl ClaudeState {
         }
         self.spec = Some(req.spec);
         let wanted = launch_digest(&req.prepared);
-        if self.proc.is_some() && self.started_with.is_some_and(|d| d != wanted) {
+        if self.core.proc.is_some() && self.started_with.is_some_and(|d| d != wanted) {
             tracing::info!(
                 "task {}: the workspace or credentials changed; restarting the CLI (the conversation resumes)",
-                self.args.task_id
+                self.core.args.task_id
             );
             self.retire_process();
         }
-        if self.proc.is_none() && !self.spawning {
+        if self.core.phase == Phase::Down {
             self.cwd = req.prepared.workdir.clone();
         }
         self.prepared = Some(req.prepared);
         self.turn_seq += 1;
-        if self.ready {
-            self.send_turn(me);
-        } else if !self.spawning && self.proc.is_none() {
-            self.start_spawn(me);
+        match self.core.phase {
+            Phase::Ready => self.send_turn(me),
+            Phase::Down => self.start_spawn(me),
+            Phase::Starting | Phase::Warming => {} // sent once the process is ready
         }
     }
 
@@ -64,7 +64,7 @@ impl ClaudeState {
         let Some(spec) = self.spec.clone() else {
             return;
         };
-        let cfg = self.args.cfg.clone();
+        let cfg = self.core.args.cfg.clone();
         let config_dir = self.task_dir.join(CONFIG_DIR);
         let mut env = match claude_env(&cfg, &spec.bot, &config_dir, std::env::vars()) {
             Ok(env) => env,
@@ -78,8 +78,7 @@ impl ClaudeState {
                     .map(|(k, v)| (k.clone(), v.expose().to_string())),
             );
         }
-        self.gen += 1;
-        self.spawning = true;
+        self.core.begin_start();
         let resume = match std::mem::replace(&mut self.next_resume, Resume::FromFile) {
             Resume::FromFile => self
                 .claude_session
@@ -95,7 +94,7 @@ impl ClaudeState {
                 env,
                 cwd: self.cwd.clone(),
                 max_line_bytes: cfg.claude.max_line_bytes,
-                marker: crate::agent::family::new_marker(self.args.task_id),
+                marker: crate::agent::family::new_marker(self.core.args.task_id),
                 nice: cfg.agent_nice,
                 uid: cfg.security.agent_user.map(|u| u.uid),
                 gid: cfg.security.agent_user.map(|u| u.gid),
@@ -106,7 +105,7 @@ impl ClaudeState {
             resume,
             bot,
         };
-        let (gen, me) = (self.gen, me.clone());
+        let (gen, me) = (self.core.gen, me.clone());
         tokio::spawn(async move {
             let sink_me = me.clone();
             let result = launch(job, move |event| {
@@ -126,42 +125,41 @@ impl ClaudeState {
         me: &ActorRef<AgentMsg>,
         result: Result<Started, AgentError>,
     ) {
-        self.spawning = false;
         match result {
-            Err(e) => self.fail_turn(&e.to_string()),
+            Err(e) => {
+                self.core.phase = Phase::Down;
+                self.fail_turn(&e.to_string())
+            }
             Ok(Started { process, resumed }) => {
                 tracing::info!(
                     "task {}: started Claude Code process {}{}",
-                    self.args.task_id,
+                    self.core.args.task_id,
                     process.pid(),
                     resumed
                         .as_deref()
                         .map(|id| format!(" resuming {id}"))
                         .unwrap_or_default()
                 );
-                process.send_line(protocol::initialize(self.gen));
-                self.proc = Some(process);
+                process.send_line(protocol::initialize(self.core.gen));
+                self.core.adopt(process, false);
                 self.resumed_with = resumed;
-                self.ready = false;
-                self.stdout_done = false;
-                self.stderr_done = false;
-                self.exited = None;
                 self.turns_in_process = 0;
-                let gen = self.gen;
-                let t = me.send_after(self.args.cfg.claude.init_timeout, move || {
+                let gen = self.core.gen;
+                let t = me.send_after(self.core.args.cfg.claude.init_timeout, move || {
                     AgentMsg::InitTimeout { gen }
                 });
-                self.timers.arm(TimerKind::Init, t);
-                self.tell_session(ProcessState::Started);
+                self.core.timers.arm(TimerKind::Init, t);
             }
         }
     }
 
     pub(super) fn send_turn(&mut self, me: &ActorRef<AgentMsg>) {
         let first = self.turns_in_process == 0;
-        let (Some(turn), Some(proc), Some(spec)) =
-            (self.turn.as_mut(), self.proc.as_ref(), self.spec.as_ref())
-        else {
+        let (Some(turn), Some(proc), Some(spec)) = (
+            self.core.turn.as_mut(),
+            self.core.proc.as_ref(),
+            self.spec.as_ref(),
+        ) else {
             return;
         };
         if turn.sent || turn.cancelled {
@@ -193,7 +191,7 @@ impl ClaudeState {
         let (me, turn, every) = (
             me.clone(),
             self.turn_seq,
-            self.args.cfg.workspace.workbench_interval,
+            self.core.args.cfg.workspace.workbench_interval,
         );
         tokio::spawn(crate::workspace::workbench::monitor(
             repo,
@@ -204,24 +202,14 @@ impl ClaudeState {
     }
 
     pub(super) fn on_event(&mut self, me: &ActorRef<AgentMsg>, event: ProcessEvent) {
-        match event {
-            ProcessEvent::Line(line) => self.on_line(me, &line),
-            ProcessEvent::StdoutFailed(reason) => {
-                self.fail_turn(&reason);
-                self.discard_process();
-                return;
-            }
-            ProcessEvent::StdoutClosed => self.stdout_done = true,
-            ProcessEvent::StderrClosed => self.stderr_done = true,
-            ProcessEvent::Exited(info) => {
-                self.exited = Some(info);
-                let gen = self.gen;
-                let t = me.send_after(PIPE_DRAIN_TIMEOUT, move || AgentMsg::DrainDeadline { gen });
-                self.timers.arm(TimerKind::Drain, t);
-            }
-        }
-        if self.stdout_done && self.stderr_done && self.exited.is_some() {
-            self.on_process_gone(me);
+        let drain = me.clone();
+        let step = self.core.on_pipe(event, true, move |gen| {
+            drain.send_after(PIPE_DRAIN_TIMEOUT, move || AgentMsg::DrainDeadline { gen })
+        });
+        match step {
+            PipeStep::Line(line) => self.on_line(me, &line),
+            PipeStep::Gone(p, exit) => self.after_exit(me, p, exit),
+            PipeStep::Nothing => {}
         }
     }
 
@@ -233,7 +221,7 @@ impl ClaudeState {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
             tracing::debug!(
                 "task {}: skipping a non-JSON stdout line",
-                self.args.task_id
+                self.core.args.task_id
             );
             return;
         };
@@ -251,24 +239,18 @@ impl ClaudeState {
         if let Some(id) = msg.get("session_id").and_then(Value::as_str) {
             self.remember_session(id);
         }
-        let Some(turn) = self.turn.as_mut() else {
+        let Some(turn) = self.core.turn.as_mut() else {
             return;
         };
         match turn.on_message(&msg) {
-            LineOutcome::Ignore => {}
-            LineOutcome::Progress => match self.throttle.admit(Instant::now()) {
-                Admit::Now => {
-                    let p = turn.progress_event();
-                    self.emit(p);
-                }
-                Admit::Defer(Some(after)) => {
-                    let gen = self.gen;
-                    let t = me.send_after(after, move || AgentMsg::FlushProgress { gen });
-                    self.timers.arm(TimerKind::Flush, t);
-                }
-                Admit::Defer(None) => {}
-            },
-            LineOutcome::Finished(status, p) => {
+            TurnOutcome::Ignore => {}
+            TurnOutcome::Progress => {
+                let (me, gen) = (me.clone(), self.core.gen);
+                self.core.progress(move |after| {
+                    me.send_after(after, move || AgentMsg::FlushProgress { gen })
+                });
+            }
+            TurnOutcome::Finished(status, p) => {
                 if let Some(p) = p {
                     self.emit(p);
                 }
@@ -279,9 +261,9 @@ impl ClaudeState {
     }
 
     pub(super) fn on_control_response(&mut self, me: &ActorRef<AgentMsg>, r: &CliResponse) {
-        if r.answers_init(self.gen) && !self.ready {
-            self.ready = true;
-            self.timers.cancel(TimerKind::Init);
+        if r.answers_init(self.core.gen) && self.core.phase == Phase::Warming {
+            self.core.phase = Phase::Ready;
+            self.core.timers.cancel(TimerKind::Init);
             self.send_turn(me);
         }
     }
@@ -289,7 +271,7 @@ impl ClaudeState {
     /// Every request from the CLI gets an answer, so a turn never waits on us: tool use is
     /// allowed (the executor runs in bypass mode), anything else is refused.
     pub(super) fn answer_control_request(&self, r: &CliRequest) {
-        if let Some(p) = &self.proc {
+        if let Some(p) = &self.core.proc {
             p.send_line(protocol::answer(r));
         }
     }
@@ -306,12 +288,12 @@ impl ClaudeState {
         let id = self.resumed_with.take().unwrap_or_default();
         tracing::warn!(
             "task {}: conversation {id} could not be resumed; starting a fresh one",
-            self.args.task_id
+            self.core.args.task_id
         );
         self.discard_process();
         self.claude_session = None;
         self.next_resume = Resume::Fresh;
-        if let Some(turn) = self.turn.as_mut() {
+        if let Some(turn) = self.core.turn.as_mut() {
             turn.step(
                 "thinking.resume_failed_new_session",
                 json!({"session_id": id, "reason": NO_CONVERSATION}),
@@ -335,28 +317,19 @@ impl ClaudeState {
     }
 
     pub(super) fn on_interrupt(&mut self, me: &ActorRef<AgentMsg>) {
-        let Some(turn) = self.turn.as_mut() else {
-            return;
-        };
-        if turn.cancelled {
-            return;
+        match self.core.cancel_turn() {
+            Some(true) => {}
+            Some(false) => return self.stop_monitor(),
+            None => return,
         }
-        turn.cancelled = true;
-        let p = turn.cancelled_event();
-        self.throttle.reset();
-        let sent = turn.sent;
-        self.emit(p);
-        if !sent {
-            return self.end_turn(TaskStatus::Cancelled);
+        if let Some(p) = &self.core.proc {
+            p.send_line(protocol::interrupt(self.core.gen));
         }
-        if let Some(p) = &self.proc {
-            p.send_line(protocol::interrupt(self.gen));
-        }
-        let gen = self.gen;
-        let t = me.send_after(self.args.cfg.claude.interrupt_timeout, move || {
+        let gen = self.core.gen;
+        let t = me.send_after(self.core.args.cfg.claude.interrupt_timeout, move || {
             AgentMsg::InterruptTimeout { gen }
         });
-        self.timers.arm(TimerKind::Interrupt, t);
+        self.core.timers.arm(TimerKind::Interrupt, t);
     }
 }
 
