@@ -99,6 +99,8 @@ impl AgentKind {
         match self {
             Self::ClaudeCode => super::claude_code::WORKSPACE_NEEDS,
             Self::Agno => super::agno::WORKSPACE_NEEDS,
+            Self::Dify => super::dify::WORKSPACE_NEEDS,
+            Self::ImageValidator => super::validation::WORKSPACE_NEEDS,
             // Never handed to an agent (the subtask fails): nothing to prepare.
             Self::Unsupported(_) => WorkspaceNeeds::default(),
         }
