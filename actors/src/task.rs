@@ -9,29 +9,6 @@ use crate::error::TaskError;
 /// kind).
 pub use crate::agent::registry::AgentKind;
 
-/// The first bot of the task: the one that drives Claude Code.
-#[derive(Debug, Clone, Default)]
-pub struct BotSpec {
-    /// `bot[0].id`, part of the original's session key.
-    pub id: Option<i64>,
-    /// `bot[0].system_prompt`; `None` means the CLI gets `--system-prompt ""`.
-    pub system_prompt: Option<String>,
-    /// `bot[0].model`, passed as `--model`.
-    pub model: Option<String>,
-    /// `bot[0].agent_config`, the model settings (contract §5.3). May hold secrets.
-    pub agent_config: Value,
-    /// `bot[0].mcp_servers` (any accepted shape), placeholders filled. May hold secrets.
-    pub mcp_servers: Option<Map<String, Value>>,
-    /// `bot[0].allowed_tools` → `--allowedTools`.
-    pub allowed_tools: Vec<String>,
-    /// `bot[0].disallowed_tools` → `--disallowedTools`.
-    pub disallowed_tools: Vec<String>,
-    /// `bot[0].max_turns` → `--max-turns`.
-    pub max_turns: Option<i64>,
-    /// `bot[0].max_thinking_tokens` → `--max-thinking-tokens`.
-    pub max_thinking_tokens: Option<i64>,
-}
-
 /// One subtask to run, with everything the runtime needs from the task dict.
 #[derive(Clone)]
 pub struct TaskSpec {
@@ -51,8 +28,9 @@ pub struct TaskSpec {
     pub prompt: String,
     /// `new_session: true` asks for a fresh conversation.
     pub new_session: bool,
-    /// `bot[0]`.
-    pub bot: BotSpec,
+    /// The agent's own reading of the task's bots (Claude Code's `bot[0]` settings, ...),
+    /// parsed by the agent kind ([`AgentKind::parse_config`]).
+    pub config: crate::agent::registry::AgentConfig,
     /// `git_url` (or the seed's `repo_url`); the clone itself is a later capability.
     pub git_url: Option<String>,
     /// `branch_name` (or the seed's `branch`).
@@ -183,10 +161,7 @@ impl TaskSpec {
             agent,
             prompt,
             new_session: bool_field(obj, "new_session")?.unwrap_or(false),
-            bot: bot
-                .map(|b| bot_spec(b, value))
-                .transpose()?
-                .unwrap_or_default(),
+            config: agent_kind(obj, bot)?.parse_config(bot, value)?,
             user_selected_skills: tool_list(obj, "user_selected_skills")?,
             trace: Default::default(),
             git_url: first_str(obj, &["git_url", "repo_url"])?,
@@ -349,36 +324,11 @@ fn first_bot(obj: &Map<String, Value>) -> Result<Option<&Map<String, Value>>, Ta
     }
 }
 
-fn bot_spec(bot: &Map<String, Value>, task: &Value) -> Result<BotSpec, TaskError> {
-    let agent_config = match bot.get("agent_config") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => {
-            return Err(TaskError::WrongType {
-                field: "bot.agent_config",
-                expected: "an object",
-            })
-        }
-    };
-    Ok(BotSpec {
-        id: int_field(bot, "id")?,
-        system_prompt: arg_field(bot, "system_prompt")?,
-        model: arg_field(bot, "model")?.filter(|m| !m.is_empty()),
-        agent_config,
-        mcp_servers: crate::mcp::servers_of(bot).map(|servers| {
-            let mut v = Value::Object(servers);
-            crate::mcp::substitute(&mut v, task);
-            v.as_object().cloned().unwrap_or_default()
-        }),
-        allowed_tools: no_nul(tool_list(bot, "allowed_tools")?, "allowed_tools")?,
-        disallowed_tools: no_nul(tool_list(bot, "disallowed_tools")?, "disallowed_tools")?,
-        max_turns: int_field(bot, "max_turns")?,
-        max_thinking_tokens: int_field(bot, "max_thinking_tokens")?,
-    })
-}
-
 /// A list of names: a JSON list of strings, or one comma-separated string.
-fn tool_list(obj: &Map<String, Value>, field: &'static str) -> Result<Vec<String>, TaskError> {
+pub(crate) fn tool_list(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Vec<String>, TaskError> {
     let wrong = TaskError::WrongType {
         field,
         expected: "a list of strings",
@@ -405,7 +355,10 @@ fn tool_list(obj: &Map<String, Value>, field: &'static str) -> Result<Vec<String
 }
 
 /// A string that ends up on the CLI's command line, where a NUL byte cannot go.
-fn arg_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, TaskError> {
+pub(crate) fn arg_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, TaskError> {
     let v = str_field(obj, field)?;
     if v.as_deref().is_some_and(|s| s.contains('\0')) {
         return Err(TaskError::WrongType {
@@ -416,7 +369,7 @@ fn arg_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<Str
     Ok(v)
 }
 
-fn no_nul(list: Vec<String>, field: &'static str) -> Result<Vec<String>, TaskError> {
+pub(crate) fn no_nul(list: Vec<String>, field: &'static str) -> Result<Vec<String>, TaskError> {
     if list.iter().any(|s| s.contains('\0')) {
         return Err(TaskError::WrongType {
             field,
@@ -435,7 +388,10 @@ fn first_str(obj: &Map<String, Value>, keys: &[&'static str]) -> Result<Option<S
     Ok(None)
 }
 
-fn int_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<i64>, TaskError> {
+pub(crate) fn int_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<i64>, TaskError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_i64().map(Some).ok_or(TaskError::WrongType {
@@ -445,7 +401,10 @@ fn int_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<i64
     }
 }
 
-fn str_field(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, TaskError> {
+pub(crate) fn str_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, TaskError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -496,8 +455,9 @@ mod tests {
         .unwrap();
         assert_eq!((t.task_id, t.subtask_id), (21, 31));
         assert_eq!(t.agent, AgentKind::ClaudeCode);
-        assert_eq!(t.bot.id, Some(11));
-        assert_eq!(t.bot.system_prompt.as_deref(), Some("You are a coder."));
+        let bot = t.config.claude().expect("Claude Code reads bot[0]");
+        assert_eq!(bot.id, Some(11));
+        assert_eq!(bot.system_prompt.as_deref(), Some("You are a coder."));
         assert_eq!(t.task_type.as_deref(), Some("online"));
         assert_eq!(t.branch.as_deref(), Some("main"));
     }

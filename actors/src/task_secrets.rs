@@ -22,7 +22,7 @@ impl TaskSpec {
             out.extend(query_secrets(url));
         }
         let mut bots = self.bots.clone();
-        bots.push(self.bot.agent_config.clone());
+        bots.extend(self.config.secret_json());
         for b in &bots {
             collect_secret_values(b, &mut out);
         }

@@ -14,7 +14,9 @@
 //!    task from [`TaskSpec`](crate::task::TaskSpec) (`bots`, `prompt`, ...).
 //! 2. `agent/mod.rs`: `pub mod dify;`.
 //! 3. This file: a variant of [`AgentKind`], its spellings in [`AgentKind::parse`], its name in
-//!    [`AgentKind::name`] and [`AgentKind::SUPPORTED`], its `WORKSPACE_NEEDS` in
+//!    [`AgentKind::name`] and [`AgentKind::SUPPORTED`], its own parsed part of the task (if
+//!    it has one) as an [`AgentConfig`] variant read in [`AgentKind::parse_config`], its
+//!    `WORKSPACE_NEEDS` in
 //!    [`AgentKind::workspace_needs`] (what preparation does for it: clone, instruction files,
 //!    skills, attachments) and its arm in [`Registry::start`] (the compiler points at each
 //!    place once the variant exists).
@@ -32,8 +34,12 @@ use ractor::{Actor, ActorCell, ActorRef};
 
 use super::agno::{pool::PoolMsg, AgnoAgent, AgnoArgs};
 use super::claude_code::ClaudeCodeAgent;
+use serde_json::{Map, Value};
+
+use super::claude_code::bot::BotSpec;
 use super::job_agent::JobAgent;
 use super::seam::{AgentArgs, AgentHandle};
+use crate::error::TaskError;
 use crate::workspace::WorkspaceNeeds;
 
 /// Which agent runs a task.
@@ -94,6 +100,25 @@ impl AgentKind {
         }
     }
 
+    /// Reads this kind's own part of the task: `bot` is `bot[0]`, `task` the whole dict.
+    pub fn parse_config(
+        &self,
+        bot: Option<&Map<String, Value>>,
+        task: &Value,
+    ) -> Result<AgentConfig, TaskError> {
+        Ok(match self {
+            Self::ClaudeCode => AgentConfig::ClaudeCode(Box::new(match bot {
+                Some(b) => super::claude_code::bot::parse(b, task)?,
+                None => BotSpec::default(),
+            })),
+            // Dify reads `bots[0].agent_config.env` and `bot_prompt` itself, the validator
+            // `validation_params`.
+            Self::Agno | Self::Dify | Self::ImageValidator | Self::Unsupported(_) => {
+                AgentConfig::Nothing
+            }
+        })
+    }
+
     /// What this kind's agent needs from workspace preparation (the agent module says).
     pub fn workspace_needs(&self) -> WorkspaceNeeds {
         match self {
@@ -103,6 +128,34 @@ impl AgentKind {
             Self::ImageValidator => super::validation::WORKSPACE_NEEDS,
             // Never handed to an agent (the subtask fails): nothing to prepare.
             Self::Unsupported(_) => WorkspaceNeeds::default(),
+        }
+    }
+}
+
+/// An agent's own reading of the task's bots, parsed when the task dict is read.
+#[derive(Debug, Clone, Default)]
+pub enum AgentConfig {
+    /// Claude Code's `bot[0]` settings.
+    ClaudeCode(Box<BotSpec>),
+    /// The kind reads nothing beyond the generic task (Agno takes the raw `bots`).
+    #[default]
+    Nothing,
+}
+
+impl AgentConfig {
+    /// Claude Code's settings, when this is its config.
+    pub fn claude(&self) -> Option<&BotSpec> {
+        match self {
+            Self::ClaudeCode(b) => Some(b),
+            Self::Nothing => None,
+        }
+    }
+
+    /// The parts that may hold secrets, for the masking registry.
+    pub fn secret_json(&self) -> Vec<Value> {
+        match self {
+            Self::ClaudeCode(b) => vec![b.agent_config.clone()],
+            Self::Nothing => Vec::new(),
         }
     }
 }

@@ -7,16 +7,8 @@ use crate::agent::seam::MAX_THINKING_STEPS;
 use crate::mask::{mask_str, mask_value};
 use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 
-/// What one client line means for the turn.
-#[derive(Debug)]
-pub enum AgnoOutcome {
-    /// Nothing to send (or kept for the next event).
-    Ignore,
-    /// A progress event is due (throttled by the caller).
-    Progress,
-    /// The run ended; send this terminal event, if any.
-    Finished(TaskStatus, Option<Box<CallbackPayload>>),
-}
+/// What one client line means for the turn (the outcome every process agent shares).
+pub use crate::agent::process_core::TurnOutcome as AgnoOutcome;
 
 /// State of the running subtask.
 #[derive(Debug)]

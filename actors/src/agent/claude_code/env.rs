@@ -11,10 +11,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::bot::BotSpec;
 use crate::agent::env_rule;
 use crate::config::RuntimeConfig;
 use crate::error::AgentError;
-use crate::task::BotSpec;
 
 /// Keys of `agent_config.env` that are mapped to named variables instead of copied.
 const MAPPED_KEYS: &[&str] = &["model_id", "api_key", "base_url", "model", "small_model"];

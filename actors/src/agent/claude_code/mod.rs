@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub mod bot;
 pub mod env;
 mod lifecycle;
 pub mod prompt;

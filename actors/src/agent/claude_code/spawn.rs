@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
+use super::bot::BotSpec;
 use super::env::claude_args;
 use crate::agent::process::{create_private_dir, AgentProcess, ProcessEvent, SpawnSpec};
 use crate::config::PINNED_CLAUDE_CODE_VERSION;
 use crate::error::AgentError;
-use crate::task::BotSpec;
 
 /// Name of the file holding the Claude conversation id, in the task's workspace (contract §6.1).
 pub const SESSION_ID_FILE: &str = ".claude_session_id";

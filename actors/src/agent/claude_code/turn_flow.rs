@@ -19,13 +19,7 @@ impl ClaudeState {
         for notice in &req.prepared.notices {
             turn.step("thinking.workspace_notice", json!({"message": notice}));
         }
-        if self.core.turn.is_some() {
-            tracing::error!(
-                "task {}: a turn arrived while another runs; refusing it",
-                self.core.args.task_id
-            );
-            let mut t = turn;
-            self.emit(t.failed("internal error: the agent is busy with another subtask"));
+        if self.core.refuse_if_busy(&mut turn) {
             return;
         }
         self.emit(turn.running(55, INIT_MESSAGE));
@@ -66,7 +60,8 @@ impl ClaudeState {
         };
         let cfg = self.core.args.cfg.clone();
         let config_dir = self.task_dir.join(CONFIG_DIR);
-        let mut env = match claude_env(&cfg, &spec.bot, &config_dir, std::env::vars()) {
+        let bot = spec.config.claude().cloned().unwrap_or_default();
+        let mut env = match claude_env(&cfg, &bot, &config_dir, std::env::vars()) {
             Ok(env) => env,
             Err(e) => return self.fail_turn(&e.to_string()),
         };
@@ -86,7 +81,6 @@ impl ClaudeState {
                 .map_or(Resume::FromFile, Resume::Id),
             other => other,
         };
-        let bot = spec.bot.clone();
         let job = Launch {
             spec: SpawnSpec {
                 program: cfg.claude.bin.clone(),
@@ -101,7 +95,7 @@ impl ClaudeState {
             },
             config_dir,
             task_dir: self.task_dir.clone(),
-            mcp_servers: spec.bot.mcp_servers.clone(),
+            mcp_servers: bot.mcp_servers.clone(),
             resume,
             bot,
         };

@@ -43,9 +43,10 @@ impl DifyConfig {
     /// Reads the settings of `spec` (`prompt` is the prompt as prepared for the agent).
     pub fn from_spec(spec: &TaskSpec, prompt: &str, cipher: &TokenCipher) -> Self {
         let env = spec
-            .bot
-            .agent_config
-            .get("env")
+            .bots
+            .first()
+            .and_then(|b| b.get("agent_config"))
+            .and_then(|c| c.get("env"))
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
