@@ -44,6 +44,20 @@ def add_secrets(*values):
 
 add_secrets(*(os.environ.get(k) for k in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY")))
 
+SILENT_EXIT_MARKER = "__silent_exit__"  # the original's executor/tools/silent_exit.py
+
+
+def silent_exit_reason(result):
+    """The reason when a tool result is the silent-exit marker, else None."""
+    try:
+        data = json.loads(result) if isinstance(result, str) else None
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get(SILENT_EXIT_MARKER):
+        reason = data.get("reason")
+        return reason if isinstance(reason, str) else ""
+    return None
+
 
 class OneLineFormatter(logging.Formatter):
     def format(self, record):
@@ -256,6 +270,7 @@ class Client:
         self.seq = self.run_id = None
         self.cancel_requested = self.terminal = False
         self.content = []
+        self.silent = None  # a tool's silent-exit reason, once one asked for it
 
     # -- MCP: anyio cancel scopes must be entered and exited by the same task, so one long-lived
     # -- task connects every server and closes them all at shutdown.
@@ -351,13 +366,20 @@ class Client:
     def finish(self, kind, **fields):
         if not self.terminal:
             self.terminal = True
+            if self.silent is not None and not self.cancel_requested and kind in (
+                    "cancelled", "completed"):
+                # A tool asked for a silent exit (contract 5.7): the run was stopped on purpose.
+                kind = "completed"
+                fields = dict(run_id=self.run_id, content="".join(self.content),
+                              metrics=fields.get("metrics") or {}, silent_exit=True,
+                              silent_exit_reason=self.silent)
             self.send(kind, **fields)
 
     def start_run(self, op):
         if self.task is not None:
             return emit({"type": "error", "run_seq": op.get("run_seq"), "where": "run",
                          "message": "a run is already in progress"})
-        self.seq, self.run_id, self.content = op.get("run_seq"), None, []
+        self.seq, self.run_id, self.content, self.silent = op.get("run_seq"), None, [], None
         self.cancel_requested = self.terminal = False
         self.task = asyncio.create_task(self.run(op))
 
@@ -384,8 +406,16 @@ class Client:
                 kw.update(show_members_responses=True, markdown=True)
                 if self.mode == "coordinate":
                     kw["show_full_reasoning"] = True
-            async for ev in self.runner.arun(prompt, **kw):
+            stream = self.runner.arun(prompt, **kw)
+            async for ev in stream:
                 self.on_event(ev)
+                if self.silent is not None:  # silent exit: stop here, as the original's break
+                    break
+            if self.silent is not None:
+                try:
+                    await stream.aclose()
+                except Exception as e:  # noqa: BLE001 - the run is over either way
+                    log.info("closing the stopped run: %s", describe(e))
             if self.cancel_requested:
                 self.finish("cancelled", run_id=self.run_id)
             else:  # e.g. a paused run: no RunCompleted, but the stream ended normally
@@ -430,6 +460,15 @@ class Client:
                 out = t.result if isinstance(t.result, str) or t.result is None else json.dumps(
                     t.result, default=str)
                 self.send("tool_completed", output=out or "", error=bool(t.tool_call_error), **common)
+                reason = silent_exit_reason(out)
+                if reason is not None and self.silent is None:
+                    # Stop the run (as the original's cancel_run on silent exit); it ends
+                    # COMPLETED with the silent-exit flags (see finish).
+                    log.info("silent exit requested by tool %s: %s", t.tool_name, reason)
+                    self.silent = reason
+                    self.request_cancel(self.task)
+                    asyncio.get_running_loop().call_later(CANCEL_GRACE_S, self.hard_cancel,
+                                                          self.task)
         elif base == "ReasoningStep" and ev.content is not None and hasattr(ev.content, "title"):
             s = ev.content
             self.send("reasoning_step", title=s.title, action=s.action, reasoning=s.reasoning,

@@ -208,6 +208,10 @@ pub struct Cli {
     /// The older name of AGENT_IDLE_TIMEOUT_SECS, still read.
     #[arg(long, env = "CLAUDE_IDLE_TIMEOUT_SECS")]
     pub claude_idle_timeout_secs: Option<u64>,
+    /// Seconds one Dify call (the whole streamed answer) may take before the subtask fails
+    /// [default: 300].
+    #[arg(long, env = "DIFY_TIMEOUT_SECS")]
+    pub dify_timeout_secs: Option<u64>,
     /// Longest stdout line accepted from the CLI in bytes [default: 16777216].
     #[arg(long, env = "MAX_LINE_BYTES")]
     pub max_line_bytes: Option<usize>,
@@ -281,6 +285,7 @@ pub struct FileConfig {
     claude_interrupt_timeout_secs: Option<u64>,
     claude_idle_timeout_secs: Option<u64>,
     agent_idle_timeout_secs: Option<u64>,
+    dify_timeout_secs: Option<u64>,
     max_live_processes: Option<usize>,
     agent_nice: Option<i32>,
     watchdog_silence_secs: Option<u64>,
@@ -434,6 +439,7 @@ impl Settings {
             ),
             format!("AGENT_NICE={}", r.agent_nice),
             format!("AGENT_IDLE_TIMEOUT_SECS={}", secs(r.agent_idle_timeout)),
+            format!("DIFY_TIMEOUT_SECS={}", r.dify_timeout.as_secs()),
             format!("WATCHDOG_SILENCE_SECS={}", secs(r.claude.silence_timeout)),
             format!("WATCHDOG_TOOL_SECS={}", secs(r.claude.tool_timeout)),
             format!("TURN_TIMEOUT_SECS={}", secs(r.claude.turn_timeout)),
@@ -530,6 +536,14 @@ impl Settings {
                     .or(file.claude_idle_timeout_secs),
                 DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS,
             )),
+            dify_timeout: std::time::Duration::from_secs(
+                pick(
+                    cli.dify_timeout_secs,
+                    file.dify_timeout_secs,
+                    actors::agent::dify::client::STREAM_TIMEOUT.as_secs(),
+                )
+                .max(1),
+            ),
             workspace_root: workspace_root.clone(),
             executor_name: non_empty(cli.executor_name).or(file.executor_name),
             executor_namespace: non_empty(cli.executor_namespace).or(file.executor_namespace),

@@ -137,6 +137,9 @@ pub struct RuntimeConfig {
     /// this long; the next subtask resumes the conversation. `None` keeps it alive
     /// (`AGENT_IDLE_TIMEOUT_SECS`, or its older name `CLAUDE_IDLE_TIMEOUT_SECS`).
     pub agent_idle_timeout: Option<Duration>,
+    /// How long one Dify call (the whole streamed answer) may take (`DIFY_TIMEOUT_SECS`,
+    /// 300 s as the original).
+    pub dify_timeout: Duration,
 }
 
 /// How the agent's environment is built from the executor's (`AGENT_ENV_MODE`).
@@ -292,6 +295,7 @@ impl RuntimeConfig {
             workspace: WorkspaceConfig::default(),
             agent_nice: 0,
             agent_idle_timeout: None,
+            dify_timeout: crate::agent::dify::client::STREAM_TIMEOUT,
             security: SecurityConfig::default(),
             session_expiry: None,
         }

@@ -421,7 +421,10 @@ impl SessionState {
             spec: *spec,
             prepared,
         };
-        if self.args.cfg.max_live_processes.is_some() && self.process != ProcessState::Started {
+        if self.args.cfg.max_live_processes.is_some()
+            && agent.kind().has_process()
+            && self.process != ProcessState::Started
+        {
             // A new agent process is needed: it takes a slot under the live-process cap.
             self.slot_wait = Some((agent, Box::new(req)));
             self.slot_queued = false;

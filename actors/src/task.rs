@@ -41,6 +41,10 @@ pub struct TaskSpec {
     pub trace: crate::payload::TraceContext,
     /// What the workspace needs: credentials, attachments, skills, sub-agents.
     pub workspace: WorkspaceSpec,
+    /// `bot_prompt`: the Dify agent's `{"difyAppId", "params"}` JSON (lowest-precedence params).
+    pub bot_prompt: Option<String>,
+    /// `validation_params` of a `type: "validation"` task.
+    pub validation: Option<crate::agent::validation::ValidationParams>,
     /// Every bot, as the Agno agent needs them (`name`, `system_prompt`, `role`,
     /// `agent_config`, `mcp_servers` with placeholders filled). May hold secrets.
     pub bots: Vec<Value>,
@@ -132,18 +136,29 @@ impl TaskSpec {
             });
         }
         let subtask_id = int_field(obj, "subtask_id")?.unwrap_or(-1);
+        let bot = first_bot(obj)?;
+        let agent = agent_kind(obj, bot)?;
         let prompt = match str_field(obj, "prompt")? {
             Some(p) => p,
+            // A validation task has no prompt (contract §5.6).
+            None if agent == AgentKind::ImageValidator => {
+                str_field(obj, "content")?.unwrap_or_default()
+            }
             None => str_field(obj, "content")?.ok_or(TaskError::Missing("prompt"))?,
         };
-        let bot = first_bot(obj)?;
+        let validation = match agent {
+            AgentKind::ImageValidator => {
+                Some(crate::agent::validation::ValidationParams::from_task(obj)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             task_id,
             subtask_id,
             task_title: str_field(obj, "task_title")?.unwrap_or_default(),
             subtask_title: str_field(obj, "subtask_title")?.unwrap_or_default(),
             task_type: str_field(obj, "type")?.filter(|t| !t.is_empty()),
-            agent: agent_kind(obj, bot)?,
+            agent,
             prompt,
             new_session: bool_field(obj, "new_session")?.unwrap_or(false),
             config: agent_kind(obj, bot)?.parse_config(bot, value)?,
@@ -153,6 +168,8 @@ impl TaskSpec {
             branch: first_str(obj, &["branch_name", "branch"])?,
             workspace: workspace_spec(obj, bot)?,
             bots: all_bots(obj, value),
+            bot_prompt: str_field(obj, "bot_prompt")?.filter(|p| !p.trim().is_empty()),
+            validation,
         })
     }
 
@@ -276,7 +293,7 @@ fn agent_kind(
     bot: Option<&Map<String, Value>>,
 ) -> Result<AgentKind, TaskError> {
     if obj.get("type").and_then(Value::as_str) == Some("validation") {
-        return Ok(AgentKind::Unsupported("ImageValidator".into()));
+        return Ok(AgentKind::ImageValidator);
     }
     if let Some(bot) = bot {
         if let Some(shell) = str_field(bot, "shell_type")? {

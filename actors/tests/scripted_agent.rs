@@ -428,7 +428,7 @@ async fn the_registry_refuses_an_unknown_kind_instead_of_running_another_agent()
     assert!(matches!(err, StartError::Unsupported(ref n) if n == "Nope"));
     assert_eq!(
         err.to_string(),
-        "unsupported agent type 'Nope'; supported types: ClaudeCode, Agno"
+        "unsupported agent type 'Nope'; supported types: ClaudeCode, Agno, Dify"
     );
 }
 

@@ -6,7 +6,8 @@
 //! - plain answer `mock reply #<n> to: <text>` where `<text>` is the last text block of the last
 //!   `user` message (newlines → spaces, first 60 chars) and `n` counts `/v1/messages` requests;
 //! - when the request carries `tools`, lines of that text block are directives:
-//!   `MOCK_TOOL:Bash:<command>` / `MOCK_TOOL:Write:<path>:<text>` answer with a `tool_use` block
+//!   `MOCK_TOOL:Bash:<command>` / `MOCK_TOOL:Write:<path>:<text>` /
+//!   `MOCK_TOOL:MCP:<mcp__server__tool>:<JSON input>` answer with a `tool_use` block
 //!   (stop_reason `tool_use`), `MOCK_STATUS:<code>` answers that HTTP error;
 //! - when the last user message holds a `tool_result`, the answer is
 //!   `tool result seen: <its text, first 80 chars>`;
@@ -455,19 +456,24 @@ fn messages_reply(state: &State, body: &Value, nreq: u64) -> warp::reply::Respon
     let has_tools = body["tools"].as_array().is_some_and(|t| !t.is_empty());
 
     // (name, input) of a tool the prompt asked the mock to call.
-    let mut tool: Option<(&str, Value)> = None;
+    let mut tool: Option<(String, Value)> = None;
     if has_tools && tool_result.is_none() {
         for line in user_text.lines().map(str::trim) {
             if let Some(code) = line.strip_prefix("MOCK_STATUS:") {
                 status = code.trim().parse().ok().or(status);
             } else if let Some(cmd) = line.strip_prefix("MOCK_TOOL:Bash:") {
                 tool = Some((
-                    "Bash",
+                    "Bash".into(),
                     json!({"command": cmd, "description": "mock-requested command"}),
                 ));
             } else if let Some(rest) = line.strip_prefix("MOCK_TOOL:Write:") {
                 let (path, text) = rest.split_once(':').unwrap_or((rest, ""));
-                tool = Some(("Write", json!({"file_path": path, "content": text})));
+                tool = Some(("Write".into(), json!({"file_path": path, "content": text})));
+            } else if let Some(rest) = line.strip_prefix("MOCK_TOOL:MCP:") {
+                // `MOCK_TOOL:MCP:<tool name, e.g. mcp__srv__tool>:<JSON input>`.
+                let (name, input) = rest.split_once(':').unwrap_or((rest, "{}"));
+                let input = serde_json::from_str(input).unwrap_or_else(|_| json!({}));
+                tool = Some((name.to_string(), input));
             }
         }
     }

@@ -7,14 +7,18 @@
 pub mod agent_user;
 pub mod agno;
 pub mod claude_code;
+pub mod dify;
 pub mod env_rule;
 pub mod family;
+pub mod job_agent;
 pub mod process;
 pub mod process_core;
 pub mod registry;
 pub mod seam;
+pub mod silent_exit;
 pub mod throttle;
 pub mod timers;
+pub mod validation;
 
 pub use registry::{AgentKind, Registry, StartAgent};
 pub use seam::{

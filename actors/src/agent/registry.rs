@@ -37,6 +37,7 @@ use super::claude_code::ClaudeCodeAgent;
 use serde_json::{Map, Value};
 
 use super::claude_code::bot::BotSpec;
+use super::job_agent::JobAgent;
 use super::seam::{AgentArgs, AgentHandle};
 use crate::error::TaskError;
 use crate::workspace::WorkspaceNeeds;
@@ -48,13 +49,17 @@ pub enum AgentKind {
     ClaudeCode,
     /// `shell_type: "Agno"` / `agent_type: "agno"`.
     Agno,
+    /// `shell_type: "Dify"`: a Dify application over HTTP (the original's `external_api`).
+    Dify,
+    /// `type: "validation"`: checks a custom base image's tools (no bot, no prompt).
+    ImageValidator,
     /// Any other value, kept verbatim for the error message (`""` when none was given).
     Unsupported(String),
 }
 
 impl AgentKind {
     /// Agent types this build can run, as listed in error messages.
-    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode", "Agno"];
+    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode", "Agno", "Dify"];
 
     /// Reads a `shell_type`/`agent_type` the way the original does: case-insensitive, and the
     /// seed's snake_case spelling (`claude_code`) means the same.
@@ -68,8 +73,20 @@ impl AgentKind {
         match norm.as_str() {
             "claudecode" => Self::ClaudeCode,
             "agno" => Self::Agno,
+            "dify" => Self::Dify,
+            "imagevalidator" => Self::ImageValidator,
             _ => Self::Unsupported(raw.trim().to_string()),
         }
+    }
+
+    /// Agents whose execute request is answered with the final status (contract §13.1).
+    pub fn is_synchronous(&self) -> bool {
+        matches!(self, Self::Dify | Self::ImageValidator)
+    }
+
+    /// Whether its agent drives a process (and so takes a slot under the live-process cap).
+    pub fn has_process(&self) -> bool {
+        matches!(self, Self::ClaudeCode | Self::Agno)
     }
 
     /// The name the session listing shows (`agent_type`), as the original's `get_name()`.
@@ -77,6 +94,8 @@ impl AgentKind {
         match self {
             Self::ClaudeCode => "ClaudeCode",
             Self::Agno => "Agno",
+            Self::Dify => "Dify",
+            Self::ImageValidator => "ImageValidator",
             Self::Unsupported(s) => s,
         }
     }
@@ -92,7 +111,11 @@ impl AgentKind {
                 Some(b) => super::claude_code::bot::parse(b, task)?,
                 None => BotSpec::default(),
             })),
-            Self::Agno | Self::Unsupported(_) => AgentConfig::Nothing,
+            // Dify reads `bots[0].agent_config.env` and `bot_prompt` itself, the validator
+            // `validation_params`.
+            Self::Agno | Self::Dify | Self::ImageValidator | Self::Unsupported(_) => {
+                AgentConfig::Nothing
+            }
         })
     }
 
@@ -101,6 +124,8 @@ impl AgentKind {
         match self {
             Self::ClaudeCode => super::claude_code::WORKSPACE_NEEDS,
             Self::Agno => super::agno::WORKSPACE_NEEDS,
+            Self::Dify => super::dify::WORKSPACE_NEEDS,
+            Self::ImageValidator => super::validation::WORKSPACE_NEEDS,
             // Never handed to an agent (the subtask fails): nothing to prepare.
             Self::Unsupported(_) => WorkspaceNeeds::default(),
         }
@@ -181,6 +206,11 @@ impl StartAgent for Registry {
                     let pool = self.agno_pool.clone();
                     let args = AgnoArgs { common: args, pool };
                     let (a, _) = Actor::spawn_linked(None, AgnoAgent, args, parent).await?;
+                    AgentHandle::new(kind.clone(), &a)
+                }
+                AgentKind::Dify | AgentKind::ImageValidator => {
+                    let agent = JobAgent { kind: kind.clone() };
+                    let (a, _) = Actor::spawn_linked(None, agent, args, parent).await?;
                     AgentHandle::new(kind.clone(), &a)
                 }
                 AgentKind::Unsupported(name) => return Err(StartError::Unsupported(name.clone())),

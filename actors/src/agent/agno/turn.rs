@@ -212,11 +212,15 @@ impl AgnoTurn {
                     "thinking.execution_completed",
                     json!({"metrics": ev.get("metrics").cloned().unwrap_or(Value::Null)}),
                 );
+                let mut result = self.result(true);
+                if ev.get("silent_exit").and_then(Value::as_bool) == Some(true) {
+                    crate::agent::silent_exit::mark(&mut result, &text("silent_exit_reason"));
+                }
                 let p = self.ctx.payload(
                     100,
                     TaskStatus::Completed,
                     format!("${{{{thinking.execution_completed}}}} {what} streaming execution"),
-                    Some(self.result(true)),
+                    Some(result),
                 );
                 AgnoOutcome::Finished(TaskStatus::Completed, Some(Box::new(p)))
             }

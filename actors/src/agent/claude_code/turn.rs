@@ -34,6 +34,8 @@ pub struct Turn {
     spans: crate::trace::TurnSpans,
     last_title: String,
     thinking: Vec<Value>,
+    /// A tool result carried the silent-exit marker (its reason).
+    silent_exit: Option<String>,
 }
 
 impl crate::agent::process_core::AgentTurn for Turn {
@@ -77,6 +79,7 @@ impl Turn {
             workbench: None,
             last_title: String::new(),
             thinking: Vec::new(),
+            silent_exit: None,
         }
     }
 
@@ -160,6 +163,10 @@ impl Turn {
                     if let Some(id) = b.get("tool_use_id").and_then(Value::as_str) {
                         self.spans.tool_finished(id);
                     }
+                    if self.silent_exit.is_none() {
+                        let content = b.get("content").unwrap_or(&Value::Null);
+                        self.silent_exit = crate::agent::silent_exit::detect_in_content(content);
+                    }
                 }
                 _ => {}
             }
@@ -222,12 +229,13 @@ impl Turn {
         } else {
             value.clone()
         };
-        let p = self.ctx.payload(
-            100,
-            TaskStatus::Completed,
-            message,
-            Some(self.result(Some(value), "completed")),
-        );
+        let mut result = self.result(Some(value), "completed");
+        if let Some(reason) = &self.silent_exit {
+            crate::agent::silent_exit::mark(&mut result, reason);
+        }
+        let p = self
+            .ctx
+            .payload(100, TaskStatus::Completed, message, Some(result));
         LineOutcome::Finished(TaskStatus::Completed, Some(Box::new(p)))
     }
 
