@@ -60,7 +60,9 @@ pub(crate) fn recover(dir: &Path) -> Recovery {
                 let s = last_seq.entry(r.subtask_id).or_insert(0);
                 *s = (*s).max(r.seq);
                 let status = r.body.get("status").and_then(Value::as_str).unwrap_or("");
-                if matches!(status, "COMPLETED" | "FAILED" | "CANCELLED") {
+                if matches!(status, "COMPLETED" | "FAILED" | "CANCELLED")
+                    || crate::protocol::responses_events::is_terminal_body(&r.body)
+                {
                     terminals.insert((task_id, r.subtask_id));
                 }
             }
