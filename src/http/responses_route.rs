@@ -141,17 +141,43 @@ pub async fn cancel(
     let Some(current) = rt.index().get(task_id).and_then(|s| s.current) else {
         return not_running();
     };
+    let key = (task_id, current.subtask_id);
+    if cancelled().contains(&key) {
+        // Its `response.incomplete` is out; the session only drains the interrupted turn.
+        return not_running();
+    }
     match rt
         .cancel(task_id)
         .await
         .map_err(|e| warp::reject::custom(ApiError::from(e)))?
     {
-        CancelOutcome::Cancelled { busy: true } => Ok(warp::reply::json(&CancelAnswer {
-            status: "success".into(),
-            task_id: task_id.to_string(),
-            subtask_id: subtask_id.unwrap_or(current.subtask_id).to_string(),
-        })
-        .into_response()),
+        CancelOutcome::Cancelled { busy: true } => {
+            remember_cancelled(key);
+            Ok(warp::reply::json(&CancelAnswer {
+                status: "success".into(),
+                task_id: task_id.to_string(),
+                subtask_id: subtask_id.unwrap_or(current.subtask_id).to_string(),
+            })
+            .into_response())
+        }
         _ => not_running(),
     }
+}
+
+/// Most cancelled subtasks remembered (so a repeated cancel of one answers 404, as upstream).
+const CANCELLED_MEMORY: usize = 1024;
+
+static CANCELLED: std::sync::Mutex<std::collections::VecDeque<(i64, i64)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn cancelled() -> std::sync::MutexGuard<'static, std::collections::VecDeque<(i64, i64)>> {
+    CANCELLED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn remember_cancelled(key: (i64, i64)) {
+    let mut c = cancelled();
+    if c.len() == CANCELLED_MEMORY {
+        c.pop_front();
+    }
+    c.push_back(key);
 }
