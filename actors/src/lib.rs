@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod error;
 pub mod events;
+pub mod final_status;
 pub mod heartbeat;
 pub mod index;
 pub mod mask;

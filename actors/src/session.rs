@@ -9,6 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use crate::agent::agno::{AgnoAgent, AgnoMsg};
 use crate::agent::claude_code::{AgentMsg, ClaudeCodeAgent};
+use crate::agent::job_agent::{JobAgent, JobMsg};
 use crate::agent::{AgentArgs, TurnRequest};
 use crate::callback::CallbackMsg;
 use crate::config::RuntimeConfig;
@@ -93,6 +94,8 @@ pub enum AgentHandle {
     Claude(ActorRef<AgentMsg>),
     /// Agno.
     Agno(ActorRef<AgnoMsg>),
+    /// An agent without a process (Dify, the image validator), with its kind.
+    Job(ActorRef<JobMsg>, AgentKind),
 }
 
 impl AgentHandle {
@@ -100,6 +103,7 @@ impl AgentHandle {
         match self {
             Self::Claude(_) => AgentKind::ClaudeCode,
             Self::Agno(_) => AgentKind::Agno,
+            Self::Job(_, kind) => kind.clone(),
         }
     }
 
@@ -107,6 +111,7 @@ impl AgentHandle {
         match self {
             Self::Claude(a) => a.get_id(),
             Self::Agno(a) => a.get_id(),
+            Self::Job(a, _) => a.get_id(),
         }
     }
 
@@ -114,6 +119,7 @@ impl AgentHandle {
         match self {
             Self::Claude(a) => a.cast(AgentMsg::Turn(Box::new(req))).map_err(|_| ()),
             Self::Agno(a) => a.cast(AgnoMsg::Turn(Box::new(req))).map_err(|_| ()),
+            Self::Job(a, _) => a.cast(JobMsg::Turn(Box::new(req))).map_err(|_| ()),
         }
     }
 
@@ -121,6 +127,7 @@ impl AgentHandle {
         let _ = match self {
             Self::Claude(a) => a.cast(AgentMsg::Interrupt).map_err(|_| ()),
             Self::Agno(a) => a.cast(AgnoMsg::Interrupt).map_err(|_| ()),
+            Self::Job(a, _) => a.cast(JobMsg::Interrupt).map_err(|_| ()),
         };
     }
 
@@ -128,6 +135,8 @@ impl AgentHandle {
         let _ = match self {
             Self::Claude(a) => a.cast(AgentMsg::Suspend).map_err(|_| ()),
             Self::Agno(a) => a.cast(AgnoMsg::Suspend).map_err(|_| ()),
+            // No process to end.
+            Self::Job(..) => Ok(()),
         };
     }
 
@@ -135,7 +144,13 @@ impl AgentHandle {
         match self {
             Self::Claude(a) => a.stop(None),
             Self::Agno(a) => a.stop(None),
+            Self::Job(a, _) => a.stop(None),
         }
+    }
+
+    /// Whether the agent runs a process (and so takes a slot under the live-process cap).
+    fn has_process(&self) -> bool {
+        !matches!(self, Self::Job(..))
     }
 }
 
@@ -369,11 +384,20 @@ impl SessionState {
                     .await?
                     .0,
             ),
-            _ => AgentHandle::Claude(
+            AgentKind::ClaudeCode => AgentHandle::Claude(
                 Actor::spawn_linked(None, ClaudeCodeAgent, args, me.get_cell())
                     .await?
                     .0,
             ),
+            AgentKind::Dify | AgentKind::ImageValidator => AgentHandle::Job(
+                Actor::spawn_linked(None, JobAgent { kind: kind.clone() }, args, me.get_cell())
+                    .await?
+                    .0,
+                kind.clone(),
+            ),
+            AgentKind::Unsupported(name) => {
+                return Err(format!("unsupported agent type '{name}'").into())
+            }
         })
     }
 
@@ -488,7 +512,10 @@ impl SessionState {
             spec: *spec,
             prepared,
         };
-        if self.args.cfg.max_live_processes.is_some() && self.process != ProcessState::Started {
+        if self.args.cfg.max_live_processes.is_some()
+            && agent.has_process()
+            && self.process != ProcessState::Started
+        {
             // A new agent process is needed: it takes a slot under the live-process cap.
             self.slot_wait = Some((agent, Box::new(req)));
             self.slot_queued = false;

@@ -266,7 +266,12 @@ impl SupervisorState {
             spec.secret_values(&self.args.cfg.workspace.cipher),
         );
         let ctx = SubtaskContext::new(&spec, &self.args.cfg);
-        self.emit(ctx.payload(50, TaskStatus::Running, STARTED_MESSAGE, None));
+        // executor_manager drops a validation callback without `result.validation_id`.
+        let started = spec
+            .validation
+            .as_ref()
+            .map(crate::agent::validation::started_result);
+        self.emit(ctx.payload(50, TaskStatus::Running, STARTED_MESSAGE, started));
         if let AgentKind::Unsupported(name) = &spec.agent {
             let what = if name.is_empty() {
                 "no agent type given (set bot[0].shell_type or agent_type)".to_string()

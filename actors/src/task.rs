@@ -13,13 +13,17 @@ pub enum AgentKind {
     ClaudeCode,
     /// `shell_type: "Agno"` / `agent_type: "agno"`.
     Agno,
+    /// `shell_type: "Dify"`: a Dify application over HTTP (the original's `external_api`).
+    Dify,
+    /// `type: "validation"`: checks a custom base image's tools (no bot, no prompt).
+    ImageValidator,
     /// Any other value, kept verbatim for the error message (`""` when none was given).
     Unsupported(String),
 }
 
 impl AgentKind {
     /// Agent types this build can run, as listed in error messages.
-    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode", "Agno"];
+    pub const SUPPORTED: &'static [&'static str] = &["ClaudeCode", "Agno", "Dify"];
 
     /// Reads a `shell_type`/`agent_type` the way the original does: case-insensitive, and the
     /// seed's snake_case spelling (`claude_code`) means the same.
@@ -33,8 +37,15 @@ impl AgentKind {
         match norm.as_str() {
             "claudecode" => Self::ClaudeCode,
             "agno" => Self::Agno,
+            "dify" => Self::Dify,
+            "imagevalidator" => Self::ImageValidator,
             _ => Self::Unsupported(raw.trim().to_string()),
         }
+    }
+
+    /// Agents whose execute request is answered with the final status (contract §13.1).
+    pub fn is_synchronous(&self) -> bool {
+        matches!(self, Self::Dify | Self::ImageValidator)
     }
 
     /// The name the session listing shows (`agent_type`), as the original's `get_name()`.
@@ -42,6 +53,8 @@ impl AgentKind {
         match self {
             Self::ClaudeCode => "ClaudeCode",
             Self::Agno => "Agno",
+            Self::Dify => "Dify",
+            Self::ImageValidator => "ImageValidator",
             Self::Unsupported(s) => s,
         }
     }
@@ -103,6 +116,10 @@ pub struct TaskSpec {
     pub protocol: crate::protocol::Protocol,
     /// What the workspace needs: credentials, attachments, skills, sub-agents.
     pub workspace: WorkspaceSpec,
+    /// `bot_prompt`: the Dify agent's `{"difyAppId", "params"}` JSON (lowest-precedence params).
+    pub bot_prompt: Option<String>,
+    /// `validation_params` of a `type: "validation"` task.
+    pub validation: Option<crate::agent::validation::ValidationParams>,
     /// Every bot, as the Agno agent needs them (`name`, `system_prompt`, `role`,
     /// `agent_config`, `mcp_servers` with placeholders filled). May hold secrets.
     pub bots: Vec<Value>,
@@ -194,18 +211,29 @@ impl TaskSpec {
             });
         }
         let subtask_id = int_field(obj, "subtask_id")?.unwrap_or(-1);
+        let bot = first_bot(obj)?;
+        let agent = agent_kind(obj, bot)?;
         let prompt = match str_field(obj, "prompt")? {
             Some(p) => p,
+            // A validation task has no prompt (contract §5.6).
+            None if agent == AgentKind::ImageValidator => {
+                str_field(obj, "content")?.unwrap_or_default()
+            }
             None => str_field(obj, "content")?.ok_or(TaskError::Missing("prompt"))?,
         };
-        let bot = first_bot(obj)?;
+        let validation = match agent {
+            AgentKind::ImageValidator => {
+                Some(crate::agent::validation::ValidationParams::from_task(obj)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             task_id,
             subtask_id,
             task_title: str_field(obj, "task_title")?.unwrap_or_default(),
             subtask_title: str_field(obj, "subtask_title")?.unwrap_or_default(),
             task_type: str_field(obj, "type")?.filter(|t| !t.is_empty()),
-            agent: agent_kind(obj, bot)?,
+            agent,
             prompt,
             new_session: bool_field(obj, "new_session")?.unwrap_or(false),
             bot: bot
@@ -219,6 +247,8 @@ impl TaskSpec {
             branch: first_str(obj, &["branch_name", "branch"])?,
             workspace: workspace_spec(obj, bot)?,
             bots: all_bots(obj, value),
+            bot_prompt: str_field(obj, "bot_prompt")?.filter(|p| !p.trim().is_empty()),
+            validation,
         })
     }
 
@@ -342,7 +372,7 @@ fn agent_kind(
     bot: Option<&Map<String, Value>>,
 ) -> Result<AgentKind, TaskError> {
     if obj.get("type").and_then(Value::as_str) == Some("validation") {
-        return Ok(AgentKind::Unsupported("ImageValidator".into()));
+        return Ok(AgentKind::ImageValidator);
     }
     if let Some(bot) = bot {
         if let Some(shell) = str_field(bot, "shell_type")? {

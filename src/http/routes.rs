@@ -21,7 +21,7 @@ pub struct TaskResponse {
     pub status: String,
     /// `Task execution status  : <status>` (two spaces, as the original).
     pub message: String,
-    /// 50 for RUNNING, 0 for FAILED.
+    /// 50 for RUNNING, 100 for COMPLETED (synchronous agents), 0 otherwise.
     pub progress: u8,
 }
 
@@ -124,12 +124,27 @@ pub async fn execute(
         "Received task {task_id}.{subtask_id} ({})",
         spec.agent.name()
     );
+    // Dify and the validator answer with the final status (§13.1): only this request waits.
+    let sync = spec
+        .agent
+        .is_synchronous()
+        .then(|| rt.events().subscribe(task_id, u64::MAX).1);
     let outcome = rt
         .execute(spec)
         .await
         .map_err(|e| warp::reject::custom(ApiError::from(e)))?;
     let (status, progress) = match outcome {
-        ExecuteOutcome::Running => ("RUNNING", 50),
+        ExecuteOutcome::Running => match sync {
+            Some(sub) => {
+                let limit = actors::final_status::WAIT_LIMIT;
+                match actors::final_status::wait_final(sub, subtask_id, limit).await {
+                    Some(actors::payload::TaskStatus::Completed) => ("COMPLETED", 100),
+                    Some(s) => (s.as_str(), 0),
+                    None => ("RUNNING", 50),
+                }
+            }
+            None => ("RUNNING", 50),
+        },
         ExecuteOutcome::Failed(_) => ("FAILED", 0),
         ExecuteOutcome::AtCapacity(cap) => {
             return Err(warp::reject::custom(ApiError::AtCapacity(cap)));

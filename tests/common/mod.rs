@@ -15,6 +15,7 @@ pub mod agno_env;
 pub mod callback_receiver;
 pub mod executor_process;
 pub mod mock_anthropic;
+pub mod mock_dify;
 pub mod mock_openai;
 pub mod probe;
 pub mod procs;

@@ -6,12 +6,15 @@ pub mod claude_code;
 pub mod claude_env;
 pub mod claude_spawn;
 pub mod claude_turn;
+pub mod dify;
 pub mod env_rule;
 pub mod family;
+pub mod job_agent;
 pub mod process;
 pub mod prompt;
 pub mod throttle;
 pub mod timers;
+pub mod validation;
 
 use std::sync::Arc;
 
