@@ -400,3 +400,30 @@ async fn a_subtask_interrupted_by_a_crash_ends_with_one_error_in_its_protocol() 
         "no second response.created after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dify_runs_under_the_new_protocol() {
+    let dify = common::mock_dify::MockDify::start("chat", "app-key-1");
+    let rx = CallbackReceiver::start();
+    let exec = Executor::start(ExecutorOptions::new().callback_url(rx.url())).await;
+    let bot = json!({"name": "dify", "shell_type": "Dify",
+        "agent_config": {"env": {"DIFY_API_KEY": "app-key-1", "DIFY_BASE_URL": dify.base_url()}}});
+    let answer = submit(
+        &exec,
+        &responses_body(501, 1, json!("hello dify"), json!({"bot": [bot]})),
+    )
+    .await;
+    assert_eq!(answer["id"], "resp_1", "{answer}");
+    let events = wait_events(&rx, 501, 1, WAIT).await;
+    assert_well_formed(&events, 501, 1);
+    assert_eq!(events[0]["data"]["shell_type"], "dify");
+    let end = events.last().unwrap();
+    assert_eq!(end["event_type"], "response.completed", "{}", rx.dump());
+    let text = completed_text(end);
+    assert!(text.contains("Echo: hello dify"), "{text}");
+    assert_eq!(
+        streamed_text(&events),
+        text,
+        "the answer also streams as a delta"
+    );
+}
