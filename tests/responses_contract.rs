@@ -45,12 +45,19 @@ async fn http_the_background_answer_the_non_background_answer_and_bad_bodies() {
     let body = json!({"model": "ignored", "input": "FAKE:prompt\nrun this task", "background": true,
         "model_config": {"model": "anthropic", "model_id": "claude-sonnet-4"},
         "metadata": {"task_id": 123, "subtask_id": 456, "bot": [{"shell_type": "ClaudeCode"}]}});
+    let started = std::time::Instant::now();
     let answer = submit(&exec, &body).await;
+    let answered = started.elapsed();
     assert_eq!(
         answer,
         json!({"id": "resp_456", "status": "queued", "message": "Task execution status: RUNNING"})
     );
     let events = wait_events(&rx, 123, 456, FAKE_WAIT).await;
+    eprintln!(
+        "[responses] answer after {:.1} ms (response.created delivered first), terminal after {:.1} ms",
+        answered.as_secs_f64() * 1000.0,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     assert!(
         completed_text(events.last().unwrap()).contains("run this task"),
         "the prompt reached the CLI"

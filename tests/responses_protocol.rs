@@ -427,3 +427,24 @@ async fn dify_runs_under_the_new_protocol() {
         "the answer also streams as a delta"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validation_task_under_the_new_protocol_carries_its_validation_id_on_every_event() {
+    let rx = CallbackReceiver::start();
+    let exec = Executor::start(ExecutorOptions::new().callback_url(rx.url())).await;
+    let body = json!({"model": "", "input": "", "background": true,
+        "metadata": {"task_id": 601, "subtask_id": 6010, "type": "validation",
+            "validation_params": {"shell_type": "ClaudeCode", "image": "registry.example/custom:1",
+                                  "shell_name": "my-shell", "validation_id": "v-601"}}});
+    let answer = submit(&exec, &body).await;
+    assert_eq!(answer["id"], "resp_6010", "{answer}");
+    let events = wait_events(&rx, 601, 6010, WAIT).await;
+    assert_well_formed(&events, 601, 6010);
+    assert_eq!(events[0]["data"]["shell_type"], "imagevalidator");
+    for e in &events {
+        assert_eq!(
+            e["validation_id"], "v-601",
+            "executor_manager needs it on every event: {e}"
+        );
+    }
+}

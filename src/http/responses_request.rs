@@ -61,6 +61,13 @@ pub fn decode(body: &Value) -> Result<Decoded, ApiError> {
                 .to_lowercase()
         })
         .unwrap_or_default();
+    // As upstream: a validation task runs the image validator whatever its bot says.
+    let is_validation = task.get("type").and_then(Value::as_str) == Some("validation");
+    let shell_type = if is_validation {
+        "imagevalidator".to_string()
+    } else {
+        shell_type
+    };
     let text = |m: &Map<String, Value>, k: &str| {
         m.get(k)
             .and_then(Value::as_str)
