@@ -17,7 +17,7 @@ async fn start(rx: &CallbackReceiver, extra: &[(&str, &str)]) -> Executor {
 }
 
 async fn submit(exec: &Executor, body: &Value) -> Value {
-    let (status, answer) = exec.post_json("/v1/responses", body).await;
+    let (status, answer) = post_fresh(exec, "/v1/responses", body).await;
     assert_eq!(status, StatusCode::OK, "{answer}\n{}", exec.logs_tail(40));
     answer
 }
@@ -76,7 +76,7 @@ async fn http_the_background_answer_the_non_background_answer_and_bad_bodies() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(err["detail"].is_string(), "{err}");
-    let (status, err) = exec.post_json("/v1/responses", &json!([1, 2])).await;
+    let (status, err) = post_fresh(&exec, "/v1/responses", &json!([1, 2])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         err["detail"]
@@ -87,14 +87,20 @@ async fn http_the_background_answer_the_non_background_answer_and_bad_bodies() {
     );
     // Differs: upstream accepts a non-numeric id and then drops every callback locally
     // ("callback task identity is not numeric"), so the backend never hears of the task. We refuse it.
-    let (status, err) = exec
-        .post_json(
-            "/v1/responses",
-            &responses_body(0, 1, json!("x"), json!({"task_id": "abc"})),
-        )
-        .await;
+    let (status, err) = post_fresh(
+        &exec,
+        "/v1/responses",
+        &responses_body(0, 1, json!("x"), json!({"task_id": "abc"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     wait_events(&rx, 124, 1, FAKE_WAIT).await;
+    let (_, spec) = exec.get("/openapi.json").await;
+    assert!(
+        spec["paths"]["/v1/responses"]["post"].is_object(),
+        "documented: {}",
+        spec["paths"]
+    );
 }
 
 /// http_contract `cancel_endpoint_waits_for_runtime_cancellation_ack` and
@@ -119,9 +125,12 @@ async fn cancel_of_a_running_subtask_answers_success_and_sends_one_cancelled_inc
             .any(|c| is_subtask(c, 282, 536) && event_type(c) == Some("response.output_text.delta"))
     })
     .await;
-    let (status, body) = exec
-        .post_json("/api/tasks/cancel?task_id=282&subtask_id=536", &json!({}))
-        .await;
+    let (status, body) = post_fresh(
+        &exec,
+        "/api/tasks/cancel?task_id=282&subtask_id=536",
+        &json!({}),
+    )
+    .await;
     assert_eq!(
         (status, body.clone()),
         (
@@ -139,9 +148,12 @@ async fn cancel_of_a_running_subtask_answers_success_and_sends_one_cancelled_inc
     );
     assert_eq!(end["output"], json!([]));
     // Nothing running: 404 as upstream (the old protocol's cancel keeps its 400/200 bodies).
-    let (status, body) = exec
-        .post_json("/api/tasks/cancel?task_id=999&subtask_id=1", &json!({}))
-        .await;
+    let (status, body) = post_fresh(
+        &exec,
+        "/api/tasks/cancel?task_id=999&subtask_id=1",
+        &json!({}),
+    )
+    .await;
     assert_eq!(
         (status, body),
         (

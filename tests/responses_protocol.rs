@@ -24,7 +24,7 @@ fn ids() -> Value {
 }
 
 async fn submit(exec: &Executor, body: &Value) -> Value {
-    let (status, answer) = exec.post_json("/v1/responses", body).await;
+    let (status, answer) = post_fresh(exec, "/v1/responses", body).await;
     assert_eq!(status, StatusCode::OK, "{answer}\n{}", exec.logs_tail(40));
     answer
 }
@@ -196,9 +196,12 @@ async fn cancel_answers_as_upstream_and_ends_with_one_incomplete() {
     )
     .await;
     mock.wait_for_held(1, WAIT).await;
-    let (status, body) = exec
-        .post_json("/api/tasks/cancel?task_id=103&subtask_id=7", &json!({}))
-        .await;
+    let (status, body) = post_fresh(
+        &exec,
+        "/api/tasks/cancel?task_id=103&subtask_id=7",
+        &json!({}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
@@ -211,9 +214,12 @@ async fn cancel_answers_as_upstream_and_ends_with_one_incomplete() {
     assert_eq!(end["event_type"], "response.incomplete", "{}", rx.dump());
     assert_eq!(end["data"]["response"]["status"], "cancelled");
     assert_eq!(end["data"]["response"]["error"]["code"], "cancelled");
-    let (status, body) = exec
-        .post_json("/api/tasks/cancel?task_id=103&subtask_id=7", &json!({}))
-        .await;
+    let (status, body) = post_fresh(
+        &exec,
+        "/api/tasks/cancel?task_id=103&subtask_id=7",
+        &json!({}),
+    )
+    .await;
     assert_eq!(
         (status, body),
         (
@@ -252,8 +258,8 @@ async fn old_and_new_protocol_tasks_at_once_each_get_only_their_own_encoding() {
                      "bot": [{"id": 1, "shell_type": "ClaudeCode"}], "prompt": "old protocol question"});
     let new = responses_body(202, 1, json!("new protocol question"), json!({}));
     let (a, b) = tokio::join!(
-        exec.post_json("/api/tasks/execute", &old),
-        exec.post_json("/v1/responses", &new)
+        post_fresh(&exec, "/api/tasks/execute", &old),
+        post_fresh(&exec, "/v1/responses", &new)
     );
     assert_eq!(a.1["status"], "RUNNING", "{}", a.1);
     assert_eq!(a.1["message"], "Task execution status  : RUNNING");
@@ -339,7 +345,7 @@ async fn a_subtask_interrupted_by_a_crash_ends_with_one_error_in_its_protocol() 
     let never = ws.path().join("never-created");
     let old = json!({"task_id": 402, "subtask_id": 1, "bot": [{"shell_type": "ClaudeCode"}],
         "prompt": format!("FAKE:wait_file:{}\nlong old work", never.display())});
-    exec.post_json("/api/tasks/execute", &old).await;
+    post_fresh(&exec, "/api/tasks/execute", &old).await;
     submit(
         &exec,
         &responses_body(

@@ -128,3 +128,26 @@ pub fn claude_pids(exec: &Executor) -> Vec<u32> {
         })
         .collect()
 }
+
+/// POSTs JSON on a fresh connection. The harness client keeps idle connections longer than the
+/// executor's keep-alive (5 s), so a request reusing one just as the server closes it fails
+/// (seen once under load); these tests wait seconds between requests, so they never reuse one.
+pub async fn post_fresh(exec: &Executor, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("build the HTTP client");
+    let resp = client
+        .post(exec.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", exec.logs_tail(60)));
+    let status = resp.status();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
