@@ -478,3 +478,42 @@ async fn stream_long_text_tools_garbage_and_a_missing_result() {
     assert_eq!(end["event_type"], "error", "{end}");
     assert_eq!(end["data"]["code"], "runtime_error");
 }
+
+/// Not in upstream (it has no event stream): the SSE stream of a Responses task carries exactly
+/// the Responses events its callbacks carry, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_stream_of_a_responses_task_carries_its_responses_events() {
+    let rx = CallbackReceiver::start();
+    let exec = start(&rx, &[]).await;
+    let mut live = exec
+        .client()
+        .get(exec.url("/api/tasks/11/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let callbacks = run(&exec, &rx, 11, 1, json!("FAKE:tool\nstream me"), json!({})).await;
+    let mut buf = String::new();
+    let mut streamed: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + FAKE_WAIT;
+    while !streamed.last().is_some_and(is_terminal_event) {
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                streamed.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+        if streamed.last().is_some_and(is_terminal_event) {
+            break;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, live.chunk()).await {
+            Ok(Ok(Some(bytes))) => buf.push_str(&String::from_utf8_lossy(&bytes)),
+            other => panic!("stream ended: {other:?}; got {streamed:?}"),
+        }
+    }
+    assert_eq!(
+        streamed, callbacks,
+        "SSE and callbacks carry the same events"
+    );
+}

@@ -124,3 +124,70 @@ fn cut_partial_line(path: &Path, content: &mut Vec<u8>) {
     }
     content.truncate(keep);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ResponsesIdentity;
+
+    fn open_record(dir: &Path, task_id: i64, subtask_id: i64) {
+        let u = Unfinished {
+            task_id,
+            subtask_id,
+            task_title: String::new(),
+            subtask_title: String::new(),
+            task_type: None,
+            executor_name: None,
+            executor_namespace: None,
+            request_id: None,
+            traceparent: None,
+            seq: 0,
+            responses: Some(ResponsesIdentity {
+                message_id: Some(3),
+                ..Default::default()
+            }),
+        };
+        unfinished::write(dir, &u).unwrap();
+    }
+
+    #[test]
+    fn a_spooled_responses_terminal_closes_its_subtask_and_an_open_one_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |seq: u64, sub: i64, event: &str| {
+            format!(
+                r#"{{"seq":{seq},"subtask_id":{sub},"body":{{"event_type":"{event}","task_id":5,"subtask_id":{sub},"data":{{}}}}}}"#
+            )
+        };
+        let log = [
+            line(1, 1, "response.created"),
+            line(2, 1, "response.completed"),
+            line(1, 2, "response.created"),
+            line(2, 2, "response.output_text.delta"),
+        ]
+        .join("\n")
+            + "\n";
+        std::fs::write(crate::spool::log_path(dir.path(), 5), log).unwrap();
+        open_record(dir.path(), 5, 1); // killed between the terminal's append and the removal
+        open_record(dir.path(), 5, 2); // killed mid-turn
+        let r = recover(dir.path());
+        let open: Vec<(i64, u64)> = r
+            .unfinished
+            .iter()
+            .map(|(u, s)| (u.subtask_id, *s))
+            .collect();
+        assert_eq!(
+            open,
+            [(2, 3)],
+            "only 5.2 needs a terminal, with the next sequence number"
+        );
+        assert_eq!(
+            r.unfinished[0]
+                .0
+                .responses
+                .as_ref()
+                .and_then(|i| i.message_id),
+            Some(3)
+        );
+        assert!(!unfinished::path(dir.path(), 5, 1).exists());
+    }
+}
