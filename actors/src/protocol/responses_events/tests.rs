@@ -72,7 +72,10 @@ fn claude_steps_become_deltas_blocks_and_one_completed() {
               "content": [{"type": "text", "text": "README.md"}], "is_error": false}]}}),
     );
     let s4 = assistant(json!([{"type": "text", "text": "Found it."}]));
-    let first = enc.encode(&payload(TaskStatus::Running, &[s1.clone()], None, ""), &id);
+    let first = enc.encode(
+        &payload(TaskStatus::Running, std::slice::from_ref(&s1), None, ""),
+        &id,
+    );
     assert_eq!(
         types(&first),
         [
@@ -85,7 +88,10 @@ fn claude_steps_become_deltas_blocks_and_one_completed() {
     assert_eq!(first[0].1["response"]["status"], "in_progress");
     assert_eq!(first[2].1["offset"], 0);
     assert_eq!(first[2].1["item_id"], "msg_9");
-    let again = enc.encode(&payload(TaskStatus::Running, &[s1.clone()], None, ""), &id);
+    let again = enc.encode(
+        &payload(TaskStatus::Running, std::slice::from_ref(&s1), None, ""),
+        &id,
+    );
     assert!(
         again.is_empty(),
         "a repeated payload adds nothing: {again:?}"
