@@ -23,6 +23,7 @@ fn ctx() -> SubtaskContext {
         executor_name: Some("wegent-task-u-21".into()),
         executor_namespace: None,
         trace: Default::default(),
+        protocol: Default::default(),
     }
 }
 

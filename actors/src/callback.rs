@@ -25,6 +25,8 @@ use crate::config::CallbackConfig;
 use crate::events::EventBus;
 use crate::metrics::METRICS;
 use crate::payload::{CallbackPayload, TaskStatus};
+use crate::protocol::responses_events::ResponsesEncoder;
+use crate::protocol::{CreatedAck, Protocol};
 use crate::spool::{Append, Recovery, Spool};
 use crate::unfinished::{Unfinished, RESTARTED_MESSAGE};
 
@@ -84,6 +86,15 @@ pub struct RelayState {
     /// Why the spool fails, while it does (logged once per cause).
     pub(crate) degraded: Option<String>,
     repeat: HashSet<(i64, i64)>,
+    /// Encoder state of each running Responses-protocol subtask.
+    encoders: HashMap<(i64, i64), ResponsesEncoder>,
+}
+
+/// One payload as it goes on the wire in its protocol.
+struct Encoded {
+    body: Vec<u8>,
+    terminal: bool,
+    ack: CreatedAck,
 }
 
 impl Actor for CallbackRelay {
@@ -111,6 +122,7 @@ impl Actor for CallbackRelay {
             memory_bytes: 0,
             degraded: None,
             repeat: HashSet::new(),
+            encoders: HashMap::new(),
         };
         if st.cfg.url.is_some() {
             let relay = me.clone();
@@ -188,6 +200,11 @@ impl RelayState {
                 u.subtask_id
             );
             self.next_seq.insert((u.task_id, u.subtask_id), seq - 1);
+            if u.responses.is_some() {
+                // Its `response.created` went out in the earlier run: only the terminal is due.
+                self.encoders
+                    .insert((u.task_id, u.subtask_id), ResponsesEncoder::resumed());
+            }
             let p = u
                 .context()
                 .payload(100, TaskStatus::Failed, RESTARTED_MESSAGE, None);
@@ -199,8 +216,10 @@ impl RelayState {
         self.accept(Some(me), p);
     }
 
-    /// The relay's rules for one new event: the terminal rule, metrics, the live event stream,
-    /// sequence numbers and the record of unfinished subtasks.
+    /// The relay's rules for one new event: the terminal rule, metrics, the protocol's
+    /// encoding, the live event stream, sequence numbers and the record of unfinished subtasks.
+    /// Encoding happens here, before the spool: spooled bodies are final, so a restart replays
+    /// exactly the events that were not delivered, never re-derives (and duplicates) deltas.
     fn accept(&mut self, me: Option<&ActorRef<CallbackMsg>>, p: &CallbackPayload) {
         let p = &crate::mask::mask_payload(p); // one masking pass for callbacks, spool and SSE
         let key = (p.task_id, p.subtask_id);
@@ -219,33 +238,89 @@ impl RelayState {
             p.trace.span.end(p.status.as_str());
             self.remember_finished(key);
         }
-        match serde_json::to_string(p) {
-            Ok(json) => self.events.publish(p.task_id, p.subtask_id, json, terminal),
+        let encoded = match self.encode(p) {
+            Ok(e) => e,
             Err(e) => {
                 tracing::error!("cannot serialise callback for task {}: {e}", p.task_id);
                 return;
             }
+        };
+        for e in &encoded {
+            let json = String::from_utf8_lossy(&e.body).into_owned();
+            self.events
+                .publish(p.task_id, p.subtask_id, json, e.terminal);
         }
         if self.spool.is_none() {
+            for e in &encoded {
+                drop(e.ack.take()); // nothing will be delivered: do not keep a waiter waiting
+            }
             return;
         }
-        let first = !self.next_seq.contains_key(&key);
-        let seq = {
-            let s = self.next_seq.entry(key).or_insert(0);
-            *s += 1;
-            *s
-        };
-        if terminal {
-            self.next_seq.remove(&key);
-            if let (true, Some(me)) = (self.repeat.remove(&key), me) {
-                self.schedule_repeat(me, p, seq + 1);
+        for e in encoded {
+            let first = !self.next_seq.contains_key(&key);
+            let seq = {
+                let s = self.next_seq.entry(key).or_insert(0);
+                *s += 1;
+                *s
+            };
+            if e.terminal {
+                self.next_seq.remove(&key);
+                if let (true, Some(me)) = (self.repeat.remove(&key), me) {
+                    self.schedule_repeat(me, p, seq + 1);
+                }
             }
+            let opens = (first && !e.terminal).then(|| Unfinished::of(p));
+            let out = Outgoing {
+                body: Arc::new(e.body),
+                seq,
+                trace: p.trace.clone(),
+                queued: std::time::Instant::now(),
+                closes: e.terminal.then_some(p.subtask_id),
+                terminal: e.terminal,
+                ack: e.ack,
+            };
+            self.push_out(p.task_id, p.subtask_id, out, opens);
         }
-        let opens = (first && !terminal).then(|| Unfinished::of(p));
-        self.push(p, seq, opens, terminal.then_some(p.subtask_id));
     }
 
-    /// Queues one record for the spool (and delivery once it is appended).
+    /// The payload in its subtask's protocol: itself for the old one, zero or more
+    /// Responses-API events (see [`crate::protocol::responses_events`]) for the new one.
+    fn encode(&mut self, p: &CallbackPayload) -> Result<Vec<Encoded>, serde_json::Error> {
+        use crate::protocol::responses_events::{envelope, EnvelopeIds, TERMINAL_EVENTS};
+        let Protocol::Responses(id) = &p.protocol else {
+            return Ok(vec![Encoded {
+                body: serde_json::to_vec(p)?,
+                terminal: p.status.is_terminal(),
+                ack: Default::default(),
+            }]);
+        };
+        let key = (p.task_id, p.subtask_id);
+        let events = self.encoders.entry(key).or_default().encode(p, id);
+        if p.status.is_terminal() {
+            self.encoders.remove(&key);
+        }
+        let ids = EnvelopeIds {
+            identity: id,
+            executor_name: p.executor_name.as_deref(),
+            executor_namespace: p.executor_namespace.as_deref(),
+        };
+        events
+            .iter()
+            .map(|ev| {
+                Ok(Encoded {
+                    body: serde_json::to_vec(&envelope(p.task_id, p.subtask_id, ev, &ids))?,
+                    terminal: TERMINAL_EVENTS.contains(&ev.0),
+                    ack: if ev.0 == "response.created" {
+                        id.created_ack.clone()
+                    } else {
+                        Default::default()
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Queues one old-protocol record for the spool (the `TASK_INFO` terminal's repeat).
     fn push(
         &mut self,
         p: &CallbackPayload,
@@ -260,30 +335,44 @@ impl RelayState {
                 return;
             }
         };
-        // The record line embeds the serialised body as is.
-        let head = serde_json::json!({"seq": seq, "subtask_id": p.subtask_id,
-            "request_id": p.trace.request_id, "traceparent": p.trace.traceparent});
-        let mut line = head.to_string().into_bytes();
-        line.pop(); // reopen the object to append the body
-        line.extend_from_slice(br#","body":"#);
-        line.extend_from_slice(&body);
-        line.push(b'}');
-        let q = self.queues.entry(p.task_id).or_default();
-        q.appending += 1;
-        q.unconfirmed.push_back(Outgoing {
+        let out = Outgoing {
             body,
             seq,
             trace: p.trace.clone(),
             queued: std::time::Instant::now(),
             closes,
             terminal: p.status.is_terminal(),
-        });
+            ack: Default::default(),
+        };
+        self.push_out(p.task_id, p.subtask_id, out, opens);
+    }
+
+    /// Queues one encoded record for the spool (and delivery once it is appended).
+    fn push_out(
+        &mut self,
+        task_id: i64,
+        subtask_id: i64,
+        out: Outgoing,
+        opens: Option<Unfinished>,
+    ) {
+        // The record line embeds the serialised body as is.
+        let head = serde_json::json!({"seq": out.seq, "subtask_id": subtask_id,
+            "request_id": out.trace.request_id, "traceparent": out.trace.traceparent});
+        let mut line = head.to_string().into_bytes();
+        line.pop(); // reopen the object to append the body
+        line.extend_from_slice(br#","body":"#);
+        line.extend_from_slice(&out.body);
+        line.push(b'}');
+        let closes = out.closes;
+        let q = self.queues.entry(task_id).or_default();
+        q.appending += 1;
+        q.unconfirmed.push_back(out);
         METRICS
             .callback_queued_tasks
             .store(self.queues.len() as u64, Ordering::Relaxed);
         if let Some(spool) = &self.spool {
             spool.append(Append {
-                task_id: p.task_id,
+                task_id,
                 line,
                 opens,
                 closes,

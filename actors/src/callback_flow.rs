@@ -75,6 +75,8 @@ pub struct Outgoing {
     pub closes: Option<i64>,
     /// Whether it is a terminal event (never dropped).
     pub terminal: bool,
+    /// Told when it was delivered (a `response.created`, whose HTTP request waits for it).
+    pub ack: crate::protocol::CreatedAck,
 }
 
 impl RelayState {
@@ -205,8 +207,12 @@ impl RelayState {
             q.in_flight = true;
             let out = out.clone();
             tokio::spawn(async move {
-                deliver(&client, &url, &out.body, out.seq, &out.trace, &cfg, task_id).await;
+                let ok =
+                    deliver(&client, &url, &out.body, out.seq, &out.trace, &cfg, task_id).await;
                 METRICS.relay.observe(out.queued.elapsed().as_secs_f64());
+                if let Some(tx) = out.ack.take() {
+                    let _ = tx.send(ok);
+                }
                 let _ = me.cast(CallbackMsg::Done {
                     task_id,
                     next: None,
@@ -225,8 +231,12 @@ impl RelayState {
         if let Some(c) = q.cache.front().filter(|c| c.start == offset) {
             let (out, next) = (c.out.clone(), c.end);
             tokio::spawn(async move {
-                deliver(&client, &url, &out.body, out.seq, &out.trace, &cfg, task_id).await;
+                let ok =
+                    deliver(&client, &url, &out.body, out.seq, &out.trace, &cfg, task_id).await;
                 METRICS.relay.observe(out.queued.elapsed().as_secs_f64());
+                if let Some(tx) = out.ack.take() {
+                    let _ = tx.send(ok);
+                }
                 let _ = me.cast(CallbackMsg::Done {
                     task_id,
                     next: Some(next),
@@ -244,7 +254,7 @@ impl RelayState {
                         traceparent: rec.traceparent,
                         ..Default::default()
                     };
-                    deliver(&client, &url, &body, rec.seq, &trace, &cfg, task_id).await;
+                    let _ = deliver(&client, &url, &body, rec.seq, &trace, &cfg, task_id).await;
                     next
                 }
                 Ok((None, next)) => {

@@ -57,7 +57,7 @@ fn without_url(e: &reqwest::Error) -> String {
     s
 }
 
-/// Delivers one event; returns when it was delivered, rejected, or retries ran out.
+/// Delivers one event; returns when it was delivered (true), rejected, or retries ran out.
 pub async fn deliver(
     client: &reqwest::Client,
     url: &str,
@@ -66,7 +66,7 @@ pub async fn deliver(
     trace: &TraceContext,
     cfg: &CallbackConfig,
     task_id: i64,
-) {
+) -> bool {
     use tracing::Instrument as _;
     let span = crate::trace::callback_span(&trace.span, task_id, seq);
     deliver_attempts(client, url, body, seq, trace, cfg, task_id)
@@ -83,18 +83,18 @@ async fn deliver_attempts(
     trace: &TraceContext,
     cfg: &CallbackConfig,
     task_id: i64,
-) {
+) -> bool {
     let attempts = cfg.max_retries + 1;
     for n in 1..=attempts {
         match attempt(client, url, body, seq, trace).await {
             Attempt::Delivered => {
                 METRICS.callback_deliveries.fetch_add(1, Ordering::Relaxed);
-                return;
+                return true;
             }
             Attempt::Rejected(status) => {
                 METRICS.callback_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("[CALLBACK_FAIL] task_id={task_id}: receiver rejected the callback with {status}; not retrying");
-                return;
+                return false;
             }
             Attempt::Retry(why) if n < attempts => {
                 METRICS.callback_retries.fetch_add(1, Ordering::Relaxed);
@@ -113,6 +113,7 @@ async fn deliver_attempts(
             }
         }
     }
+    false
 }
 
 /// `initial * 2^(n-1)`, capped, then scaled by a random factor in [0.5, 1.0] (jitter).

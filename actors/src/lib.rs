@@ -25,6 +25,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod orphans;
 pub mod payload;
+pub mod protocol;
 pub mod runtime;
 pub mod session;
 pub mod spool;

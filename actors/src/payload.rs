@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::RuntimeConfig;
+use crate::protocol::Protocol;
 use crate::task::TaskSpec;
 
 /// Most characters of the prompt a progress callback carries (in the workbench's
@@ -71,6 +72,8 @@ pub struct SubtaskContext {
     pub executor_namespace: Option<String>,
     /// Request id and W3C trace context of the HTTP request that brought the subtask.
     pub trace: TraceContext,
+    /// The protocol the subtask came in on: how the relay encodes its callbacks.
+    pub protocol: Protocol,
 }
 
 /// What ties a subtask's callbacks to the request that started it: sent as the `X-Request-ID`
@@ -88,15 +91,19 @@ pub struct TraceContext {
 impl SubtaskContext {
     /// The context of one subtask under this executor's identity.
     pub fn new(spec: &TaskSpec, cfg: &RuntimeConfig) -> Self {
+        let id = spec.protocol.responses();
+        let executor_name = id.and_then(|i| i.executor_name.clone());
+        let executor_namespace = id.and_then(|i| i.executor_namespace.clone());
         Self {
             task_id: spec.task_id,
             subtask_id: spec.subtask_id,
             task_title: spec.task_title.clone(),
             subtask_title: spec.subtask_title.clone(),
             task_type: spec.task_type.clone(),
-            executor_name: cfg.executor_name.clone(),
-            executor_namespace: cfg.executor_namespace.clone(),
+            executor_name: executor_name.or_else(|| cfg.executor_name.clone()),
+            executor_namespace: executor_namespace.or_else(|| cfg.executor_namespace.clone()),
             trace: spec.trace.clone(),
+            protocol: spec.protocol.clone(),
         }
     }
 
@@ -123,6 +130,7 @@ impl SubtaskContext {
             trace: self.trace.clone(),
             result: result.filter(|r| !r.is_null() && r.as_object().is_none_or(|o| !o.is_empty())),
             task_type: self.task_type.clone(),
+            protocol: self.protocol.clone(),
         }
     }
 }
@@ -160,6 +168,9 @@ pub struct CallbackPayload {
     /// Headers that go with the callback (not part of the payload).
     #[serde(skip)]
     pub trace: TraceContext,
+    /// How the relay encodes it (not part of the payload).
+    #[serde(skip)]
+    pub protocol: Protocol,
 }
 
 #[cfg(test)]
@@ -177,6 +188,7 @@ mod tests {
             executor_name: Some("exec-1".into()),
             executor_namespace: None,
             trace: Default::default(),
+            protocol: Default::default(),
         }
     }
 

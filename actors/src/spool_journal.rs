@@ -34,7 +34,7 @@ const COMPACT_RATIO: u64 = 8;
 #[serde(rename_all = "snake_case")]
 enum Entry {
     /// A subtask was accepted and is not finished.
-    Open(Unfinished),
+    Open(Box<Unfinished>),
     /// A subtask's terminal is safe (spooled, or delivered from memory).
     Close { task_id: i64, subtask_id: i64 },
     /// The last sequence number of an unfinished subtask whose task log was removed.
@@ -62,7 +62,7 @@ impl JournalState {
     fn apply(&mut self, e: Entry) {
         match e {
             Entry::Open(u) => {
-                self.open.insert((u.task_id, u.subtask_id), u);
+                self.open.insert((u.task_id, u.subtask_id), *u);
             }
             Entry::Close {
                 task_id,
@@ -153,7 +153,7 @@ impl Journal {
 
     /// Records an accepted, unfinished subtask.
     pub fn open_subtask(&mut self, u: &Unfinished) -> std::io::Result<()> {
-        self.append(Entry::Open(u.clone()))
+        self.append(Entry::Open(Box::new(u.clone())))
     }
 
     /// Records that a subtask's terminal is safe (no-op when it is not open).
@@ -199,7 +199,7 @@ impl Journal {
         let mut body = Vec::new();
         let mut lines = 0;
         for u in self.state.open.values() {
-            push_line(&mut body, &Entry::Open(u.clone()))?;
+            push_line(&mut body, &Entry::Open(Box::new(u.clone())))?;
             lines += 1;
         }
         for (task_id, offset) in &self.state.acks {
@@ -259,6 +259,7 @@ mod tests {
             request_id: None,
             traceparent: None,
             seq: 0,
+            responses: None,
         }
     }
 

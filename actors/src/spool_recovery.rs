@@ -65,7 +65,9 @@ pub(crate) fn recover(dir: &Path) -> std::io::Result<(Recovery, Journal)> {
                 let s = last_seq.entry(r.subtask_id).or_insert(0);
                 *s = (*s).max(r.seq);
                 let status = r.body.get("status").and_then(Value::as_str).unwrap_or("");
-                if matches!(status, "COMPLETED" | "FAILED" | "CANCELLED") {
+                if matches!(status, "COMPLETED" | "FAILED" | "CANCELLED")
+                    || crate::protocol::responses_events::is_terminal_body(&r.body)
+                {
                     terminals.insert((task_id, r.subtask_id));
                 }
             }
@@ -150,6 +152,23 @@ fn cut_partial_line(path: &Path, content: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ResponsesIdentity;
+
+    fn record(task_id: i64, subtask_id: i64) -> Unfinished {
+        Unfinished {
+            task_id,
+            subtask_id,
+            task_title: String::new(),
+            subtask_title: String::new(),
+            task_type: None,
+            executor_name: None,
+            executor_namespace: None,
+            request_id: None,
+            traceparent: None,
+            seq: 0,
+            responses: None,
+        }
+    }
 
     #[test]
     fn an_earlier_versions_files_are_taken_over() {
@@ -160,18 +179,7 @@ mod tests {
         std::fs::write(dir.path().join("task-5.log"), &log).unwrap();
         let acked = first.len() + 1;
         std::fs::write(dir.path().join("task-5.ack"), format!("{acked:020}")).unwrap();
-        let u = Unfinished {
-            task_id: 5,
-            subtask_id: 2,
-            task_title: String::new(),
-            subtask_title: String::new(),
-            task_type: None,
-            executor_name: None,
-            executor_namespace: None,
-            request_id: None,
-            traceparent: None,
-            seq: 0,
-        };
+        let u = record(5, 2);
         std::fs::write(
             dir.path().join("open-5-2.json"),
             serde_json::to_vec(&u).unwrap(),
@@ -191,5 +199,56 @@ mod tests {
         let (again, _) = recover(dir.path()).unwrap();
         assert_eq!(again.tasks[0].read, acked as u64);
         assert_eq!(again.unfinished.len(), 1);
+    }
+
+    #[test]
+    fn a_spooled_responses_terminal_closes_its_subtask_and_an_open_one_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |seq: u64, sub: i64, event: &str| {
+            format!(
+                r#"{{"seq":{seq},"subtask_id":{sub},"body":{{"event_type":"{event}","task_id":5,"subtask_id":{sub},"data":{{}}}}}}"#
+            )
+        };
+        let log = [
+            line(1, 1, "response.created"),
+            line(2, 1, "response.completed"),
+            line(1, 2, "response.created"),
+            line(2, 2, "response.output_text.delta"),
+        ]
+        .join("\n")
+            + "\n";
+        std::fs::write(crate::spool::log_path(dir.path(), 5), log).unwrap();
+        {
+            let mut j = Journal::open(dir.path()).unwrap();
+            for sub in [1, 2] {
+                // 5.1: killed between the terminal's append and the close; 5.2: mid-turn.
+                let mut u = record(5, sub);
+                u.responses = Some(ResponsesIdentity {
+                    message_id: Some(3),
+                    ..Default::default()
+                });
+                j.open_subtask(&u).unwrap();
+            }
+        }
+        let (r, journal) = recover(dir.path()).unwrap();
+        let open: Vec<(i64, u64)> = r
+            .unfinished
+            .iter()
+            .map(|(u, s)| (u.subtask_id, *s))
+            .collect();
+        assert_eq!(
+            open,
+            [(2, 3)],
+            "only 5.2 needs a terminal, with the next sequence number"
+        );
+        assert_eq!(
+            r.unfinished[0]
+                .0
+                .responses
+                .as_ref()
+                .and_then(|i| i.message_id),
+            Some(3)
+        );
+        assert!(!journal.state().open.contains_key(&(5, 1)));
     }
 }

@@ -39,6 +39,8 @@ pub struct TaskSpec {
     pub user_selected_skills: Vec<String>,
     /// Set by the HTTP layer from the request headers (not read from the task dict).
     pub trace: crate::payload::TraceContext,
+    /// Set by the HTTP layer from the route the request came in on (not read from the dict).
+    pub protocol: crate::protocol::Protocol,
     /// What the workspace needs: credentials, attachments, skills, sub-agents.
     pub workspace: WorkspaceSpec,
     /// `bot_prompt`: the Dify agent's `{"difyAppId", "params"}` JSON (lowest-precedence params).
@@ -164,6 +166,7 @@ impl TaskSpec {
             config: agent_kind(obj, bot)?.parse_config(bot, value)?,
             user_selected_skills: tool_list(obj, "user_selected_skills")?,
             trace: Default::default(),
+            protocol: Default::default(),
             git_url: first_str(obj, &["git_url", "repo_url"])?,
             branch: first_str(obj, &["branch_name", "branch"])?,
             workspace: workspace_spec(obj, bot)?,

@@ -15,6 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::payload::{CallbackPayload, SubtaskContext, TraceContext};
+use crate::protocol::{Protocol, ResponsesIdentity};
 
 /// The message of the terminal sent for a subtask the executor was running when it died.
 pub const RESTARTED_MESSAGE: &str =
@@ -50,6 +51,10 @@ pub struct Unfinished {
     /// Highest `X-Callback-Sequence` used, recorded when the task's spool file is removed.
     #[serde(default)]
     pub seq: u64,
+    /// The Responses identity of a subtask that came in on `/v1/responses` (absent for the old
+    /// protocol), so its crash terminal is an `error` event in its own encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<ResponsesIdentity>,
 }
 
 impl Unfinished {
@@ -66,6 +71,7 @@ impl Unfinished {
             request_id: p.trace.request_id.clone(),
             traceparent: p.trace.traceparent.clone(),
             seq: 0,
+            responses: p.protocol.responses().cloned(),
         }
     }
 
@@ -83,6 +89,10 @@ impl Unfinished {
                 request_id: self.request_id.clone(),
                 traceparent: self.traceparent.clone(),
                 ..Default::default()
+            },
+            protocol: match &self.responses {
+                Some(id) => Protocol::Responses(Box::new(id.clone())),
+                None => Protocol::Legacy,
             },
         }
     }
@@ -140,6 +150,7 @@ pub fn take_legacy(dir: &Path) -> Vec<Unfinished> {
                     request_id: None,
                     traceparent: None,
                     seq: 0,
+                    responses: None,
                 });
             }
             (None, None) => tracing::error!("removing a stray file {}", e.path().display()),
@@ -168,6 +179,7 @@ mod tests {
             request_id: None,
             traceparent: None,
             seq: 3,
+            responses: None,
         };
         std::fs::write(
             dir.path().join("open-7-2.json"),

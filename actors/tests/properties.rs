@@ -232,6 +232,7 @@ fn ctx() -> SubtaskContext {
         executor_name: None,
         executor_namespace: None,
         trace: Default::default(),
+        protocol: Default::default(),
     }
 }
 

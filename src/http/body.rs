@@ -97,16 +97,38 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn parse_task_id(query: &str) -> Result<i64, ApiError> {
-    let value = query
+    int_param(query, "task_id")?
+        .ok_or_else(|| ApiError::Unprocessable("query parameter `task_id` is required".into()))
+}
+
+/// An optional integer query parameter (422 when present but not an integer).
+fn int_param(query: &str, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(value) = query
         .split('&')
         .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == "task_id")
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
-        .ok_or_else(|| ApiError::Unprocessable("query parameter `task_id` is required".into()))?;
+    else {
+        return Ok(None);
+    };
     percent_decode(value)
         .and_then(|v| v.parse::<i64>().ok())
+        .map(Some)
         .ok_or_else(|| {
-            ApiError::Unprocessable("query parameter `task_id` must be an integer".into())
+            ApiError::Unprocessable(format!("query parameter `{name}` must be an integer"))
+        })
+}
+
+/// Reads `task_id` (required) and `subtask_id` (optional; Wegent's current executor_manager
+/// sends it) of `POST /api/tasks/cancel`.
+pub fn cancel_query(
+) -> impl Filter<Extract = ((i64, Option<i64>),), Error = warp::Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|q: String| async move {
+            let ids = parse_task_id(&q).and_then(|t| Ok((t, int_param(&q, "subtask_id")?)));
+            ids.map_err(warp::reject::custom)
         })
 }
 

@@ -96,6 +96,7 @@ pub struct SessionList {
     paths(
         super::routes::health,
         super::routes::execute,
+        super::responses_route::create,
         super::routes::cancel,
         super::routes::list_sessions,
         super::routes::delete_session,
@@ -109,6 +110,8 @@ pub struct SessionList {
     components(schemas(
         TaskRequest,
         TaskResponse,
+        super::responses_route::ResponsesAnswer,
+        super::responses_route::CancelAnswer,
         MessageResponse,
         SessionList,
         SessionRow,

@@ -9,6 +9,8 @@ pub mod events;
 pub mod metrics;
 pub mod probes;
 pub mod request_id;
+pub mod responses_request;
+pub mod responses_route;
 pub mod routes;
 pub mod server;
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use warp::{Filter, Rejection, Reply};
 
-use super::body::{json_body, task_id_query, BodyLimits};
+use super::body::{cancel_query, json_body, task_id_query, BodyLimits};
 use super::error::ApiError;
 
 /// Answer of `POST /api/tasks/execute` (contract §2.3).
@@ -46,6 +46,7 @@ pub fn api(
     rt: Runtime,
     limits: BodyLimits,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let responses = super::responses_route::route(rt.clone(), limits);
     let execute = warp::path!("api" / "tasks" / "execute")
         .and(warp::post())
         .and(json_body(limits))
@@ -55,7 +56,7 @@ pub fn api(
         .and_then(execute);
     let cancel = warp::path!("api" / "tasks" / "cancel")
         .and(warp::post())
-        .and(task_id_query())
+        .and(cancel_query())
         .and(with_rt(rt.clone()))
         .and_then(cancel);
     let list = warp::path!("api" / "tasks" / "sessions")
@@ -76,6 +77,8 @@ pub fn api(
         .and(with_rt(rt))
         .and_then(close_all_sessions);
     execute
+        .or(responses)
+        .unify()
         .or(cancel)
         .unify()
         .or(list)
@@ -116,21 +119,7 @@ pub async fn execute(
         .map_err(|e| warp::reject::custom(ApiError::Unprocessable(e.to_string())))?;
     let mut spec = spec;
     let (task_id, subtask_id) = (spec.task_id, spec.subtask_id);
-    // The request id (the caller's, or a new one) and the W3C trace context travel with every
-    // callback of this subtask.
-    let rid = super::request_id::current()
-        .or(request_id.filter(|v| super::valid_request_id(v)))
-        .unwrap_or_else(super::new_request_id);
-    spec.trace = actors::payload::TraceContext {
-        request_id: Some(rid.clone()),
-        traceparent: traceparent.filter(|t| super::valid_request_id(t)),
-        // A child of this request's span (which continues the caller's `traceparent`).
-        span: crate::telemetry::child_of_current(actors::trace::subtask_span(
-            task_id,
-            subtask_id,
-            spec.agent.name(),
-        )),
-    };
+    let rid = attach_trace(&mut spec, request_id, traceparent);
     tracing::info!(
         "Received task {task_id}.{subtask_id} ({})",
         spec.agent.name()
@@ -175,11 +164,44 @@ pub async fn execute(
     Ok(reply)
 }
 
+/// Gives a subtask its request id (the caller's, or a new one) and W3C trace context, which
+/// travel with every callback of it; returns the request id.
+pub(crate) fn attach_trace(
+    spec: &mut TaskSpec,
+    request_id: Option<String>,
+    traceparent: Option<String>,
+) -> String {
+    let rid = super::request_id::current()
+        .or(request_id.filter(|v| super::valid_request_id(v)))
+        .unwrap_or_else(super::new_request_id);
+    spec.trace = actors::payload::TraceContext {
+        request_id: Some(rid.clone()),
+        traceparent: traceparent.filter(|t| super::valid_request_id(t)),
+        // A child of this request's span (which continues the caller's `traceparent`).
+        span: crate::telemetry::child_of_current(actors::trace::subtask_span(
+            spec.task_id,
+            spec.subtask_id,
+            spec.agent.name(),
+        )),
+    };
+    rid
+}
+
 /// Cancel the running subtask of a task (the next subtask still works).
-#[utoipa::path(post, path = "/api/tasks/cancel", params(("task_id" = i64, Query, description = "Task to cancel")),
+/// A subtask that came in on `/v1/responses` is answered as upstream's current executor does
+/// (200 `{status, task_id, subtask_id}` / 404), and ends with one `response.incomplete`.
+#[utoipa::path(post, path = "/api/tasks/cancel", params(("task_id" = i64, Query, description = "Task to cancel"),
+        ("subtask_id" = Option<i64>, Query, description = "Subtask to cancel (Responses protocol)")),
     responses((status = 200, body = MessageResponse), (status = 400, body = super::error::ErrorBody, description = "No session for that task"),
+              (status = 404, body = super::error::ErrorBody, description = "Responses protocol: nothing running"),
               (status = 422, body = super::error::ErrorBody, description = "task_id missing or not an integer")))]
-pub async fn cancel(task_id: i64, rt: Runtime) -> Result<warp::reply::Response, Rejection> {
+pub async fn cancel(
+    (task_id, subtask_id): (i64, Option<i64>),
+    rt: Runtime,
+) -> Result<warp::reply::Response, Rejection> {
+    if super::responses_route::speaks_responses(&rt, task_id, subtask_id) {
+        return super::responses_route::cancel(task_id, subtask_id, rt).await;
+    }
     let label = format!("[task_id: {task_id}.-1]");
     match rt
         .cancel(task_id)

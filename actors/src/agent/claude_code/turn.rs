@@ -334,6 +334,7 @@ mod tests {
             executor_name: None,
             executor_namespace: None,
             trace: Default::default(),
+            protocol: Default::default(),
         };
         Turn::new(ctx, "hi".into())
     }
