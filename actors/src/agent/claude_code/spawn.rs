@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::bot::BotSpec;
 use super::env::claude_args;
-use crate::agent::process::{create_private_dir, AgentProcess, ProcessEvent, SpawnSpec};
+use crate::agent::process::{AgentProcess, ProcessEvent, SpawnSpec};
 use crate::config::PINNED_CLAUDE_CODE_VERSION;
 use crate::error::AgentError;
 
@@ -69,62 +69,59 @@ pub async fn launch(
         resume,
         bot,
     } = launch;
-    let ws_err = |path: &PathBuf| {
-        let path = path.display().to_string();
-        move |source| AgentError::Workspace { path, source }
-    };
-    create_private_dir(&spec.cwd)
-        .await
-        .map_err(ws_err(&spec.cwd))?;
-    create_private_dir(&config_dir)
-        .await
-        .map_err(ws_err(&config_dir))?;
-    let onboarding = config_dir.join(".claude.json");
-    if !tokio::fs::try_exists(&onboarding).await.unwrap_or(false) {
-        let flags = json!({"hasCompletedOnboarding": true, "bypassPermissionsModeAccepted": true,
-                           "autoUpdates": false, "numStartups": 1});
-        write_private(&onboarding, flags.to_string())
-            .await
-            .map_err(ws_err(&onboarding))?;
-    }
-    let mcp_path = match mcp_servers {
-        Some(servers) => {
-            let path = config_dir.join(MCP_FILE);
-            let body = json!({"mcpServers": servers}).to_string();
-            write_private(&path, body).await.map_err(ws_err(&path))?;
-            Some(path)
+    // Files, ownership and fork/exec in one blocking task: each of them blocks the calling
+    // thread a while, and one hop to the blocking pool costs less than six.
+    tokio::task::spawn_blocking(move || {
+        let ws_err = |path: &PathBuf| {
+            let path = path.display().to_string();
+            move |source| AgentError::Workspace { path, source }
+        };
+        create_private_dir_blocking(&spec.cwd).map_err(ws_err(&spec.cwd))?;
+        create_private_dir_blocking(&config_dir).map_err(ws_err(&config_dir))?;
+        let onboarding = config_dir.join(".claude.json");
+        if !onboarding.exists() {
+            let flags = json!({"hasCompletedOnboarding": true, "bypassPermissionsModeAccepted": true,
+                               "autoUpdates": false, "numStartups": 1});
+            write_private(&onboarding, flags.to_string().as_bytes())
+                .map_err(ws_err(&onboarding))?;
         }
-        None => None,
-    };
-    let resumed = match resume {
-        Resume::Fresh => None,
-        Resume::Id(id) => Some(id),
-        Resume::FromFile => tokio::fs::read_to_string(task_dir.join(SESSION_ID_FILE))
-            .await
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| is_session_id(s)),
-    };
-    spec.args = claude_args(&bot, resumed.as_deref(), mcp_path.as_deref());
-    if let (Some(uid), Some(gid)) = (spec.uid, spec.gid) {
-        let user = crate::config::AgentUser { uid, gid };
-        let dir = task_dir.clone();
-        tokio::task::spawn_blocking(move || crate::agent::agent_user::hand_over(&dir, user))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(format!("chown task failed: {e}"))))
-            .map_err(ws_err(&task_dir))?;
-    }
-    let bin = spec.program.display().to_string();
-    // fork/exec blocks the calling thread for a while; keep it off the async workers.
-    let spawned = tokio::task::spawn_blocking(move || AgentProcess::spawn(&spec, sink))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task failed: {e}"))));
-    let process = spawned.map_err(|source| AgentError::Spawn {
-        bin,
-        version: PINNED_CLAUDE_CODE_VERSION,
-        source,
-    })?;
-    Ok(Started { process, resumed })
+        let mcp_path = match mcp_servers {
+            Some(servers) => {
+                let path = config_dir.join(MCP_FILE);
+                let body = json!({"mcpServers": servers}).to_string();
+                write_private(&path, body.as_bytes()).map_err(ws_err(&path))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let resumed = match resume {
+            Resume::Fresh => None,
+            Resume::Id(id) => Some(id),
+            Resume::FromFile => std::fs::read_to_string(task_dir.join(SESSION_ID_FILE))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| is_session_id(s)),
+        };
+        spec.args = claude_args(&bot, resumed.as_deref(), mcp_path.as_deref());
+        if let (Some(uid), Some(gid)) = (spec.uid, spec.gid) {
+            let user = crate::config::AgentUser { uid, gid };
+            crate::agent::agent_user::hand_over(&task_dir, user).map_err(ws_err(&task_dir))?;
+        }
+        let process = AgentProcess::spawn(&spec, sink).map_err(|source| AgentError::Spawn {
+            bin: spec.program.display().to_string(),
+            version: PINNED_CLAUDE_CODE_VERSION,
+            source,
+        })?;
+        Ok(Started { process, resumed })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(AgentError::Spawn {
+            bin: String::new(),
+            version: PINNED_CLAUDE_CODE_VERSION,
+            source: std::io::Error::other(format!("spawn task failed: {e}")),
+        })
+    })
 }
 
 /// A saved id goes on a command line: accept only the CLI's own shape (a UUID-like token).
@@ -135,15 +132,23 @@ pub fn is_session_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-async fn write_private(path: &std::path::Path, body: String) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut f = tokio::fs::OpenOptions::new()
+fn write_private(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .await?;
-    f.write_all(body.as_bytes()).await?;
-    f.flush().await
+        .open(path)?;
+    f.write_all(body)
+}
+
+/// Creates `dir` (and parents) with owner-only permissions; blocking.
+fn create_private_dir_blocking(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
