@@ -104,6 +104,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    // Before anything is accepted or announced: a stop signal from here on (even during
+    // start-up or TASK_INFO) shuts down gracefully once serving has begun.
+    let signals = shutdown::Signals::install();
     // First: every later descriptor (agents' pipes, spool files, sockets) counts against it.
     let nofile = http::server::raise_fd_limit();
     prepare_workspace_root(&settings).await?;
@@ -155,7 +158,7 @@ async fn run(mut settings: Settings) -> anyhow::Result<()> {
             let _ = serving_stopped.await;
         },
     ));
-    shutdown::signal().await;
+    signals.wait().await;
     // From here the clock runs: everything below fits in SHUTDOWN_GRACE_SECS. Routes keep
     // answering meanwhile (new tasks get 503, /ready false), so probes see the shutdown.
     let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
