@@ -33,6 +33,7 @@ pub mod spool_journal;
 pub mod spool_recovery;
 pub mod supervisor;
 pub mod task;
+pub mod task_dir;
 mod task_secrets;
 pub mod trace;
 pub mod unfinished;

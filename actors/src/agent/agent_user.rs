@@ -4,10 +4,6 @@
 //! agent process starts. An agent of another user cannot read the executor's environment or
 //! memory in `/proc`, nor signal it.
 
-use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-
 use crate::config::AgentUser;
 
 /// Why `AGENT_USER`/`AGENT_UID`/`AGENT_GID` cannot be used (reported at start-up).
@@ -68,31 +64,7 @@ fn lookup(name: &str) -> Option<AgentUser> {
     Some(AgentUser { uid, gid })
 }
 
-/// Hands `task_dir` and everything under it to `user` (symlinks themselves, never their
-/// targets), and lets that user traverse its parent (the workspace root, mode `o+x`, no
-/// listing). Blocking: run it off the async workers.
-pub fn hand_over(task_dir: &Path, user: AgentUser) -> io::Result<()> {
-    if let Some(root) = task_dir.parent() {
-        let meta = std::fs::metadata(root)?;
-        let mode = meta.permissions().mode();
-        if mode & 0o001 == 0 {
-            std::fs::set_permissions(root, std::fs::Permissions::from_mode(mode | 0o001))?;
-        }
-    }
-    let mut stack: Vec<PathBuf> = vec![task_dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.uid() != user.uid || meta.gid() != user.gid {
-            std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))?;
-        }
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                stack.push(entry?.path());
-            }
-        }
-    }
-    Ok(())
-}
+pub use crate::task_dir::hand_over;
 
 #[cfg(test)]
 mod tests {

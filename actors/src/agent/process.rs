@@ -7,7 +7,7 @@
 //! reaps the leader, so no zombie is left.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -375,9 +375,4 @@ async fn collect_stderr(
     sink(ProcessEvent::StderrClosed);
 }
 
-/// Creates `dir` (and parents) with owner-only permissions.
-pub async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = tokio::fs::DirBuilder::new();
-    b.recursive(true).mode(0o700);
-    b.create(dir).await
-}
+pub use crate::task_dir::create_private_dir;

@@ -75,7 +75,7 @@ pub enum PrepareError {
     },
 }
 
-pub use crate::agent::process::create_private_dir;
+pub use crate::task_dir::create_private_dir;
 
 /// Percent-encodes everything but RFC 3986's unreserved characters (URL path segments and
 /// query values; also how a secret may appear inside a URL).
@@ -324,7 +324,7 @@ pub async fn prepare(
     }
     if let Some(user) = cfg.security.agent_user {
         let dir = task_dir.clone();
-        tokio::task::spawn_blocking(move || crate::agent::agent_user::hand_over(&dir, user))
+        tokio::task::spawn_blocking(move || crate::task_dir::hand_over(&dir, user))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
             .map_err(io_err(&task_dir))?;

@@ -1,7 +1,8 @@
 //! The stream-json wire format of the Claude Code CLI (research/claude-code-cli.md §1), apart
 //! from the pipes (`agent::process`) and from what the messages mean (`turn`, `turn_flow`):
-//! serde types for every line the executor writes, and typed views of the lines it acts on.
-//! Other stdout messages stay `serde_json::Value`s: they go into thinking steps verbatim.
+//! serde types for every line the executor writes, and typed views of the lines it acts on
+//! (control lines, and the parts of conversation messages it reads: content blocks, results).
+//! The whole line also stays a `serde_json::Value`: it goes into thinking steps verbatim.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -210,6 +211,119 @@ pub struct CliRequestBody {
     pub input: Option<Value>,
 }
 
+/// A conversation message of the CLI, typed where the executor acts on it.
+#[derive(Debug, PartialEq)]
+pub enum CliMessage {
+    /// `system` (init and notices).
+    System,
+    /// `assistant`: the model's text and tool calls.
+    Assistant(Vec<Block>),
+    /// `user`: tool results (and the CLI's echo of a prompt).
+    User(Vec<Block>),
+    /// `result`: the end of a turn.
+    Result(CliResult),
+    /// Any other type (stream events, future kinds): ignored.
+    Other,
+}
+
+/// A content block of an `assistant` or `user` message, as far as the executor reads it.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    /// Model text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A tool call.
+    ToolUse {
+        /// Matches the result.
+        id: String,
+        /// The tool.
+        #[serde(default)]
+        name: String,
+    },
+    /// A tool's answer.
+    ToolResult {
+        /// The call it answers.
+        tool_use_id: String,
+        /// What the tool returned (any shape).
+        #[serde(default)]
+        content: Value,
+    },
+    /// Thinking, images, and blocks of kinds the executor does not read (or malformed ones).
+    #[serde(other)]
+    Other,
+}
+
+/// The `result` line of a turn.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+pub struct CliResult {
+    /// `success`, `error_max_turns`, `error_during_execution`, ...
+    #[serde(default)]
+    pub subtype: String,
+    /// Set when the turn failed.
+    #[serde(default)]
+    pub is_error: bool,
+    /// The answer (or the error text).
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub result: Option<String>,
+    /// Error texts (the strings among them).
+    #[serde(default, deserialize_with = "strings_only")]
+    pub errors: Vec<String>,
+}
+
+impl CliResult {
+    /// Whether the turn failed.
+    pub fn failed(&self) -> bool {
+        self.is_error || self.subtype.starts_with("error")
+    }
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn strings_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Array(a) => a
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// The content blocks of a message line (`message.content`; a plain string has none the
+/// executor acts on; a block that does not read is [`Block::Other`]).
+fn blocks(msg: &Value) -> Vec<Block> {
+    msg.pointer("/message/content")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|b| Block::deserialize(b).unwrap_or(Block::Other))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads a conversation message (never fails: what does not read is empty or `Other`).
+pub fn message(msg: &Value) -> CliMessage {
+    match msg.get("type").and_then(Value::as_str) {
+        Some("system") => CliMessage::System,
+        Some("assistant") => CliMessage::Assistant(blocks(msg)),
+        Some("user") => CliMessage::User(blocks(msg)),
+        Some("result") => CliMessage::Result(CliResult::deserialize(msg).unwrap_or_default()),
+        _ => CliMessage::Other,
+    }
+}
+
 /// Sorts one parsed stdout message (a malformed control line reads as an empty one).
 pub fn classify(msg: &Value) -> Inbound<'_> {
     match msg.get("type").and_then(Value::as_str) {
@@ -273,6 +387,42 @@ mod tests {
             json!({"type": "control_response", "response": {"subtype": "error",
                    "request_id": 7, "error": "not supported by this executor"}})
         );
+    }
+
+    #[test]
+    fn conversation_messages_read_what_the_executor_acts_on() {
+        let a = json!({"type": "assistant", "message": {"content": [
+            {"type": "text", "text": "hi"},
+            {"type": "tool_use", "id": "t1", "name": "Bash", "input": {}},
+            {"type": "thinking", "thinking": "hm"},
+            {"type": "text"}]}});
+        assert_eq!(
+            message(&a),
+            CliMessage::Assistant(vec![
+                Block::Text { text: "hi".into() },
+                Block::ToolUse {
+                    id: "t1".into(),
+                    name: "Bash".into()
+                },
+                Block::Other,
+                Block::Other
+            ])
+        );
+        let u = json!({"type": "user", "message": {"content": "echo of a prompt"}});
+        assert_eq!(message(&u), CliMessage::User(vec![]));
+        let r = json!({"type": "result", "subtype": "error_max_turns", "result": 5,
+                       "errors": ["a", 1, "b"]});
+        let CliMessage::Result(r) = message(&r) else {
+            panic!("not a result")
+        };
+        assert!(r.failed());
+        assert_eq!((r.result, r.errors), (None, vec!["a".into(), "b".into()]));
+        assert_eq!(
+            message(&json!({"type": "result", "is_error": "yes"})),
+            CliMessage::Result(CliResult::default()),
+            "a malformed result still ends the turn"
+        );
+        assert_eq!(message(&json!({"type": "stream_event"})), CliMessage::Other);
     }
 
     #[test]

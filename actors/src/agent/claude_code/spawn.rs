@@ -76,8 +76,8 @@ pub async fn launch(
             let path = path.display().to_string();
             move |source| AgentError::Workspace { path, source }
         };
-        create_private_dir_blocking(&spec.cwd).map_err(ws_err(&spec.cwd))?;
-        create_private_dir_blocking(&config_dir).map_err(ws_err(&config_dir))?;
+        crate::task_dir::create_private_dir_blocking(&spec.cwd).map_err(ws_err(&spec.cwd))?;
+        crate::task_dir::create_private_dir_blocking(&config_dir).map_err(ws_err(&config_dir))?;
         let onboarding = config_dir.join(".claude.json");
         if !onboarding.exists() {
             let flags = json!({"hasCompletedOnboarding": true, "bypassPermissionsModeAccepted": true,
@@ -105,7 +105,7 @@ pub async fn launch(
         spec.args = claude_args(&bot, resumed.as_deref(), mcp_path.as_deref());
         if let (Some(uid), Some(gid)) = (spec.uid, spec.gid) {
             let user = crate::config::AgentUser { uid, gid };
-            crate::agent::agent_user::hand_over(&task_dir, user).map_err(ws_err(&task_dir))?;
+            crate::task_dir::hand_over(&task_dir, user).map_err(ws_err(&task_dir))?;
         }
         let process = AgentProcess::spawn(&spec, sink).map_err(|source| AgentError::Spawn {
             bin: spec.program.display().to_string(),
@@ -142,13 +142,4 @@ fn write_private(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(body)
-}
-
-/// Creates `dir` (and parents) with owner-only permissions; blocking.
-fn create_private_dir_blocking(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::protocol::{Block, CliMessage, CliResult};
 use crate::mask::{mask_str, mask_value};
 use crate::payload::{CallbackPayload, SubtaskContext, TaskStatus};
 
@@ -121,23 +122,25 @@ impl Turn {
     /// Interprets one message from the CLI's stdout.
     pub fn on_message(&mut self, msg: &Value) -> LineOutcome {
         self.saw_output = true;
-        self.track_tools(msg);
-        match msg.get("type").and_then(Value::as_str) {
-            Some("system") => self.progress("thinking.system_message_received", msg.clone()),
-            Some("assistant") => {
+        match super::protocol::message(msg) {
+            CliMessage::System => self.progress("thinking.system_message_received", msg.clone()),
+            CliMessage::Assistant(blocks) => {
+                self.track_tools(&blocks, false);
                 if let Some(wb) = self.workbench.as_mut() {
-                    let blocks = msg.pointer("/message/content").and_then(Value::as_array);
-                    for b in blocks.into_iter().flatten() {
-                        if let Some(text) = b.get("text").and_then(Value::as_str) {
+                    for b in &blocks {
+                        if let Block::Text { text } = b {
                             wb.set_text(text);
                         }
                     }
                 }
                 self.progress("thinking.assistant_message_received", message_details(msg))
             }
-            Some("user") => self.progress("thinking.user_message_received", message_details(msg)),
-            Some("result") => self.finish(msg),
-            _ => LineOutcome::Ignore,
+            CliMessage::User(blocks) => {
+                self.track_tools(&blocks, true);
+                self.progress("thinking.user_message_received", message_details(msg))
+            }
+            CliMessage::Result(r) => self.finish(msg, r),
+            CliMessage::Other => LineOutcome::Ignore,
         }
     }
 
@@ -146,25 +149,18 @@ impl Turn {
         self.spans.tools_open()
     }
 
-    fn track_tools(&mut self, msg: &Value) {
-        let blocks = msg.pointer("/message/content").and_then(Value::as_array);
-        for b in blocks.into_iter().flatten() {
-            match (
-                b.get("type").and_then(Value::as_str),
-                msg.get("type").and_then(Value::as_str),
-            ) {
-                (Some("tool_use"), Some("assistant")) => {
-                    if let Some(id) = b.get("id").and_then(Value::as_str) {
-                        let name = b.get("name").and_then(Value::as_str).unwrap_or("");
-                        self.spans.tool_started(id, name);
-                    }
-                }
-                (Some("tool_result"), Some("user")) => {
-                    if let Some(id) = b.get("tool_use_id").and_then(Value::as_str) {
-                        self.spans.tool_finished(id);
-                    }
+    /// Tool calls (in the model's messages) open a tool span, tool results (in user messages)
+    /// close it and may carry a silent exit.
+    fn track_tools(&mut self, blocks: &[Block], from_user: bool) {
+        for b in blocks {
+            match b {
+                Block::ToolUse { id, name } if !from_user => self.spans.tool_started(id, name),
+                Block::ToolResult {
+                    tool_use_id,
+                    content,
+                } if from_user => {
+                    self.spans.tool_finished(tool_use_id);
                     if self.silent_exit.is_none() {
-                        let content = b.get("content").unwrap_or(&Value::Null);
                         self.silent_exit = crate::agent::silent_exit::detect_in_content(content);
                     }
                 }
@@ -188,27 +184,20 @@ impl Turn {
         self.running(75, &format!("Thinking: {}", self.last_title))
     }
 
-    fn finish(&mut self, msg: &Value) -> LineOutcome {
+    fn finish(&mut self, msg: &Value, r: CliResult) -> LineOutcome {
         if self.cancelled {
             return LineOutcome::Finished(TaskStatus::Cancelled, None);
         }
-        let subtype = msg.get("subtype").and_then(Value::as_str).unwrap_or("");
-        let is_error = msg
-            .get("is_error")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let text = msg
-            .get("result")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let failed = r.failed();
+        let CliResult {
+            subtype,
+            result: text,
+            errors,
+            ..
+        } = r;
         let details = result_details(msg);
-        if is_error || subtype.starts_with("error") {
+        if failed {
             self.step("thinking.task_execution_failed", details);
-            let errors: Vec<&str> = msg
-                .get("errors")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
             let message = text
                 .filter(|t| !t.is_empty())
                 .or_else(|| (!errors.is_empty()).then(|| errors.join("; ")))

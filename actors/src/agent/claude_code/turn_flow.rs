@@ -223,7 +223,7 @@ impl ClaudeState {
             Inbound::ControlResponse(r) => return self.on_control_response(me, &r),
             Inbound::ControlRequest(r) => return self.answer_control_request(&r),
             Inbound::Message(m)
-                if m.get("type").and_then(Value::as_str) == Some("result")
+                if matches!(protocol::message(m), protocol::CliMessage::Result(_))
                     && self.resume_failed(m) =>
             {
                 return self.fall_back_to_fresh(me)
