@@ -155,6 +155,9 @@ struct Writer {
     dir: PathBuf,
     logs: HashMap<i64, (std::fs::File, u64)>,
     journal: Journal,
+    /// The cause of the journal's current failure, logged once until a write works again (a
+    /// full disk must not log a line per callback).
+    journal_failing: Option<String>,
 }
 
 impl Writer {
@@ -163,6 +166,7 @@ impl Writer {
             dir,
             logs: HashMap::new(),
             journal,
+            journal_failing: None,
         }
     }
 
@@ -217,12 +221,23 @@ impl Writer {
 
     /// Reports a failed journal write (the log appends that go with it report the same cause to
     /// the relay, which degrades to memory).
-    fn journal_result(&self, res: std::io::Result<()>, what: &str) {
-        if let Err(e) = res {
-            tracing::warn!(
-                "callback spool: cannot {what} in {}: {e}",
-                self.dir.display()
-            );
+    fn journal_result(&mut self, res: std::io::Result<()>, what: &str) {
+        match res {
+            Err(e) => {
+                let cause = e.to_string();
+                if self.journal_failing.as_deref() != Some(cause.as_str()) {
+                    tracing::warn!(
+                        "callback spool: cannot {what} in {}: {cause}",
+                        self.dir.display()
+                    );
+                    self.journal_failing = Some(cause);
+                }
+            }
+            Ok(()) => {
+                if self.journal_failing.take().is_some() {
+                    tracing::info!("callback spool journal is written again");
+                }
+            }
         }
     }
 

@@ -249,17 +249,9 @@ mod tests {
 
     fn u(task_id: i64, subtask_id: i64) -> Unfinished {
         Unfinished {
-            task_id,
-            subtask_id,
             task_title: "t".into(),
             subtask_title: "s".into(),
-            task_type: None,
-            executor_name: None,
-            executor_namespace: None,
-            request_id: None,
-            traceparent: None,
-            seq: 0,
-            responses: None,
+            ..Unfinished::unnamed(task_id, subtask_id)
         }
     }
 

@@ -155,19 +155,7 @@ mod tests {
     use crate::protocol::ResponsesIdentity;
 
     fn record(task_id: i64, subtask_id: i64) -> Unfinished {
-        Unfinished {
-            task_id,
-            subtask_id,
-            task_title: String::new(),
-            subtask_title: String::new(),
-            task_type: None,
-            executor_name: None,
-            executor_namespace: None,
-            request_id: None,
-            traceparent: None,
-            seq: 0,
-            responses: None,
-        }
+        Unfinished::unnamed(task_id, subtask_id)
     }
 
     #[test]

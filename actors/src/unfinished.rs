@@ -75,6 +75,23 @@ impl Unfinished {
         }
     }
 
+    /// A record known only by its ids (its file was unreadable), with empty titles.
+    pub fn unnamed(task_id: i64, subtask_id: i64) -> Self {
+        Self {
+            task_id,
+            subtask_id,
+            task_title: String::new(),
+            subtask_title: String::new(),
+            task_type: None,
+            executor_name: None,
+            executor_namespace: None,
+            request_id: None,
+            traceparent: None,
+            seq: 0,
+            responses: None,
+        }
+    }
+
     /// The context the terminal for this subtask is built from.
     pub fn context(&self) -> SubtaskContext {
         SubtaskContext {
@@ -139,19 +156,7 @@ pub fn take_legacy(dir: &Path) -> Vec<Unfinished> {
                     "unreadable record of unfinished subtask {task_id}.{subtask_id}: {}",
                     e.path().display()
                 );
-                out.push(Unfinished {
-                    task_id,
-                    subtask_id,
-                    task_title: String::new(),
-                    subtask_title: String::new(),
-                    task_type: None,
-                    executor_name: None,
-                    executor_namespace: None,
-                    request_id: None,
-                    traceparent: None,
-                    seq: 0,
-                    responses: None,
-                });
+                out.push(Unfinished::unnamed(task_id, subtask_id));
             }
             (None, None) => tracing::error!("removing a stray file {}", e.path().display()),
         }
@@ -169,17 +174,10 @@ mod tests {
     fn records_of_an_earlier_version_are_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let u = Unfinished {
-            task_id: 7,
-            subtask_id: 2,
             task_title: "t".into(),
             subtask_title: "s".into(),
-            task_type: None,
-            executor_name: None,
-            executor_namespace: None,
-            request_id: None,
-            traceparent: None,
             seq: 3,
-            responses: None,
+            ..Unfinished::unnamed(7, 2)
         };
         std::fs::write(
             dir.path().join("open-7-2.json"),
