@@ -450,16 +450,13 @@ fn stand_in(dir: &std::path::Path, leak: bool) -> std::path::PathBuf {
     } else {
         ":"
     };
-    std::fs::write(
+    write_executable(
         &path,
-        format!(
+        &format!(
             "#!/bin/sh\n{spawn}\necho 'listening on http://127.0.0.1:9'\n\
              trap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n"
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     path
 }
 

@@ -25,12 +25,10 @@ fn validation_task(task_id: i64, shell_type: &str, validation_id: &str) -> Value
 
 /// A directory with executable scripts `name` printing `output`, for the front of `PATH`.
 fn script_dir(scripts: &[(&str, &str)]) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     for (name, output) in scripts {
         let p = dir.path().join(name);
-        std::fs::write(&p, format!("#!/bin/sh\necho '{output}'\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&p, &format!("#!/bin/sh\necho '{output}'\n"));
     }
     dir
 }

@@ -161,8 +161,7 @@ fn as_nobody_wrapper(dir: &std::path::Path) -> std::path::PathBuf {
          exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} \"$@\"\n",
         env!("CARGO_BIN_EXE_executor")
     );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&path, &script);
     path
 }
 

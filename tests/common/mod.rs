@@ -20,6 +20,7 @@ pub mod mock_openai;
 pub mod probe;
 pub mod procs;
 pub mod raw_http;
+pub mod scripts;
 mod server;
 pub mod tasks;
 pub mod test_backend;
@@ -38,6 +39,7 @@ pub use procs::{
     zombie_children_of,
 };
 pub use raw_http::{post_chunked, request_head, send_raw, Pace, RawResponse};
+pub use scripts::write_executable;
 pub use tasks::{
     assert_one_terminal_each, assert_still_serves, message_texts, padded_task, post_task, run_task,
     seed_task, start_fake, start_real, FAKE_WAIT,
