@@ -324,6 +324,50 @@ async fn over_the_live_process_cap_the_least_recently_used_idle_session_is_suspe
     assert_eq!(status(13), "idle", "{list}");
 }
 
+/// A suspended process holds its slot until it is gone, not only until it is asked to end: a
+/// CLI that is slow to exit (here: it ignores stdin EOF and SIGTERM, so it lasts until the
+/// SIGKILL after SESSION_EOF_GRACE_MS + SESSION_TERM_GRACE_MS) must not run beside the process
+/// that takes its slot, or the cap's memory bound is a fiction. Sampled every 20 ms: any
+/// moment with both tasks' processes alive fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_is_free_only_once_the_suspended_process_is_gone() {
+    let rx = CallbackReceiver::start();
+    let opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("MAX_LIVE_PROCESSES", "1")
+        .env("SESSION_EOF_GRACE_MS", "1000")
+        .env("SESSION_TERM_GRACE_MS", "1500");
+    let exec = Executor::start(opts).await;
+    let ws = exec.workspace().to_path_buf();
+    let body = json!({"task_id": 41, "subtask_id": 1, "agent_type": "claude_code",
+                      "content": "FAKE:ignore_eof\nFAKE:ignore_sigterm\nslow to exit"});
+    exec.post_json("/api/tasks/execute", &body).await;
+    assert_eq!(rx.wait_terminal(41, 1, WAIT).await["status"], "COMPLETED");
+    assert!(!processes_in(&ws.join("41")).is_empty());
+
+    let body = json!({"task_id": 42, "subtask_id": 1, "agent_type": "claude_code",
+                      "content": "takes the slot"});
+    exec.post_json("/api/tasks/execute", &body).await;
+    let (mut overlap, mut second_seen) = (None, false);
+    let done = wait_until(WAIT, || {
+        let (first, second) = (processes_in(&ws.join("41")), processes_in(&ws.join("42")));
+        second_seen |= !second.is_empty();
+        if !first.is_empty() && !second.is_empty() && overlap.is_none() {
+            overlap = Some((first, second));
+        }
+        rx.terminal_statuses(42, 1).first().is_some()
+    })
+    .await;
+    assert!(done, "task 42 never finished: {}", exec.logs_tail(30));
+    assert_eq!(rx.terminal_statuses(42, 1), ["COMPLETED"]);
+    assert!(
+        overlap.is_none(),
+        "task 42's process ran while task 41's suspended one was still alive (cap 1): {overlap:?}"
+    );
+    assert!(second_seen || processes_in(&ws.join("41")).is_empty());
+}
+
 /// With every slot busy with a running turn, a new subtask waits — visibly: a RUNNING callback
 /// says so, the listing shows it queued, `/metrics` counts it — and starts as soon as a slot
 /// frees (here: a turn ends, its idle process is suspended for the waiter).
@@ -402,10 +446,11 @@ async fn at_the_live_process_cap_a_new_subtask_waits_visibly_and_starts_when_a_s
     assert_eq!(rx.wait_terminal(21, 1, WAIT).await["status"], "COMPLETED");
     let started = wait_until(WAIT, || !processes_in(&ws.join("23")).is_empty()).await;
     assert!(started, "the waiter never started\n{}", exec.logs_tail(30));
-    // The slot is handed over as the idle process starts ending (stdin EOF, then signals), so
-    // on a loaded machine it may still be exiting when the waiter starts: wait for it to go.
-    let suspended = wait_until(WAIT, || processes_in(&ws.join("21")).is_empty()).await;
-    assert!(suspended, "task 21 was not suspended");
+    // The slot is handed over only once the suspended process is gone.
+    assert!(
+        processes_in(&ws.join("21")).is_empty(),
+        "task 21's process still runs beside the waiter's"
+    );
     std::fs::write(release(23), "go").unwrap();
     std::fs::write(release(22), "go").unwrap();
     assert_eq!(rx.wait_terminal(23, 1, WAIT).await["status"], "COMPLETED");

@@ -76,6 +76,8 @@ pub struct SessionArgs {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Starts the agent a subtask's kind needs ([`crate::agent::Registry`] in the executor).
     pub agents: Arc<dyn StartAgent>,
+    /// The live-process count its agent's processes hold slots in.
+    pub live: crate::agent::live_processes::LiveProcesses,
 }
 
 /// The actor; see the module docs.
@@ -305,6 +307,7 @@ impl SessionState {
             cfg: self.args.cfg.clone(),
             callbacks: self.args.callbacks.clone(),
             session: AgentSink::new(me),
+            live: self.args.live.clone(),
         };
         self.args.agents.start(kind, args, me.get_cell()).await
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::agent::live_processes::LiveProcesses;
 use crate::callback::CallbackMsg;
 use crate::config::RuntimeConfig;
 use crate::index::{SessionIndex, SessionInfo, SessionStatus};
@@ -96,6 +97,8 @@ pub enum SupervisorMsg {
     WantSlot(i64),
     /// Close the sessions idle longer than the configured expiry (sent by a timer).
     ExpireIdle,
+    /// An agent process was reaped: its live-process slot is free.
+    ProcessGone,
 }
 
 /// What the supervisor is started with.
@@ -140,6 +143,8 @@ pub struct SupervisorState {
     by_actor: HashMap<ActorId, i64>,
     /// Sessions waiting for a live-process slot, first come first served.
     slot_waiters: std::collections::VecDeque<i64>,
+    /// Agent processes alive now, including those ending in the background.
+    live: LiveProcesses,
 }
 
 impl Actor for Supervisor {
@@ -156,11 +161,24 @@ impl Actor for Supervisor {
             let period = (expiry / 4).clamp(MIN_EXPIRY_CHECK, MAX_EXPIRY_CHECK);
             me.send_interval(period, || SupervisorMsg::ExpireIdle);
         }
+        let live = LiveProcesses::default();
+        let watched = live.clone();
+        let me2 = me.clone();
+        tokio::spawn(async move {
+            // Every released slot may let a waiting subtask start; ends with the supervisor.
+            loop {
+                watched.released().await;
+                if me2.cast(SupervisorMsg::ProcessGone).is_err() {
+                    break;
+                }
+            }
+        });
         Ok(SupervisorState {
             args,
             sessions: HashMap::new(),
             by_actor: HashMap::new(),
             slot_waiters: std::collections::VecDeque::new(),
+            live,
         })
     }
 
@@ -198,6 +216,7 @@ impl Actor for Supervisor {
                 }
             }
             SupervisorMsg::ExpireIdle => st.expire_idle(),
+            SupervisorMsg::ProcessGone => st.grant_slots(),
         }
         Ok(())
     }
@@ -332,6 +351,7 @@ impl SupervisorState {
             callbacks: self.args.callbacks.clone(),
             supervisor: me.clone(),
             agents: self.args.agents.clone(),
+            live: self.live.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, Session, args, me.get_cell()).await?;
         self.by_actor.insert(actor.get_id(), task_id);
@@ -378,10 +398,30 @@ impl SupervisorState {
         if let Some(e) = self.sessions.get(&task_id) {
             let _ = e.actor.cast(SessionMsg::SlotQueued);
         }
-        self.suspend_idle(self.slot_waiters.len());
+        // Processes already ending free their slots soon: suspend only for the rest.
+        let live_sessions = self.sessions.values().filter(|e| e.live).count();
+        let ending = self.live.count().saturating_sub(live_sessions);
+        self.suspend_idle(self.slot_waiters.len().saturating_sub(ending));
     }
 
+    /// Slots taken: granted ones whose process has not started, plus the live processes —
+    /// counted by the processes themselves (a suspended or replaced process holds its slot
+    /// until it is reaped), or by the sessions' reports where more sessions say live (an agent
+    /// whose process is not an [`AgentProcess`](crate::agent::process::AgentProcess)).
     fn slots_in_use(&self) -> usize {
+        let (mut live, mut reserved) = (0, 0);
+        for e in self.sessions.values() {
+            if e.live {
+                live += 1;
+            } else if e.reserved {
+                reserved += 1;
+            }
+        }
+        reserved + live.max(self.live.count())
+    }
+
+    /// Sessions that hold or claim a slot (what suspending idle sessions can free).
+    fn sessions_holding_slots(&self) -> usize {
         self.sessions.values().filter(|e| e.holds_slot()).count()
     }
 
@@ -423,7 +463,8 @@ impl SupervisorState {
         let Some(cap) = self.args.cfg.max_live_processes else {
             return;
         };
-        let used = self.slots_in_use() + self.slot_waiters.len();
+        // Processes already ending are not counted: suspending more would not free them sooner.
+        let used = self.sessions_holding_slots() + self.slot_waiters.len();
         if used > cap {
             self.suspend_idle(used - cap);
         }

@@ -416,6 +416,7 @@ async fn the_registry_refuses_an_unknown_kind_instead_of_running_another_agent()
         cfg: Arc::new(RuntimeConfig::for_tests(dir.path().to_path_buf())),
         callbacks: relay,
         session: actors::agent::AgentSink::new(&session),
+        live: actors::agent::live_processes::LiveProcesses::default(),
     };
     let kind = AgentKind::parse("Nope");
     let err = match Registry::default()

@@ -11,6 +11,7 @@ pub mod dify;
 pub mod env_rule;
 pub mod family;
 pub mod job_agent;
+pub mod live_processes;
 pub mod process;
 pub mod process_core;
 pub mod registry;

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::family;
+use super::live_processes::LiveSlot;
 use crate::config::StopConfig;
 
 /// After SIGKILL, how long to wait for the killed processes to be gone (dead or zombie).
@@ -93,6 +94,8 @@ pub struct AgentProcess {
     exit: watch::Receiver<Option<ExitInfo>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The live-process slot it holds, released by the reaper once the leader is reaped.
+    slot: Arc<Mutex<Option<LiveSlot>>>,
 }
 
 impl AgentProcess {
@@ -155,6 +158,8 @@ impl AgentProcess {
         }
         // The reaper is not kept in `tasks`: it must outlive a dropped AgentProcess to reap.
         let reaper_sink = sink.clone();
+        let slot: Arc<Mutex<Option<LiveSlot>>> = Arc::default();
+        let reaper_slot = slot.clone();
         tokio::spawn(async move {
             let info = match child.wait().await {
                 Ok(status) => {
@@ -170,6 +175,7 @@ impl AgentProcess {
                 },
             };
             let _ = exit_tx.send(Some(info));
+            drop(reaper_slot.lock().map(|mut s| s.take()));
             reaper_sink(ProcessEvent::Exited(info));
         });
         Ok(Self {
@@ -179,7 +185,19 @@ impl AgentProcess {
             exit,
             stderr_tail,
             tasks,
+            slot,
         })
+    }
+
+    /// Makes this process hold `slot` until its leader is reaped (at once if it already was),
+    /// however it ends: by itself, retired in the background, or killed on drop.
+    pub fn hold(&self, slot: LiveSlot) {
+        if let Ok(mut held) = self.slot.lock() {
+            *held = Some(slot);
+        }
+        if self.has_exited() {
+            drop(self.slot.lock().map(|mut s| s.take()));
+        }
     }
 
     /// The leader's pid, which is also the process group id.

@@ -203,6 +203,7 @@ impl<T: AgentTurn, M> ProcessCore<T, M> {
     /// Keeps a newly started process (generation [`Self::gen`]), `ready` or still warming up,
     /// and tells the session.
     pub fn adopt(&mut self, process: AgentProcess, ready: bool) {
+        process.hold(self.args.live.acquire());
         self.proc = Some(process);
         self.phase = if ready { Phase::Ready } else { Phase::Warming };
         self.exit = Exit::default();

@@ -115,6 +115,8 @@ pub struct AgentArgs {
     pub callbacks: ActorRef<CallbackMsg>,
     /// The owning session, told when a turn ends and when the process changes.
     pub session: AgentSink,
+    /// The live-process count each adopted process holds a slot in until it is reaped.
+    pub live: super::live_processes::LiveProcesses,
 }
 
 /// Why a turn could not be handed to an agent.

@@ -54,6 +54,9 @@ pub struct Script {
     pub spawn_daemon: bool,
     /// `FAKE:ignore_sigterm`.
     pub ignore_sigterm: bool,
+    /// `FAKE:ignore_eof`: after stdin closes, keep running until killed (for the whole
+    /// process), as a CLI whose MCP server or shutdown hangs would.
+    pub ignore_eof: bool,
     /// `FAKE:ignore_interrupt`: answer interrupt requests but keep the turn going (from now
     /// on, for the whole process), as a CLI stuck in a tool would.
     pub ignore_interrupt: bool,
@@ -117,6 +120,7 @@ impl Script {
             ("spawn_daemon", None) => self.spawn_daemon = true,
             ("ignore_sigterm", None) => self.ignore_sigterm = true,
             ("ignore_interrupt", None) => self.ignore_interrupt = true,
+            ("ignore_eof", None) => self.ignore_eof = true,
             ("exit_after_result", Some(code)) => self.exit_after_result = Some(number(code)?),
             ("sh", Some(cmd)) if !cmd.is_empty() => self.shell.push(cmd.to_string()),
             ("wait_file", Some(path)) if !path.is_empty() => self.wait_file = Some(path.into()),

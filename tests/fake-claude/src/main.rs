@@ -46,6 +46,7 @@
 //! | `FAKE:spawn_orphan`           | spawn a setsid'd, SIGTERM-ignoring `sleep 600`; pid on stderr |
 //! | `FAKE:ignore_sigterm`         | ignore SIGTERM from now on (for the whole process)            |
 //! | `FAKE:ignore_interrupt`       | answer interrupts but do not stop (for the whole process)     |
+//! | `FAKE:ignore_eof`             | keep running after stdin closes, until killed (whole process)  |
 //! | `FAKE:exit_after_result:<c>`  | exit with `<c>` right after writing the result                |
 //! | `FAKE:env:<NAME>`             | reply text `env <NAME>=<value or <unset>>`                    |
 //! | `FAKE:argv`                   | reply text is the JSON array of `argv[1..]`                   |

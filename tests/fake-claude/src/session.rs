@@ -39,6 +39,8 @@ pub struct Session {
     turns: u64,
     /// `FAKE:ignore_interrupt` was seen: interrupt requests are answered but change nothing.
     ignore_interrupts: bool,
+    /// `FAKE:ignore_eof` was seen: stdin EOF does not end the process.
+    ignore_eof: bool,
 }
 
 impl Session {
@@ -59,6 +61,7 @@ impl Session {
             eof: false,
             turns: 0,
             ignore_interrupts: false,
+            ignore_eof: false,
         }
     }
 
@@ -70,6 +73,12 @@ impl Session {
                 continue;
             }
             if self.eof {
+                if self.ignore_eof {
+                    eprintln!("fake-claude: stdin closed; ignoring it until killed");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
                 return Ok(());
             }
             let event = self.events.recv().unwrap_or(Event::Eof);

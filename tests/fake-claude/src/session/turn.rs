@@ -26,6 +26,9 @@ impl Session {
         if script.ignore_sigterm {
             ignore_sigterm();
         }
+        if script.ignore_eof {
+            self.ignore_eof = true;
+        }
         if script.ignore_interrupt {
             eprintln!("fake-claude: ignoring interrupts");
             self.ignore_interrupts = true;
