@@ -356,7 +356,7 @@ async fn a_slot_is_free_only_once_the_suspended_process_is_gone() {
         if !first.is_empty() && !second.is_empty() && overlap.is_none() {
             overlap = Some((first, second));
         }
-        rx.terminal_statuses(42, 1).first().is_some()
+        !rx.terminal_statuses(42, 1).is_empty()
     })
     .await;
     assert!(done, "task 42 never finished: {}", exec.logs_tail(30));
