@@ -1,14 +1,15 @@
 //! Control-plane benchmark: do the executor's own answers stay fast when the agents saturate
 //! the CPU? Production's CLI is node (hundreds of ms of CPU per start), so besides the instant
 //! fake CLI this runs a CPU-heavy one (`FAKE_CLAUDE_STARTUP_CPU_MS`, `FAKE_CLAUDE_LINE_CPU_US`;
-//! defaults 15 ms and 200 µs), each with `AGENT_NICE` on (10) and off (0). Per scenario:
+//! defaults 15 ms and 200 µs), each with the agents' priority lowered (`AGENT_NICE=10` with
+//! `AGENT_SCHED_POLICY` idle, then batch) and not (`AGENT_NICE=0`). Per scenario:
 //! accept p50/p99 of 200 sequential new tasks; then 200 new tasks from 16 clients with `GET /`
 //! and `/health` probed every 10 ms — accept p50/p99, probe p50/p99, POST → terminal callback
 //! p50, tasks/s, and the executor's own CPU per task (utime + stime of its process). The fake
 //! alone (started directly, same input, 16 at a time) gives the machine's ceiling for tasks/s.
 //! Run with `cargo bench --bench control_plane`. Sizes: `BENCH_TASKS` (200), `BENCH_CLIENTS`
 //! (16), `BENCH_CPU_START_MS` (15), `BENCH_CPU_LINE_US` (200); `BENCH_FAKES`
-//! (`instant,cpu-heavy`) and `BENCH_NICES` (`10,0`) pick the scenarios;
+//! (`instant,cpu-heavy`) and `BENCH_PRIORITIES` (`idle:10,batch:10,off`) pick the scenarios;
 //! `BENCH_EXECUTOR=/path` runs another build of the executor (before/after comparisons). Exits non-zero when a task is
 //! left without its terminal callback. Targets (issue "control plane") are reported, not
 //! asserted: timings depend on the machine.
@@ -112,7 +113,8 @@ fn fake_alone(n: usize, clients: usize, fake_env: &[(String, String)]) -> f64 {
 
 struct Scenario<'a> {
     fake: &'static str,
-    nice: &'a str,
+    /// `policy:nice`, or `off`.
+    priority: &'a str,
     fake_env: Vec<(String, String)>,
 }
 
@@ -129,7 +131,14 @@ async fn run(s: &Scenario<'_>, n: usize, clients: usize, alone: f64) -> Row {
         .env("ANTHROPIC_API_KEY", "sk-bench")
         .env("LOG_LEVEL", "info") // as production runs (the harness default is DEBUG)
         .env("MAX_LIVE_PROCESSES", "0")
-        .env("AGENT_NICE", s.nice)
+        .env(
+            "AGENT_NICE",
+            s.priority.split_once(':').map_or("0", |p| p.1),
+        )
+        .env(
+            "AGENT_SCHED_POLICY",
+            s.priority.split_once(':').map_or("idle", |p| p.0),
+        )
         .env("SESSION_EOF_GRACE_MS", "500")
         .env("SESSION_TERM_GRACE_MS", "1000");
     for (k, v) in &s.fake_env {
@@ -225,7 +234,7 @@ async fn run(s: &Scenario<'_>, n: usize, clients: usize, alone: f64) -> Row {
     Row {
         cells: vec![
             s.fake.to_string(),
-            s.nice.to_string(),
+            s.priority.to_string(),
             format!("{s50:.2} / {s99:.2}"),
             format!("{a50:.2} / {a99:.2}"),
             format!("{g50:.2} / {g99:.2}"),
@@ -255,16 +264,17 @@ async fn main() {
     let mut rows = Vec::new();
     let mut unfinished = 0;
     let fakes = std::env::var("BENCH_FAKES").unwrap_or_else(|_| "instant,cpu-heavy".into());
-    let nices = std::env::var("BENCH_NICES").unwrap_or_else(|_| "10,0".into());
+    let priorities =
+        std::env::var("BENCH_PRIORITIES").unwrap_or_else(|_| "idle:10,batch:10,off".into());
     for (fake, env) in [("instant", Vec::new()), ("cpu-heavy", heavy)] {
         if !fakes.split(',').any(|f| f == fake) {
             continue;
         }
         let alone = fake_alone(n, clients, &env);
-        for nice in nices.split(',') {
+        for priority in priorities.split(',') {
             let s = Scenario {
                 fake,
-                nice,
+                priority,
                 fake_env: env.clone(),
             };
             let row = run(&s, n, clients, alone).await;
@@ -274,7 +284,7 @@ async fn main() {
     }
     println!(
         "\n{n} new tasks; accept and probe latencies in ms (p50 / p99); probes every 10 ms\n\n\
-         | fake CLI | AGENT_NICE | accept, sequential | accept, {clients} clients | GET / | /health | POST → terminal p50 | tasks/s (vs fake alone) | executor CPU ms/task |\n\
+         | fake CLI | agent priority | accept, sequential | accept, {clients} clients | GET / | /health | POST → terminal p50 | tasks/s (vs fake alone) | executor CPU ms/task |\n\
          |---|---|---|---|---|---|---|---|---|"
     );
     for r in rows {

@@ -50,7 +50,7 @@ pub const DEFAULT_CLAUDE_INTERRUPT_TIMEOUT_SECS: u64 = 10;
 /// the conversation. 0 keeps processes alive.
 pub const DEFAULT_CLAUDE_IDLE_TIMEOUT_SECS: u64 = 1800;
 /// `AGENT_NICE`: how much lower agent processes (and their tools) run than the executor: a
-/// nice increment, with `SCHED_BATCH` (0 = same priority).
+/// nice increment, with `AGENT_SCHED_POLICY` (0 = same priority).
 pub const DEFAULT_AGENT_NICE: i32 = 10;
 /// `WATCHDOG_SILENCE_SECS`: a turn with no CLI output this long and no tool running is hung.
 pub const DEFAULT_WATCHDOG_SILENCE_SECS: u64 = 600;
@@ -201,6 +201,10 @@ pub struct Cli {
     /// [default: 10].
     #[arg(long, env = "AGENT_NICE")]
     pub agent_nice: Option<i32>,
+    /// Scheduling policy of agent processes when AGENT_NICE > 0: idle (SCHED_IDLE: any
+    /// executor thread preempts them at once), batch (SCHED_BATCH) or normal [default: idle].
+    #[arg(long, env = "AGENT_SCHED_POLICY")]
+    pub agent_sched_policy: Option<String>,
     /// Seconds an idle agent process (Claude Code CLI, agno client) lives before it is ended
     /// (0 = never) [default: 1800]; wins over CLAUDE_IDLE_TIMEOUT_SECS.
     #[arg(long, env = "AGENT_IDLE_TIMEOUT_SECS")]
@@ -288,6 +292,7 @@ pub struct FileConfig {
     dify_timeout_secs: Option<u64>,
     max_live_processes: Option<usize>,
     agent_nice: Option<i32>,
+    agent_sched_policy: Option<String>,
     watchdog_silence_secs: Option<u64>,
     watchdog_tool_secs: Option<u64>,
     turn_timeout_secs: Option<u64>,
@@ -437,7 +442,8 @@ impl Settings {
                 r.max_live_processes
                     .map_or("0 (no cap)".into(), |v| v.to_string())
             ),
-            format!("AGENT_NICE={}", r.agent_nice),
+            format!("AGENT_NICE={}", r.agent_priority.nice),
+            format!("AGENT_SCHED_POLICY={}", r.agent_priority.policy),
             format!("AGENT_IDLE_TIMEOUT_SECS={}", secs(r.agent_idle_timeout)),
             format!("DIFY_TIMEOUT_SECS={}", r.dify_timeout.as_secs()),
             format!("WATCHDOG_SILENCE_SECS={}", secs(r.claude.silence_timeout)),
@@ -520,7 +526,15 @@ impl Settings {
             .max_live_processes
             .or(file.max_live_processes)
             .unwrap_or_else(actors::capacity::default_live_processes);
-        let agent_nice = pick(cli.agent_nice, file.agent_nice, DEFAULT_AGENT_NICE).clamp(0, 19);
+        let agent_priority = actors::agent::priority::AgentPriority {
+            nice: pick(cli.agent_nice, file.agent_nice, DEFAULT_AGENT_NICE).clamp(0, 19),
+            policy: match non_empty(cli.agent_sched_policy.clone())
+                .or(non_empty(file.agent_sched_policy.clone()))
+            {
+                Some(name) => name.parse()?,
+                None => actors::agent::priority::SchedPolicy::default(),
+            },
+        };
         let secs = |v: u64| (v > 0).then(|| Duration::from_secs(v));
         let max_sessions = pick(cli.max_sessions, file.max_sessions, DEFAULT_MAX_SESSIONS);
         let runtime = RuntimeConfig {
@@ -529,7 +543,7 @@ impl Settings {
                 non_empty(cli.callback_url.clone()).or(non_empty(file.callback_url.clone())),
             ),
             max_live_processes: (max_live > 0).then_some(max_live),
-            agent_nice,
+            agent_priority,
             agent_idle_timeout: secs(pick(
                 cli.agent_idle_timeout_secs.or(cli.claude_idle_timeout_secs),
                 file.agent_idle_timeout_secs

@@ -807,3 +807,28 @@ async fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(resp.status(), want, "authorization {auth:?}");
     }
 }
+
+#[tokio::test]
+async fn an_unknown_agent_scheduling_policy_stops_start_up_with_its_name() {
+    let result = Executor::try_start(
+        ExecutorOptions::new()
+            .env("AGENT_SCHED_POLICY", "fifo")
+            .startup_timeout(Duration::from_secs(10)),
+    )
+    .await;
+    let failure = match result {
+        Ok(exec) => panic!(
+            "started with AGENT_SCHED_POLICY=fifo:\n{}",
+            exec.logs_tail(20)
+        ),
+        Err(f) => f,
+    };
+    assert!(failure.status.is_some_and(|s| !s.success()), "{failure:?}");
+    assert!(
+        failure
+            .logs
+            .iter()
+            .any(|l| l.contains("AGENT_SCHED_POLICY must be idle, batch or normal")),
+        "{failure:?}"
+    );
+}

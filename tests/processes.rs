@@ -289,6 +289,7 @@ async fn priorities(exec: &Executor, rx: &CallbackReceiver, id: i64, sub: i64) -
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_and_their_tools_run_nicer_than_the_executor_also_after_a_resume() {
     const SCHED_BATCH: i64 = 3;
+    const SCHED_IDLE: i64 = 5;
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[("CLAUDE_IDLE_TIMEOUT_SECS", "1")]).await;
     let own = std::fs::read_to_string(format!("/proc/{}/stat", exec.pid())).unwrap();
@@ -297,12 +298,16 @@ async fn agents_and_their_tools_run_nicer_than_the_executor_also_after_a_resume(
         (0, 0),
         "the executor itself runs normally"
     );
-    assert_eq!(priorities(&exec, &rx, 51, 1).await, [(10, SCHED_BATCH); 2]);
+    assert_eq!(priorities(&exec, &rx, 51, 1).await, [(10, SCHED_IDLE); 2]);
     // Idle past the timeout: the process is suspended; the next subtask resumes in a new one.
     let dir = exec.workspace().join("51");
     let suspended = wait_until(Duration::from_secs(15), || processes_in(&dir).is_empty()).await;
     assert!(suspended, "{}", exec.logs_tail(20));
-    assert_eq!(priorities(&exec, &rx, 51, 2).await, [(10, SCHED_BATCH); 2]);
+    assert_eq!(priorities(&exec, &rx, 51, 2).await, [(10, SCHED_IDLE); 2]);
+
+    let rx = CallbackReceiver::start();
+    let batch = start_fake(&rx, &[("AGENT_SCHED_POLICY", "batch"), ("AGENT_NICE", "5")]).await;
+    assert_eq!(priorities(&batch, &rx, 53, 1).await, [(5, SCHED_BATCH); 2]);
 
     let rx = CallbackReceiver::start();
     let off = start_fake(&rx, &[("AGENT_NICE", "0")]).await;

@@ -130,9 +130,9 @@ pub struct RuntimeConfig {
     /// conversation stays resumable from the workspace (`SESSION_IDLE_EXPIRY_SECS`). `None`
     /// keeps sessions until they are deleted.
     pub session_expiry: Option<Duration>,
-    /// `AGENT_NICE`: nice increment (with `SCHED_BATCH`) for agent processes and everything
-    /// they start, so they never slow the executor's HTTP answers and callbacks; `0` = off.
-    pub agent_nice: i32,
+    /// `AGENT_NICE` and `AGENT_SCHED_POLICY`: how much lower agent processes and everything
+    /// they start run, so they never slow the executor's HTTP answers and callbacks.
+    pub agent_priority: crate::agent::priority::AgentPriority,
     /// An idle agent process (a Claude Code CLI of 250–400 MB, an agno client) is ended after
     /// this long; the next subtask resumes the conversation. `None` keeps it alive
     /// (`AGENT_IDLE_TIMEOUT_SECS`, or its older name `CLAUDE_IDLE_TIMEOUT_SECS`).
@@ -293,7 +293,7 @@ impl RuntimeConfig {
             max_sessions: None,
             heartbeat: None,
             workspace: WorkspaceConfig::default(),
-            agent_nice: 0,
+            agent_priority: crate::agent::priority::AgentPriority::default(),
             agent_idle_timeout: None,
             dify_timeout: crate::agent::dify::client::STREAM_TIMEOUT,
             security: SecurityConfig::default(),

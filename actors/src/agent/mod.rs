@@ -12,6 +12,7 @@ pub mod env_rule;
 pub mod family;
 pub mod job_agent;
 pub mod live_processes;
+pub mod priority;
 pub mod process;
 pub mod process_core;
 pub mod registry;

@@ -20,6 +20,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::family;
 use super::live_processes::LiveSlot;
+use super::priority::AgentPriority;
 use crate::config::StopConfig;
 
 /// After SIGKILL, how long to wait for the killed processes to be gone (dead or zombie).
@@ -77,9 +78,9 @@ pub struct SpawnSpec {
     pub max_line_bytes: usize,
     /// Unique tag put in the environment of the process (and so of its descendants).
     pub marker: String,
-    /// How much lower than the executor's the agent's CPU priority is: a nice increment, with
-    /// `SCHED_BATCH`, inherited by everything the agent starts. `0` = same priority.
-    pub nice: i32,
+    /// How much lower than the executor's the agent's CPU priority is, inherited by everything
+    /// the agent starts.
+    pub priority: AgentPriority,
     /// Run as this user id (`AGENT_UID`); `None` keeps the executor's.
     pub uid: Option<u32>,
     /// Run with this group id (`AGENT_GID`); supplementary groups are dropped with it.
@@ -124,13 +125,7 @@ impl AgentProcess {
         }
         let mut child = crate::child::spawn(&mut cmd, crate::child::ChildKind::Agent)?;
         let pid = child.id().unwrap_or(0);
-        if spec.nice != 0 {
-            // Set from here rather than in a `pre_exec` hook: a hook forces fork+exec of the
-            // whole (multi-threaded) executor, whose copy-on-write faults and TLB shootdowns
-            // cost milliseconds per spawn; without one std uses posix_spawn. The agent has only
-            // just exec'd and starts no tool before its first turn, so all it starts inherits.
-            lower_priority(pid, spec.nice);
-        }
+        spec.priority.apply(pid);
         let (stdout, stderr, stdin) =
             (child.take_stdout(), child.take_stderr(), child.take_stdin());
         let sink = Arc::new(sink);
@@ -317,27 +312,6 @@ impl Drop for AgentProcess {
         for t in &self.tasks {
             t.abort();
         }
-    }
-}
-
-/// Lowers the agent `pid`'s CPU priority by `nice` (relative to the executor's) and makes it a batch process
-/// (`SCHED_BATCH`: the scheduler treats it as CPU-bound and never lets it preempt interactive
-/// work), so an agent — and every tool it starts, which inherit both — never competes with the
-/// executor's own threads as an equal. Failures are ignored: priority is best effort.
-fn lower_priority(pid: u32, nice: i32) {
-    let Ok(pid) = i32::try_from(pid) else {
-        return;
-    };
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: plain syscalls on one child process; no memory is shared.
-    unsafe {
-        let own = libc::getpriority(libc::PRIO_PROCESS, 0);
-        let target = own.saturating_add(nice).clamp(-20, 19);
-        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, target);
-        let param = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(pid, libc::SCHED_BATCH, &param);
     }
 }
 

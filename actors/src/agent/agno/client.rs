@@ -80,7 +80,7 @@ pub async fn start(cfg: &RuntimeConfig, tag: i64) -> Result<Client, AgentError> 
         cwd: dir,
         max_line_bytes: MAX_LINE_BYTES,
         marker: crate::agent::family::new_marker(tag),
-        nice: cfg.agent_nice,
+        priority: cfg.agent_priority,
         uid: cfg.security.agent_user.map(|u| u.uid),
         gid: cfg.security.agent_user.map(|u| u.gid),
     };

@@ -89,7 +89,7 @@ impl ClaudeState {
                 cwd: self.cwd.clone(),
                 max_line_bytes: cfg.claude.max_line_bytes,
                 marker: crate::agent::family::new_marker(self.core.args.task_id),
-                nice: cfg.agent_nice,
+                priority: cfg.agent_priority,
                 uid: cfg.security.agent_user.map(|u| u.uid),
                 gid: cfg.security.agent_user.map(|u| u.gid),
             },

@@ -1,0 +1,147 @@
+//! The CPU priority of agent processes: lower than the executor's, so HTTP answers, probes and
+//! callbacks never wait behind an agent's CPU work (`AGENT_NICE`, `AGENT_SCHED_POLICY`).
+//!
+//! Set from the parent right after the spawn rather than in a `pre_exec` hook: a hook forces
+//! fork+exec of the whole multi-threaded executor (copy-on-write faults, TLB shootdowns:
+//! milliseconds per spawn), while without one std uses posix_spawn. The agent has only just
+//! exec'd and starts no tool before its first turn, so everything it starts inherits both.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The scheduling policy agent processes run under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedPolicy {
+    /// `SCHED_IDLE`: runs only on CPU time no normal thread wants, and any waking normal
+    /// thread (an executor's HTTP worker) preempts it at once. Agents still get all the idle
+    /// CPU, so their throughput is unchanged while the executor is mostly idle.
+    #[default]
+    Idle,
+    /// `SCHED_BATCH` with the nice increment: never preempts on wake-up, but a waking executor
+    /// thread may still wait for the agent's time slice.
+    Batch,
+    /// `SCHED_OTHER` with the nice increment only.
+    Normal,
+}
+
+impl SchedPolicy {
+    /// The name `AGENT_SCHED_POLICY` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Batch => "batch",
+            Self::Normal => "normal",
+        }
+    }
+
+    fn libc_policy(self) -> libc::c_int {
+        match self {
+            Self::Idle => libc::SCHED_IDLE,
+            Self::Batch => libc::SCHED_BATCH,
+            Self::Normal => libc::SCHED_OTHER,
+        }
+    }
+}
+
+impl fmt::Display for SchedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `AGENT_SCHED_POLICY` is not one of `idle`, `batch`, `normal`.
+#[derive(Debug, thiserror::Error)]
+#[error("AGENT_SCHED_POLICY must be idle, batch or normal, not {0:?}")]
+pub struct BadSchedPolicy(String);
+
+impl FromStr for SchedPolicy {
+    type Err = BadSchedPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "idle" => Ok(Self::Idle),
+            "batch" => Ok(Self::Batch),
+            "normal" | "other" => Ok(Self::Normal),
+            _ => Err(BadSchedPolicy(s.to_string())),
+        }
+    }
+}
+
+/// How an agent process's priority is lowered: a nice increment relative to the executor's
+/// and a scheduling policy. `nice == 0` turns both off (the agent runs as the executor does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgentPriority {
+    /// Nice increment, 0..=19; 0 = off.
+    pub nice: i32,
+    /// Scheduling policy, applied when `nice > 0`.
+    pub policy: SchedPolicy,
+}
+
+impl AgentPriority {
+    /// Lowers `pid`'s priority (a no-op when off). Failures are ignored: priority is best
+    /// effort, and an agent that keeps the executor's priority still works.
+    pub fn apply(self, pid: u32) {
+        if self.nice <= 0 {
+            return;
+        }
+        let Ok(pid) = i32::try_from(pid) else {
+            return;
+        };
+        if pid <= 0 {
+            return;
+        }
+        // SAFETY: plain syscalls on one child process; no memory is shared.
+        unsafe {
+            let own = libc::getpriority(libc::PRIO_PROCESS, 0);
+            let target = own.saturating_add(self.nice).clamp(-20, 19);
+            libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, target);
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(pid, self.policy.libc_policy(), &param);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_by_name_and_reject_the_rest() {
+        for p in [SchedPolicy::Idle, SchedPolicy::Batch, SchedPolicy::Normal] {
+            assert_eq!(p.as_str().parse::<SchedPolicy>().ok(), Some(p));
+        }
+        assert_eq!(
+            " IDLE ".parse::<SchedPolicy>().ok(),
+            Some(SchedPolicy::Idle)
+        );
+        assert!("fifo".parse::<SchedPolicy>().is_err());
+    }
+
+    #[test]
+    fn a_child_gets_the_policy_and_the_nice_level() {
+        #[allow(clippy::disallowed_methods)] // a test's own short-lived child
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        AgentPriority {
+            nice: 7,
+            policy: SchedPolicy::Idle,
+        }
+        .apply(child.id());
+        let pid = child.id() as i32;
+        // SAFETY: reading one child's scheduling attributes.
+        let (policy, nice) = unsafe {
+            (
+                libc::sched_getscheduler(pid),
+                libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t),
+            )
+        };
+        // SAFETY: as above, the test's own process.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        assert_eq!(nice, (own + 7).min(19));
+    }
+}
