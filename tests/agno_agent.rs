@@ -504,3 +504,100 @@ async fn closing_the_claude_sessions_leaves_agno_sessions_alone() {
         "the Agno conversation went on: {done}"
     );
 }
+
+/// A stand-in agno client (run as `$AGNO_PYTHON <client script>`) that speaks the protocol but
+/// ignores cancel requests and SIGTERM, as a run stuck in a blocking call would.
+const STUBBORN_CLIENT: &str = r#"#!/usr/bin/env python3
+import json, os, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def emit(o):
+    sys.stdout.write(json.dumps(o) + "\n")
+    sys.stdout.flush()
+emit({"type": "ready", "agno_version": "2.1.5", "pid": os.getpid()})
+for line in sys.stdin:
+    op = json.loads(line)
+    if op.get("op") == "run":
+        seq = op.get("run_seq")
+        emit({"type": "run_started", "run_seq": seq, "scope": "agent"})
+        if "HANG" in line:
+            emit({"type": "content", "run_seq": seq, "delta": "working"})
+        else:
+            emit({"type": "content", "run_seq": seq, "delta": "done"})
+            emit({"type": "completed", "run_seq": seq, "content": "done"})
+    elif op.get("op") == "cancel":
+        sys.stderr.write("stubborn client: ignoring cancel\n")
+        sys.stderr.flush()
+"#;
+
+/// The agno cancel grace (`AgnoConfig::cancel_timeout` in `actors/src/config.rs`; the README says
+/// 5 s): a client that ignores the cancel is killed after it, the subtask ends CANCELLED, no
+/// process is left, and the next subtask gets a new client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_cancel_is_killed_after_the_grace() {
+    let grace = actors::config::AgnoConfig::under(std::path::Path::new("/")).cancel_timeout;
+    let dir = tempfile::tempdir().unwrap();
+    let python = dir.path().join("stubborn-python");
+    write_executable(&python, STUBBORN_CLIENT);
+    let rx = CallbackReceiver::start();
+    let exec = Executor::start(
+        ExecutorOptions::new()
+            .callback_url(rx.url())
+            .env("AGNO_PYTHON", python.display().to_string()),
+    )
+    .await;
+    let mock = MockOpenAi::start();
+    post(&exec, &task(57, 1, vec![bot("Solo", &mock)], "HANG please")).await;
+    rx.wait_for(AGNO_WAIT, |cbs| {
+        cbs.iter()
+            .any(|c| is_subtask(c, 57, 1) && c["progress"] == 85)
+    })
+    .await;
+    let stubborn = |exec: &Executor| {
+        descendants_of(exec.pid())
+            .into_iter()
+            .filter(|p| common::procs::cmdline(*p).is_some_and(|c| c.contains("stubborn-python")))
+            .collect::<Vec<u32>>()
+    };
+    let before = stubborn(&exec);
+    assert_eq!(before.len(), 1, "{}", exec.logs_tail(40));
+    let asked = Instant::now();
+    let (status, body) = exec
+        .post_json("/api/tasks/cancel?task_id=57", &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    exec.wait_for_log("stubborn client: ignoring cancel", AGNO_WAIT)
+        .await;
+    // CANCELLED is reported at once (README: "CANCELLED at once"); the client is killed later.
+    let done = rx.wait_terminal(57, 1, AGNO_WAIT).await;
+    assert_eq!(done["status"], "CANCELLED", "{done}");
+    assert!(
+        wait_until(grace + Duration::from_secs(20), || !is_alive(before[0])).await,
+        "the stubborn client is still there after its grace: {}",
+        describe(&before)
+    );
+    let took = asked.elapsed();
+    // A lower bound does not flake: the client had its whole grace before the kill.
+    assert!(
+        took >= grace,
+        "the client was gone {took:?} after the cancel, before the {grace:?} grace"
+    );
+    assert!(zombie_children_of(exec.pid()).is_empty());
+    assert!(
+        exec.logs()
+            .iter()
+            .any(|l| l.contains("did not end in time; killing the client")),
+        "{}",
+        exec.logs_tail(30)
+    );
+    post(
+        &exec,
+        &task(57, 2, vec![bot("Solo", &mock)], "after the kill"),
+    )
+    .await;
+    let done = rx.wait_terminal(57, 2, AGNO_WAIT).await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let after = stubborn(&exec);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "a new client serves the next subtask");
+    rx.assert_one_terminal_now(57, &[1, 2]);
+}

@@ -1,7 +1,8 @@
 //! Hostile input through the real HTTP stack: malformed and mistyped bodies, out-of-range ids,
-//! odd Unicode and NUL bytes, deep nesting, oversized and slow bodies, unknown routes and bad
-//! queries. Every rejection is an exact status with a `{"detail": "..."}` body, nothing runs
-//! for it, and afterwards the service is healthy and still runs a task to COMPLETED.
+//! odd Unicode and NUL bytes, deep nesting, oversized and slow bodies (unknown routes and bad
+//! queries: the shared table in tests/common/routes.rs, run by tests/http_routes.rs). Every
+//! rejection is an exact status with a `{"detail": "..."}` body, nothing runs for it, and
+//! afterwards the service is healthy and still runs a task to COMPLETED.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 /// The default `MAX_BODY_BYTES` is 10 MiB; this is twice that.
@@ -225,64 +226,6 @@ async fn odd_but_valid_bodies_run_and_end_exactly_once() {
             rx.dump()
         );
     }
-}
-
-#[tokio::test]
-async fn unknown_routes_wrong_methods_and_bad_queries() {
-    let rx = CallbackReceiver::start();
-    let exec = start_fake(&rx, &[]).await;
-    let client = exec.client();
-    let brew = Method::from_bytes(b"BREW").unwrap();
-    #[rustfmt::skip]
-    let mut cases: Vec<(Method, String, u16)> = [
-        (Method::GET, "/no/such/route", 404),
-        (Method::POST, "/api/tasks/executes", 404),
-        (Method::GET, "/api/tasks", 404),
-        (Method::GET, "/api/tasks/execute%00", 404),
-        (Method::GET, "/%F0%9F%A6%80/..%2F..%2Fetc%2Fpasswd", 404),
-        (Method::GET, "/api/tasks/execute", 405),
-        (Method::PATCH, "/api/tasks/execute", 405),
-        (Method::PUT, "/", 405),
-        (Method::GET, "/api/tasks/cancel?task_id=1", 405),
-        (brew, "/api/tasks/sessions", 405),
-    ]
-    .into_iter()
-    .map(|(m, p, s)| (m, p.to_string(), s))
-    .collect();
-    let queries = [
-        "",
-        "?task_id",
-        "?task_id=",
-        "?task_id=abc",
-        "?task_id=1.5",
-        "?taskid=1",
-    ];
-    for (method, route) in [
-        (Method::POST, "/api/tasks/cancel"),
-        (Method::DELETE, "/api/tasks/session"),
-    ] {
-        for query in queries.iter().chain(&["?task_id=9223372036854775808"]) {
-            cases.push((method.clone(), format!("{route}{query}"), 422));
-        }
-    }
-    for (method, path, want) in cases {
-        let resp = client
-            .request(method.clone(), exec.url(&path))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body = common::executor_process::parse_body(&resp.bytes().await.unwrap());
-        let field = if want == 422 { "task_id" } else { "" };
-        check(
-            &format!("{method} {path}"),
-            (status, body),
-            want,
-            field,
-            &exec,
-        );
-    }
-    assert_still_serves(&exec, &rx, 9500).await;
 }
 
 #[tokio::test]

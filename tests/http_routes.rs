@@ -179,58 +179,21 @@ async fn docs_answer_200_with_swagger_ui_at_every_spelling() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 404 / 405
+// 404 / 405 / 422 on routes and queries
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn unknown_path_is_a_json_404() {
+async fn unknown_routes_wrong_methods_and_bad_task_id_queries_are_json_errors() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[]).await;
-    let client = exec.client();
-    for (method, path) in [
-        (reqwest::Method::GET, "/no/such/route"),
-        (reqwest::Method::POST, "/api/tasks/nope"),
-        (reqwest::Method::GET, "/api/tasks/execute/extra"),
-        (reqwest::Method::GET, "/docs/no-such-file.js"),
-    ] {
-        let resp = client
-            .request(method.clone(), exec.url(path))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
-        let body = common::executor_process::parse_body(&resp.bytes().await.unwrap());
-        detail(&body, &format!("{method} {path}"), &exec);
-    }
-}
-
-#[tokio::test]
-async fn wrong_method_on_a_known_path_is_a_json_405() {
-    let rx = CallbackReceiver::start();
-    let exec = start_fake(&rx, &[]).await;
-    let client = exec.client();
-    for (method, path) in [
-        (reqwest::Method::GET, "/api/tasks/execute"),
-        (reqwest::Method::PUT, "/api/tasks/sessions"),
-        (reqwest::Method::GET, "/api/tasks/cancel?task_id=1"),
-        (reqwest::Method::POST, "/api/tasks/session?task_id=1"),
-        (reqwest::Method::GET, "/api/tasks/sessions/close"),
-        (reqwest::Method::DELETE, "/"),
-    ] {
-        let resp = client
-            .request(method.clone(), exec.url(path))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{method} {path}\n{}",
-            exec.logs_tail(20)
-        );
-        let body = common::executor_process::parse_body(&resp.bytes().await.unwrap());
-        detail(&body, &format!("{method} {path}"), &exec);
-    }
+    // The one table (tests/common/routes.rs): 404, 405 and 422 with a JSON `detail`.
+    assert_route_errors(&exec).await;
+    assert!(
+        rx.callbacks().is_empty(),
+        "a rejected request sends no callback: {}",
+        rx.dump()
+    );
+    assert_still_serves(&exec, &rx, 9500).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,42 +355,6 @@ async fn execute_body_over_the_limit_is_413_even_when_chunked() {
     );
 
     assert_still_serves(&exec, &rx, 52).await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Query routes
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn task_id_query_is_required_and_must_be_an_integer() {
-    let rx = CallbackReceiver::start();
-    let exec = start_fake(&rx, &[]).await;
-    let client = exec.client();
-    for (method, route) in [
-        (reqwest::Method::POST, "/api/tasks/cancel"),
-        (reqwest::Method::DELETE, "/api/tasks/session"),
-    ] {
-        for query in ["", "?task_id=abc", "?task_id=", "?task_id=1.5", "?other=1"] {
-            let path = format!("{route}{query}");
-            let resp = client
-                .request(method.clone(), exec.url(&path))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status();
-            let body = common::executor_process::parse_body(&resp.bytes().await.unwrap());
-            assert_eq!(
-                status,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "{method} {path}: {body}\n{}",
-                exec.logs_tail(20)
-            );
-            let d = detail(&body, &format!("{method} {path}"), &exec);
-            assert!(d.contains("task_id"), "{method} {path}: detail {d:?}");
-        }
-    }
-    let (status, _) = exec.get("/").await;
-    assert_eq!(status, StatusCode::OK);
 }
 
 // ---------------------------------------------------------------------------------------------

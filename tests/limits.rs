@@ -124,3 +124,60 @@ async fn over_the_session_cap_new_tasks_get_429_with_retry_after() {
     exec.delete("/api/tasks/session?task_id=5").await;
     post_task(&exec, 6, 1, "now there is room").await;
 }
+
+/// `CLAUDE_INIT_TIMEOUT_SECS`: a CLI that never answers `initialize` fails its subtask with a
+/// clear message once the limit passes, is ended, and the task's next subtask gets a new CLI.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cli_that_never_answers_initialize_fails_after_the_init_timeout() {
+    let rx = CallbackReceiver::start();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let first = bin_dir.path().join("first-start-done");
+    let wrapper = bin_dir.path().join("claude");
+    // The first agent start hangs before reading stdin (the fake's FAKE_CLAUDE_STARTUP_MS);
+    // `--version` probes and later starts are the plain fake.
+    write_executable(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" != --version ] && [ ! -e '{mark}' ]; then\n  : > '{mark}'\n  \
+             FAKE_CLAUDE_STARTUP_MS=600000 exec '{fake}' \"$@\"\nfi\nexec '{fake}' \"$@\"\n",
+            mark = first.display(),
+            fake = fake_claude_path().display()
+        ),
+    );
+    let exec = Executor::start(
+        ExecutorOptions::new()
+            .callback_url(rx.url())
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .env("CLAUDE_INIT_TIMEOUT_SECS", "3")
+            .claude_bin(&wrapper),
+    )
+    .await;
+    let dir = exec.workspace().join("3");
+    let asked = std::time::Instant::now();
+    post_task(&exec, 3, 1, "hello?").await;
+    assert!(
+        wait_until(Duration::from_secs(20), || !processes_in(&dir).is_empty()).await,
+        "the CLI was started"
+    );
+    let done = rx.wait_terminal(3, 1, Duration::from_secs(40)).await;
+    let took = asked.elapsed();
+    assert_eq!(done["status"], "FAILED", "{done}");
+    let msg = done["error_message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("did not answer the initialize request within 3 s"),
+        "{msg}"
+    );
+    // Lower bound: the CLI got its full 3 s. Upper bound (generous for a loaded machine): the
+    // setting, not the 60 s default, decided.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(40),
+        "FAILED after {took:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || processes_in(&dir).is_empty()).await,
+        "the CLI that never answered is ended: {}",
+        describe(&processes_in(&dir))
+    );
+    assert!(zombie_children_of(exec.pid()).is_empty());
+    assert_one_terminal_each(&exec, &rx, 3, &[1], 2).await;
+}

@@ -820,3 +820,124 @@ async fn without_the_agno_venv_the_pool_stays_quiet_and_agno_tasks_fail_clearly(
     let pool = log_lines_with(&exec, "agno pool");
     assert!(pool.is_empty(), "the pool ran without agno: {pool:#?}");
 }
+
+/// Starts the executor with `--install-claude` (or without), no CLI anywhere, `PATH` = `path`.
+async fn start_without_cli(rx: &CallbackReceiver, path: &str, install: bool) -> Executor {
+    let mut opts = ExecutorOptions::new()
+        .callback_url(rx.url())
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env("PATH", path)
+        .claude_bin("claude");
+    if install {
+        opts = opts.arg("--install-claude");
+    }
+    Executor::start(opts).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_claude_runs_npm_for_the_pinned_version_and_explains_failures() {
+    let pin = actors::config::PINNED_CLAUDE_CODE_VERSION;
+    let bin = tempfile::tempdir().unwrap();
+    let calls = bin.path().join("npm-calls.txt");
+    let npm = bin.path().join("npm");
+    // A stand-in npm: records its arguments and "installs" the fake CLI where the real package
+    // puts its binary; exits with $FAKE_NPM_EXIT when that is set.
+    write_executable(
+        &npm,
+        &format!(
+            "#!/bin/sh\necho \"$*\" >> '{calls}'\n\
+             if [ -n \"$FAKE_NPM_EXIT\" ]; then echo 'npm ERR! fake failure' >&2; exit \"$FAKE_NPM_EXIT\"; fi\n\
+             prefix=''\nwhile [ $# -gt 0 ]; do [ \"$1\" = --prefix ] && prefix=\"$2\"; shift; done\n\
+             mkdir -p \"$prefix/node_modules/.bin\" && ln -s '{fake}' \"$prefix/node_modules/.bin/claude\"\n",
+            calls = calls.display(),
+            fake = fake_claude_path().display()
+        ),
+    );
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+
+    // Installed: npm ran once for the pinned package into ./.tools/claude-code, and a task runs
+    // on the CLI it installed.
+    let rx = CallbackReceiver::start();
+    let exec = start_without_cli(&rx, &path, true).await;
+    let expected_args = format!(
+        "install --no-audit --no-fund --prefix .tools/claude-code @anthropic-ai/claude-code@{pin}\n"
+    );
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), expected_args);
+    let installed = exec
+        .tmp_root()
+        .join(".tools/claude-code/node_modules/.bin/claude");
+    let line = exec
+        .wait_for_log(&format!("Installed Claude Code CLI {pin}"), FAKE_WAIT)
+        .await;
+    assert!(line.contains(&installed.display().to_string()), "{line}");
+    let done = run_task(&exec, &rx, 1, 1, "hello").await;
+    assert_eq!(
+        done["status"],
+        "COMPLETED",
+        "{done}\n{}",
+        exec.logs_tail(30)
+    );
+    assert!(value_of(&done).contains("fake reply #1"), "{done}");
+    drop(exec);
+
+    // Without the flag nothing is installed; the warning says how.
+    std::fs::remove_file(&calls).unwrap();
+    let rx = CallbackReceiver::start();
+    let exec = start_without_cli(&rx, &path, false).await;
+    let line = exec
+        .wait_for_log("Claude Code CLI not found", FAKE_WAIT)
+        .await;
+    assert!(
+        line.contains(&format!(
+            "npm install --prefix .tools/claude-code @anthropic-ai/claude-code@{pin}"
+        )) && line.contains("--install-claude"),
+        "{line}"
+    );
+    assert!(!calls.exists(), "npm ran without --install-claude");
+    drop(exec);
+
+    // npm fails: the error says so, the service still serves, Claude tasks fail clearly.
+    let rx = CallbackReceiver::start();
+    let exec = Executor::start(
+        ExecutorOptions::new()
+            .callback_url(rx.url())
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .env("PATH", &path)
+            .env("FAKE_NPM_EXIT", "3")
+            .claude_bin("claude")
+            .arg("--install-claude"),
+    )
+    .await;
+    let line = exec
+        .wait_for_log("Installing the Claude Code CLI failed", FAKE_WAIT)
+        .await;
+    assert!(
+        line.contains("npm exited with") && line.contains('3'),
+        "{line}"
+    );
+    exec.wait_for_log("Claude Code CLI not found", FAKE_WAIT)
+        .await;
+    let done = run_task(&exec, &rx, 2, 1, "hello").await;
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert!(
+        done["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Failed to start Claude Code CLI"),
+        "{done}"
+    );
+    drop(exec);
+
+    // No npm at all: told to install Node.js and npm.
+    let empty = tempfile::tempdir().unwrap();
+    let rx = CallbackReceiver::start();
+    let exec = start_without_cli(&rx, &empty.path().display().to_string(), true).await;
+    let line = exec
+        .wait_for_log("Installing the Claude Code CLI failed", FAKE_WAIT)
+        .await;
+    assert!(
+        line.contains("cannot run npm") && line.contains("install Node.js and npm first"),
+        "{line}"
+    );
+    assert_eq!(exec.get("/").await.0, StatusCode::OK);
+}

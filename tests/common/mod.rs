@@ -20,6 +20,7 @@ pub mod mock_openai;
 pub mod probe;
 pub mod procs;
 pub mod raw_http;
+pub mod routes;
 pub mod scripts;
 mod server;
 pub mod tasks;
@@ -39,6 +40,7 @@ pub use procs::{
     zombie_children_of,
 };
 pub use raw_http::{post_chunked, request_head, send_raw, Pace, RawResponse};
+pub use routes::{assert_route_errors, route_error_cases, RouteCase};
 pub use scripts::write_executable;
 pub use tasks::{
     assert_one_terminal_each, assert_still_serves, message_texts, padded_task, post_task, run_task,
