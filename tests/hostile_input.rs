@@ -77,6 +77,10 @@ async fn bad_bodies_are_rejected_with_exact_statuses_and_nothing_runs() {
         ("user as list", task(json!({"user": ["x"]})), 422, "user"),
         ("attachments as string", task(json!({"attachments": "a.txt"})), 422, "attachments"),
         ("skills as number", bot(json!({"skills": 5})), 422, "skills"),
+        ("no task_id", json!({"subtask_id": 1, "agent_type": "claude_code", "content": "x"}).to_string(), 422, "task_id"),
+        ("no prompt nor content", json!({"task_id": 9100, "subtask_id": 1, "agent_type": "claude_code"}).to_string(), 422, "prompt"),
+        ("bot as a string", task(json!({"bot": "ClaudeCode"})), 422, "bot"),
+        ("bot as a list of non-objects", task(json!({"bot": ["ClaudeCode"]})), 422, "bot"),
         ("task_id i64::MAX+1", r#"{"task_id": 9223372036854775808, "prompt": "x"}"#.into(), 422, "task_id"),
         ("task_id 10^20", r#"{"task_id": 100000000000000000000, "prompt": "x"}"#.into(), 422, "task_id"),
     ];
