@@ -365,7 +365,9 @@ async fn a_slot_is_free_only_once_the_suspended_process_is_gone() {
         overlap.is_none(),
         "task 42's process ran while task 41's suspended one was still alive (cap 1): {overlap:?}"
     );
-    assert!(second_seen || processes_in(&ws.join("41")).is_empty());
+    // The overlap check means something only if it saw task 42's process (it stays alive,
+    // idle, after its turn).
+    assert!(second_seen, "task 42's process was never seen");
 }
 
 /// With every slot busy with a running turn, a new subtask waits — visibly: a RUNNING callback

@@ -117,30 +117,28 @@ mod tests {
         assert!("fifo".parse::<SchedPolicy>().is_err());
     }
 
-    #[test]
-    fn a_child_gets_the_policy_and_the_nice_level() {
-        #[allow(clippy::disallowed_methods)] // a test's own short-lived child
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("sleep");
+    #[tokio::test]
+    async fn a_child_gets_the_policy_and_the_nice_level() {
+        let mut cmd = tokio::process::Command::new("sleep");
+        cmd.arg("5");
+        let mut child =
+            crate::child::spawn(&mut cmd, crate::child::ChildKind::Helper).expect("sleep");
+        let pid = child.id().expect("a pid");
         AgentPriority {
             nice: 7,
             policy: SchedPolicy::Idle,
         }
-        .apply(child.id());
-        let pid = child.id() as i32;
-        // SAFETY: reading one child's scheduling attributes.
-        let (policy, nice) = unsafe {
+        .apply(pid);
+        // SAFETY: reading one child's scheduling attributes, and the test's own nice level.
+        let (policy, nice, own) = unsafe {
             (
-                libc::sched_getscheduler(pid),
+                libc::sched_getscheduler(pid as i32),
                 libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t),
+                libc::getpriority(libc::PRIO_PROCESS, 0),
             )
         };
-        // SAFETY: as above, the test's own process.
-        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = child.start_kill();
+        let _ = child.wait().await;
         assert_eq!(policy, libc::SCHED_IDLE);
         assert_eq!(nice, (own + 7).min(19));
     }

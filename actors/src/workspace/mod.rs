@@ -131,6 +131,19 @@ pub struct WorkspaceNeeds {
     pub reserved: &'static [&'static str],
 }
 
+impl WorkspaceNeeds {
+    /// Nothing to prepare beyond the task directory (an agent starts from this and sets what
+    /// it needs: `WorkspaceNeeds { reserved: &[..], ..WorkspaceNeeds::NOTHING }`).
+    pub const NOTHING: Self = Self {
+        clone: false,
+        instruction_files: false,
+        sub_agents: false,
+        skills_under: None,
+        attachments: false,
+        reserved: &[],
+    };
+}
+
 /// Prepares the workspace of one subtask as `needs` says; `progress` gets human messages for
 /// RUNNING callbacks.
 pub async fn prepare(

@@ -16,10 +16,6 @@ pub use run::{run_dify, DifyRun};
 /// A Dify task needs only its task directory (for the conversation id): no clone (the
 /// original's `pre_execute` skips it), no instruction files, skills or attachments.
 pub const WORKSPACE_NEEDS: crate::workspace::WorkspaceNeeds = crate::workspace::WorkspaceNeeds {
-    clone: false,
-    instruction_files: false,
-    sub_agents: false,
-    skills_under: None,
-    attachments: false,
     reserved: &[conversation::FILE_NAME],
+    ..crate::workspace::WorkspaceNeeds::NOTHING
 };

@@ -14,14 +14,8 @@ pub use run::run_validation;
 use serde_json::{json, Value};
 
 /// A validation checks the image, not a workspace: nothing to prepare.
-pub const WORKSPACE_NEEDS: crate::workspace::WorkspaceNeeds = crate::workspace::WorkspaceNeeds {
-    clone: false,
-    instruction_files: false,
-    sub_agents: false,
-    skills_under: None,
-    attachments: false,
-    reserved: &[],
-};
+pub const WORKSPACE_NEEDS: crate::workspace::WorkspaceNeeds =
+    crate::workspace::WorkspaceNeeds::NOTHING;
 
 /// Message of the terminal callback of a validation that ran (valid or not).
 pub const COMPLETED_MESSAGE: &str = "Image validation completed";
