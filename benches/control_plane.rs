@@ -10,6 +10,8 @@
 //! Run with `cargo bench --bench control_plane`. Sizes: `BENCH_TASKS` (200), `BENCH_CLIENTS`
 //! (16), `BENCH_CPU_START_MS` (15), `BENCH_CPU_LINE_US` (200); `BENCH_FAKES`
 //! (`instant,cpu-heavy`) and `BENCH_PRIORITIES` (`idle:10,batch:10,off`) pick the scenarios;
+//! `BENCH_ALONE_CLIENTS` (as `BENCH_CLIENTS`) runs the fake alone that many at a time;
+//! `BENCH_LIVE_CAP` sets the executor's `MAX_LIVE_PROCESSES` (default 0: no cap);
 //! `BENCH_EXECUTOR=/path` runs another build of the executor (before/after comparisons). Exits non-zero when a task is
 //! left without its terminal callback. Targets (issue "control plane") are reported, not
 //! asserted: timings depend on the machine.
@@ -130,7 +132,10 @@ async fn run(s: &Scenario<'_>, n: usize, clients: usize, alone: f64) -> Row {
         .callback_url(rx.url())
         .env("ANTHROPIC_API_KEY", "sk-bench")
         .env("LOG_LEVEL", "info") // as production runs (the harness default is DEBUG)
-        .env("MAX_LIVE_PROCESSES", "0")
+        .env(
+            "MAX_LIVE_PROCESSES",
+            std::env::var("BENCH_LIVE_CAP").unwrap_or_else(|_| "0".into()),
+        )
         .env(
             "AGENT_NICE",
             s.priority.split_once(':').map_or("0", |p| p.1),
@@ -270,7 +275,11 @@ async fn main() {
         if !fakes.split(',').any(|f| f == fake) {
             continue;
         }
-        let alone = fake_alone(n, clients, &env);
+        let alone = fake_alone(
+            n,
+            env_u64("BENCH_ALONE_CLIENTS", clients as u64) as usize,
+            &env,
+        );
         for priority in priorities.split(',') {
             let s = Scenario {
                 fake,

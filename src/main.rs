@@ -30,6 +30,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// At shutdown, the least time open connections get to close after the sessions are done.
 const SERVER_DRAIN_MIN: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Threads in the blocking pool at most (file work, agent launches, `/proc` walks): enough to
+/// keep every core busy with short blocking calls, few enough that a burst does not create
+/// hundreds (see the runtime set-up in `main`).
+const BLOCKING_THREADS: usize = 32;
+
 fn main() -> ExitCode {
     // Before parsing anything else, as the original: a broken setting cannot hide the version.
     if std::env::args()
@@ -67,9 +72,13 @@ fn main() -> ExitCode {
     }
     // File work and process start-ups run on the blocking pool; its threads stay a minute (not
     // tokio's 10 s) so bursts of new tasks reuse them instead of creating threads (and fresh
-    // allocator heaps) again.
+    // allocator heaps) again. The pool is capped (tokio's default is 512): a burst of 200 new
+    // tasks grew it to ~390 threads, each a fresh zeroed stack, and every `/proc` walk of the
+    // executor's children reads one file per thread. Nothing on the pool waits long (a killed
+    // family's settle time is waited for asynchronously), so a small pool only queues work.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .thread_keep_alive(std::time::Duration::from_secs(60))
         .build()
     {

@@ -57,11 +57,18 @@ fn spool_text(ws: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
-/// The spool's `.log` files (a drained spool has none: not even an empty one).
+/// Whether `e` is an emptied log kept for reuse (`free-<n>.log`, nothing in it).
+fn is_empty_free_log(e: &std::fs::DirEntry) -> bool {
+    e.file_name().to_string_lossy().starts_with("free-") && e.metadata().is_ok_and(|m| m.len() == 0)
+}
+
+/// The spool's `.log` files holding something (a drained spool has none: no task log, even an
+/// empty one, and only empty logs kept for reuse).
 fn spool_files(ws: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(ws.join(".callback-spool"))
         .map(|d| {
             d.filter_map(|e| e.ok())
+                .filter(|e| !is_empty_free_log(e))
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "log"))
                 .collect()
@@ -191,13 +198,12 @@ async fn a_spool_that_cannot_be_written_degrades_to_memory_and_recovers() {
         run_task(&exec, &rx, 1, 1, "healthy").await["status"],
         "COMPLETED"
     );
-    // Drained: nothing but the journal, empty.
+    // Drained: nothing but the journal and logs kept for reuse, all empty.
     assert!(
         wait_until(Duration::from_secs(5), || std::fs::read_dir(&spool)
-            .is_ok_and(|d| d
-                .flatten()
-                .all(|e| e.file_name() == "spool.journal"
-                    && e.metadata().is_ok_and(|m| m.len() == 0))))
+            .is_ok_and(|d| d.flatten().all(|e| is_empty_free_log(&e)
+                || (e.file_name() == "spool.journal"
+                    && e.metadata().is_ok_and(|m| m.len() == 0)))))
         .await
     );
 

@@ -147,10 +147,14 @@ async fn subtasks_running_or_queued_at_a_crash_end_once_and_the_task_goes_on() {
             })
             .unwrap_or_default()
     };
-    // Only the journal stays, and it is empty once nothing is unfinished or undelivered.
+    // Only the journal and emptied logs kept for reuse stay, and all are empty once nothing is
+    // unfinished or undelivered.
     let journal = spool.join("spool.journal");
+    let empty_free = |f: &str| {
+        f.starts_with("free-") && std::fs::metadata(spool.join(f)).is_ok_and(|m| m.len() == 0)
+    };
     let clean = wait_until(Duration::from_secs(5), || {
-        left().iter().all(|f| f == "spool.journal")
+        left().iter().all(|f| f == "spool.journal" || empty_free(f))
             && std::fs::metadata(&journal).map_or(0, |m| m.len()) == 0
     })
     .await;

@@ -207,13 +207,17 @@ pub fn reap_adopted() -> usize {
         return 0; // the usual SIGCHLD: an owned child, already reaped by its owner
     }
     let me = std::process::id();
-    // Scanned without the lock (a /proc scan takes milliseconds): a pid spawned meanwhile is
+    // Read without the lock (a /proc scan takes milliseconds): a pid spawned meanwhile is
     // registered by the time the lock is taken below, since spawning holds it across the fork.
-    let zombies: Vec<u32> = crate::agent::family::process_table()
-        .into_iter()
-        .filter(|(_, ppid, state)| *ppid == me && *state == 'Z')
-        .map(|(pid, _, _)| pid)
-        .collect();
+    // With children files only the executor's own children are read, zombies among them, and
+    // `waitpid(WNOHANG)` below leaves the living ones alone.
+    let zombies: Vec<u32> = crate::agent::family::children(me).unwrap_or_else(|| {
+        crate::agent::family::process_table()
+            .into_iter()
+            .filter(|(_, ppid, state)| *ppid == me && *state == 'Z')
+            .map(|(pid, _, _)| pid)
+            .collect()
+    });
     if zombies.is_empty() {
         return 0;
     }

@@ -44,12 +44,16 @@ fn ancestors(table: &[(u32, u32, char)]) -> HashSet<u32> {
     out
 }
 
-/// SIGKILLs `roots` and their descendants and waits until they are gone; returns how many.
-fn kill_families(table: &[(u32, u32, char)], roots: Vec<u32>) -> usize {
+/// SIGKILLs `roots` and their descendants (found in `table`, else walked) and waits until they
+/// are gone; returns how many.
+fn kill_families(table: Option<&[(u32, u32, char)]>, roots: Vec<u32>) -> usize {
     if roots.is_empty() {
         return 0;
     }
-    let mut all = family::descendants_in(table, &roots);
+    let mut all = match table {
+        Some(table) => family::descendants_in(table, &roots),
+        None => family::descendants_of(&roots),
+    };
     all.extend(roots);
     all.sort_unstable();
     all.dedup();
@@ -63,26 +67,17 @@ fn kill_families(table: &[(u32, u32, char)], roots: Vec<u32>) -> usize {
 /// `None`. Blocking (reads `/proc`); returns how many processes were killed. Their zombies
 /// are collected by the reaper ([`crate::child::start_reaper`]).
 pub fn end_adopted(dirs: Option<&[PathBuf]>) -> usize {
-    let me = std::process::id();
-    // Closing one task's session reuses the table its agent's termination just read (at most
-    // 25 ms old): a scan per closed session would be the costliest part of a close. Close-all
-    // and shutdown read a fresh one.
-    let table: Vec<(u32, u32, char)> = match dirs {
-        Some(_) => family::recent_table().as_ref().clone(),
-        None => family::process_table(),
-    };
-    let owned = crate::child::owned_pids();
+    // The adopted children are read from the executor's own children files (no scan of every
+    // process: closing one task's session must not cost a scan of the host).
     let dirs: Option<Vec<PathBuf>> = dirs.map(|d| d.iter().map(|p| canonical(p)).collect());
-    let roots: Vec<u32> = table
-        .iter()
-        .filter(|(pid, ppid, state)| *ppid == me && *state != 'Z' && !owned.contains(pid))
-        .map(|(pid, _, _)| *pid)
+    let roots: Vec<u32> = family::adopted_children()
+        .into_iter()
         .filter(|pid| match &dirs {
             None => true,
             Some(dirs) => cwd_of(*pid).is_some_and(|cwd| dirs.iter().any(|d| cwd.starts_with(d))),
         })
         .collect();
-    kill_families(&table, roots)
+    kill_families(None, roots)
 }
 
 /// Whether `cwd` is inside a task's directory (`<root>/<task_id>/…`): only those orphans are
@@ -131,7 +126,7 @@ pub fn end_leftovers(workspace_root: &Path) -> usize {
         })
         .map(|(pid, _, _)| *pid)
         .collect();
-    kill_families(&table, roots)
+    kill_families(Some(&table), roots)
 }
 
 #[cfg(test)]

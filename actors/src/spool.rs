@@ -3,7 +3,10 @@
 //! memory stays flat however long the receiver is down (the relay keeps only file offsets).
 //!
 //! Files: `task-<id>.log` holds one JSON record per line (`{"seq", "subtask_id", "body"}`); it
-//! is removed once everything in it was delivered (that is the compaction). `spool.journal`
+//! is emptied once everything in it was delivered (that is the compaction) and kept, renamed
+//! `free-<n>.log`, for the next task's log: creating a file per task (an inode allocation) was
+//! the largest part of the executor's own CPU per task, while truncating and renaming one
+//! allocates nothing. At most [`FREE_LOGS`] are kept; recovery deletes those left by a crash. `spool.journal`
 //! ([`crate::spool_journal`]) holds the byte offset up to which each log was delivered, recorded
 //! after every delivery (so a crash resends at most the event that was in flight), and the
 //! accepted, unfinished subtasks (see [`crate::unfinished`]). One writer thread owns all writes,
@@ -88,6 +91,40 @@ pub fn check_dir(dir: &Path) -> Result<(), SpoolDirError> {
     std::fs::remove_file(&probe).map_err(err)
 }
 
+/// How many emptied log files are kept for reuse.
+pub const FREE_LOGS: usize = 64;
+
+/// Path of an emptied log file kept for reuse.
+pub(crate) fn free_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("free-{n}.log"))
+}
+
+/// Renames `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`): a recovered log
+/// with undelivered records must never be replaced by an empty one.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Path of a task's log file.
 pub fn log_path(dir: &Path, task_id: i64) -> PathBuf {
     dir.join(format!("task-{task_id}.log"))
@@ -154,6 +191,8 @@ impl Spool {
 struct Writer {
     dir: PathBuf,
     logs: HashMap<i64, (std::fs::File, u64)>,
+    /// Emptied logs kept for reuse: the open handle and the `n` of `free-<n>.log`.
+    free: Vec<(std::fs::File, usize)>,
     journal: Journal,
     /// The cause of the journal's current failure, logged once until a write works again (a
     /// full disk must not log a line per callback).
@@ -165,6 +204,7 @@ impl Writer {
         Self {
             dir,
             logs: HashMap::new(),
+            free: Vec::new(),
             journal,
             journal_failing: None,
         }
@@ -203,8 +243,7 @@ impl Writer {
                         let res = self.journal.set_seq(task_id, sub, seq);
                         self.journal_result(res, "keep a sequence number");
                     }
-                    self.logs.remove(&task_id);
-                    let _ = std::fs::remove_file(log_path(&self.dir, task_id));
+                    self.retire_log(task_id);
                     let res = self.journal.forget(task_id);
                     self.journal_result(res, "forget a delivered log");
                 }
@@ -241,11 +280,51 @@ impl Writer {
         }
     }
 
+    /// Empties a delivered log and keeps it for the next task, or deletes it when enough are
+    /// kept (or it cannot be emptied).
+    fn retire_log(&mut self, task_id: i64) {
+        let path = log_path(&self.dir, task_id);
+        if let Some((f, _)) = self.logs.remove(&task_id) {
+            if self.free.len() < FREE_LOGS && f.set_len(0).is_ok() {
+                let n = (0..=self.free.len())
+                    .find(|n| self.free.iter().all(|(_, m)| m != n))
+                    .unwrap_or(self.free.len());
+                if rename_noreplace(&path, &free_path(&self.dir, n)).is_ok() {
+                    self.free.push((f, n));
+                    return;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// A task's new log: an emptied one renamed, else a new file. A task that already has a
+    /// file (a recovered log) gets it opened and appended to, never replaced.
+    fn new_log(&mut self, task_id: i64) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = log_path(&self.dir, task_id);
+        if let Some((f, n)) = self.free.pop() {
+            match rename_noreplace(&free_path(&self.dir, n), &path) {
+                Ok(()) => return Ok(f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    self.free.push((f, n));
+                }
+                Err(_) => {} // the free file is gone: forget it
+            }
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+    }
+
     /// Appends a line; a log whose directory vanished is retried once after re-creating it.
     fn append(&mut self, task_id: i64, line: &[u8]) -> std::io::Result<u64> {
         match self.try_append(task_id, line) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.logs.remove(&task_id);
+                self.free.clear();
                 std::fs::create_dir_all(&self.dir)?;
                 // The journal's open handle points into the removed directory: start it anew.
                 let res = self.journal.rewrite();
@@ -258,19 +337,13 @@ impl Writer {
 
     fn try_append(&mut self, task_id: i64, line: &[u8]) -> std::io::Result<u64> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = &self.dir;
-        let (f, end) = match self.logs.entry(task_id) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(log_path(dir, task_id))?;
-                let len = f.metadata()?.len();
-                v.insert((f, len))
-            }
+        if !self.logs.contains_key(&task_id) {
+            let f = self.new_log(task_id)?;
+            let len = f.metadata()?.len();
+            self.logs.insert(task_id, (f, len));
+        }
+        let Some((f, end)) = self.logs.get_mut(&task_id) else {
+            return Err(std::io::Error::other("log handle vanished"));
         };
         if let Err(e) = f.write_all(line) {
             // Cut a partial line off again; if even that fails, forget the handle so the next
@@ -305,4 +378,112 @@ pub async fn read_record(
         ));
     }
     Ok((serde_json::from_slice(&line).ok(), offset + n as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::mpsc;
+
+    /// A spool on `dir` whose appends report `(task_id, end)` on the returned channel.
+    async fn spool_on(dir: &Path) -> (Spool, mpsc::Receiver<(i64, u64)>) {
+        let (tx, rx) = mpsc::channel();
+        let (spool, _) = Spool::open(dir.to_path_buf(), move |task, end| {
+            let _ = tx.send((task, end.unwrap_or(u64::MAX)));
+        })
+        .await
+        .unwrap();
+        // Task -1's log is opened now, so that `settle` never takes a free log later.
+        settle(&spool, &rx);
+        (spool, rx)
+    }
+
+    fn append(spool: &Spool, rx: &mpsc::Receiver<(i64, u64)>, task_id: i64, line: &str) -> u64 {
+        spool.append(Append {
+            task_id,
+            line: line.as_bytes().to_vec(),
+            opens: None,
+            closes: None,
+        });
+        let (task, end) = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(task, task_id);
+        end
+    }
+
+    /// Waits until the writer handled everything sent before (an append is answered in order);
+    /// appends to task -1, whose log is open from the start.
+    fn settle(spool: &Spool, rx: &mpsc::Receiver<(i64, u64)>) {
+        append(spool, rx, -1, "{}");
+    }
+
+    #[tokio::test]
+    async fn a_delivered_log_is_emptied_and_becomes_the_next_tasks_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, rx) = spool_on(dir.path()).await;
+        assert_eq!(append(&spool, &rx, 1, r#"{"seq":1}"#), 10);
+        let inode = std::fs::metadata(log_path(dir.path(), 1)).unwrap().ino();
+        spool.remove(1, Vec::new());
+        settle(&spool, &rx);
+        assert!(!log_path(dir.path(), 1).exists());
+        let free = std::fs::metadata(free_path(dir.path(), 0)).unwrap();
+        assert_eq!((free.ino(), free.len()), (inode, 0));
+        // The next task's log is that file, from offset 0, and the free one is gone.
+        assert_eq!(append(&spool, &rx, 2, r#"{"seq":7}"#), 10);
+        let reused = std::fs::metadata(log_path(dir.path(), 2)).unwrap();
+        assert_eq!((reused.ino(), reused.len()), (inode, 10));
+        assert_eq!(
+            std::fs::read_to_string(log_path(dir.path(), 2)).unwrap(),
+            "{\"seq\":7}\n"
+        );
+        assert!(!free_path(dir.path(), 0).exists());
+    }
+
+    #[tokio::test]
+    async fn a_recovered_log_is_appended_to_never_replaced_by_a_free_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, rx) = spool_on(dir.path()).await;
+        append(&spool, &rx, 1, r#"{"seq":1}"#);
+        spool.remove(1, Vec::new());
+        settle(&spool, &rx);
+        assert!(free_path(dir.path(), 0).exists());
+        // Task 5's undelivered log is on disk (as recovery leaves it) but not open yet.
+        std::fs::write(log_path(dir.path(), 5), "{\"seq\":1}\n").unwrap();
+        assert_eq!(append(&spool, &rx, 5, r#"{"seq":2}"#), 20);
+        assert_eq!(
+            std::fs::read_to_string(log_path(dir.path(), 5)).unwrap(),
+            "{\"seq\":1}\n{\"seq\":2}\n"
+        );
+        assert!(free_path(dir.path(), 0).exists(), "the free log is kept");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_cap_of_free_logs_is_kept_and_recovery_deletes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, rx) = spool_on(dir.path()).await;
+        let n = FREE_LOGS as i64 + 5;
+        for task in 1..=n {
+            append(&spool, &rx, task, r#"{"seq":1}"#);
+        }
+        for task in 1..=n {
+            spool.remove(task, Vec::new());
+        }
+        settle(&spool, &rx);
+        let free = |d: &Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("free-"))
+                .count()
+        };
+        assert_eq!(free(dir.path()), FREE_LOGS);
+        drop(spool);
+        let (rec, _) = crate::spool_recovery::recover(dir.path()).unwrap();
+        assert_eq!(free(dir.path()), 0);
+        // Only the settle task's log holds something.
+        assert_eq!(
+            rec.tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+            vec![-1]
+        );
+    }
 }

@@ -48,6 +48,11 @@ pub(crate) fn recover(dir: &Path) -> std::io::Result<(Recovery, Journal)> {
     let entries = std::fs::read_dir(dir)?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("free-") && name.ends_with(".log") {
+            // An emptied log kept for reuse by the earlier run: nothing in it.
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
         let Some(task_id) = name
             .strip_prefix("task-")
             .and_then(|s| s.strip_suffix(".log"))

@@ -112,7 +112,104 @@ fn parse_stat(stat: &[u8]) -> Option<(u32, char)> {
 
 /// Every living descendant of `root` (children, grandchildren, ...).
 pub fn descendants(root: u32) -> Vec<u32> {
-    descendants_in(&recent_table(), &[root])
+    descendants_of(&[root])
+}
+
+/// Whether this kernel lists each thread's children in `/proc/<pid>/task/<tid>/children`
+/// (`CONFIG_PROC_CHILDREN`). Then a family is found by reading its own entries, a few files,
+/// instead of the `stat` of every process on the host: with hundreds of agents, the scan per
+/// ending agent was the executor's costliest part of ending a task.
+static CHILDREN_FILES: LazyLock<bool> =
+    LazyLock::new(|| std::path::Path::new("/proc/thread-self/children").exists());
+
+/// Appends the children of `pid` (of all its threads; zombies included) to `out`.
+fn children_into(pid: u32, out: &mut Vec<u32>) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return; // gone
+    };
+    let mut buf = String::with_capacity(64);
+    for t in tasks.flatten() {
+        let mut path = t.path();
+        path.push("children");
+        buf.clear();
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            use std::io::Read;
+            if f.read_to_string(&mut buf).is_ok() {
+                out.extend(
+                    buf.split_ascii_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+}
+
+/// The children of `pid`, zombies included (`None` without `CONFIG_PROC_CHILDREN`).
+pub(crate) fn children(pid: u32) -> Option<Vec<u32>> {
+    if !*CHILDREN_FILES {
+        return None;
+    }
+    let mut out = Vec::new();
+    children_into(pid, &mut out);
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// Whether `pid` is a zombie (or already gone).
+fn is_zombie_or_gone(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .is_none_or(|(_, state)| state == 'Z' || state == 'X')
+}
+
+/// Living descendants of `roots`: walked through their children files where the kernel has
+/// them, else found in a recent process table.
+pub(crate) fn descendants_of(roots: &[u32]) -> Vec<u32> {
+    if !*CHILDREN_FILES {
+        return descendants_in(&recent_table(), roots);
+    }
+    let mut out: Vec<u32> = Vec::new();
+    let mut generation: Vec<u32> = roots.to_vec();
+    // A family is a few levels deep; the bound only guards against a pid loop through reuse.
+    for _ in 0..64 {
+        if generation.is_empty() {
+            break;
+        }
+        let mut next = Vec::new();
+        for pid in &generation {
+            children_into(*pid, &mut next);
+        }
+        next.sort_unstable();
+        next.dedup();
+        next.retain(|p| !roots.contains(p) && out.binary_search(p).is_err());
+        for p in &next {
+            if let Err(i) = out.binary_search(p) {
+                out.insert(i, *p);
+            }
+        }
+        generation = next;
+    }
+    out.retain(|p| !is_zombie_or_gone(*p));
+    out
+}
+
+/// Living children of the executor it did not start itself (adopted orphans).
+pub(crate) fn adopted_children() -> Vec<u32> {
+    let me = std::process::id();
+    let managed = crate::child::owned_pids();
+    match children(me) {
+        Some(kids) => kids
+            .into_iter()
+            .filter(|p| !managed.contains(p) && !is_zombie_or_gone(*p))
+            .collect(),
+        None => recent_table()
+            .iter()
+            .filter(|(pid, ppid, state)| *ppid == me && *state != 'Z' && !managed.contains(pid))
+            .map(|(pid, _, _)| *pid)
+            .collect(),
+    }
 }
 
 /// Living descendants of `roots` in `table`, found generation by generation (a family is a few
@@ -142,20 +239,16 @@ pub(crate) fn descendants_in(table: &[(u32, u32, char)], roots: &[u32]) -> Vec<u
 /// descendants need their environment read; otherwise every process is checked.
 pub fn marked(marker: &str) -> Vec<u32> {
     let needle = format!("{MARKER_ENV}={marker}\0");
-    let table = recent_table();
     let candidates: Vec<u32> = if SUBREAPER.load(Ordering::Relaxed) {
-        let me = std::process::id();
-        let managed = crate::child::owned_pids();
-        let adopted: Vec<u32> = table
-            .iter()
-            .filter(|(pid, ppid, state)| *ppid == me && *state != 'Z' && !managed.contains(pid))
-            .map(|(pid, _, _)| *pid)
-            .collect();
-        let mut all = descendants_in(&table, &adopted);
+        let adopted = adopted_children();
+        if adopted.is_empty() {
+            return Vec::new(); // the usual case: nothing left the agents' trees
+        }
+        let mut all = descendants_of(&adopted);
         all.extend(adopted);
         all
     } else {
-        table
+        recent_table()
             .iter()
             .filter(|(_, _, s)| *s != 'Z')
             .map(|(pid, _, _)| *pid)
@@ -185,16 +278,25 @@ pub fn signal_all(pids: &[u32], sig: i32) {
     }
 }
 
+/// Whether `pid` is alive (neither gone nor a zombie).
+fn alive(pid: &u32) -> bool {
+    !is_zombie_or_gone(*pid)
+}
+
 /// Waits (polling `/proc`) until none of `pids` is alive — gone or a zombie — or `limit` passes.
 pub fn wait_gone(pids: &[u32], limit: std::time::Duration) {
     let deadline = std::time::Instant::now() + limit;
-    let alive = |pid: &u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rfind(')').and_then(|i| s[i + 2..].chars().next()))
-            .is_some_and(|state| state != 'Z' && state != 'X')
-    };
     while pids.iter().any(alive) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// [`wait_gone`] without holding a thread while it waits: a killed family that takes its time
+/// to die must not keep one of the blocking pool's (capped) threads from starting agents.
+pub async fn wait_gone_async(pids: Vec<u32>, limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    // Each check reads one small `/proc` file per pid (microseconds; no disk).
+    while pids.iter().any(alive) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }

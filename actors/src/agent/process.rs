@@ -251,16 +251,18 @@ impl AgentProcess {
     async fn kill_family(&self, sig: i32, tree: Vec<u32>) {
         self.kill_group(sig);
         let (pid, marker) = (self.pid, self.marker.clone());
-        let _ = tokio::task::spawn_blocking(move || {
+        let signalled = tokio::task::spawn_blocking(move || {
             let mut all = tree;
             all.extend(family::descendants(pid));
             all.extend(family::marked(&marker));
             family::signal_all(&all, sig);
-            if sig == libc::SIGKILL {
-                family::wait_gone(&all, KILL_SETTLE);
-            }
+            all
         })
-        .await;
+        .await
+        .unwrap_or_default();
+        if sig == libc::SIGKILL && !signalled.is_empty() {
+            family::wait_gone_async(signalled, KILL_SETTLE).await;
+        }
     }
 
     /// Sends `sig` to the whole process group (a no-op for an unknown pid).
