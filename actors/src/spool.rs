@@ -6,11 +6,12 @@
 //! is emptied once everything in it was delivered (that is the compaction) and kept, renamed
 //! `free-<n>.log`, for the next task's log: creating a file per task (an inode allocation) was
 //! the largest part of the executor's own CPU per task, while truncating and renaming one
-//! allocates nothing. At most [`FREE_LOGS`] are kept; recovery deletes those left by a crash. `spool.journal`
-//! ([`crate::spool_journal`]) holds the byte offset up to which each log was delivered, recorded
-//! after every delivery (so a crash resends at most the event that was in flight), and the
-//! accepted, unfinished subtasks (see [`crate::unfinished`]). One writer thread owns all writes,
-//! so appends, acks, records and removals happen in the order they were asked for.
+//! allocates nothing. At most [`FREE_LOGS`] are kept; recovery deletes those left by a crash.
+//! `spool.journal` ([`crate::spool_journal`]) holds the byte offset up to which each log was
+//! delivered, recorded after every delivery (so a crash resends at most the event that was in
+//! flight), and the accepted, unfinished subtasks (see [`crate::unfinished`]). One writer thread
+//! owns all writes, so appends, acks, records, reuses and removals happen in the order they were
+//! asked for.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
