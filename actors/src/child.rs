@@ -5,13 +5,18 @@
 //! ([`start_reaper`]) may only ever take the exit status of such an *adopted* process: a child
 //! the executor started itself (an agent, git, npm) has an owner waiting for its status, and a
 //! stolen status turns into `No child processes (os error 10)` for that owner. So every child
-//! is started by [`spawn`], which registers its pid before anyone can see it exit (the spawn
-//! holds the registry lock across the fork), and [`OwnedChild`] unregisters it only after its
-//! status was collected — also when the owner drops it without waiting (it is then killed and
-//! reaped in the background). Anything else that starts a process is refused at compile time
-//! by clippy's `disallowed-methods` (see `clippy.toml`); this module alone is allowed to.
+//! is started by [`spawn`], which registers its pid once the spawn returns, and [`OwnedChild`]
+//! unregisters it only after its status was collected — also when the owner drops it without
+//! waiting (it is then killed and reaped in the background). A child can exit before its spawn
+//! returns; so a spawn under way is registered too, with the boot-clock tick at which it began,
+//! and an unregistered child counts as adopted only if it was born before every spawn under way
+//! began (see [`adopted_among`]). The registry lock is never held across a spawn: agents are
+//! spawned from threads at the agents' low CPU priority, and a lock such a thread held while
+//! its child execs would make every HTTP worker that ends a task wait on it.
+//! Anything else that starts a process is refused at compile time by clippy's
+//! `disallowed-methods` (see `clippy.toml`); this module alone is allowed to.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::process::{ExitStatus, Output};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,10 +24,26 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
-/// Pids whose exit status belongs to an [`OwnedChild`] (never reaped by the reaper), with what
-/// each one is.
-static OWNED: LazyLock<Mutex<HashMap<u32, ChildKind>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// The executor's own children and the spawns under way.
+#[derive(Default)]
+struct Registry {
+    /// Pids whose exit status belongs to an [`OwnedChild`] (never reaped by the reaper), with
+    /// what each one is.
+    owned: HashMap<u32, ChildKind>,
+    /// Spawns under way, by ticket: the boot-clock tick at which each began. A child a spawn
+    /// creates is born at or after that tick.
+    spawning: HashMap<u64, u64>,
+    next_ticket: u64,
+}
+
+impl Registry {
+    /// The tick at which the oldest spawn under way began.
+    fn oldest_spawn(&self) -> Option<u64> {
+        self.spawning.values().copied().min()
+    }
+}
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
 
 /// What a child is for (counted apart in `/metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,24 +58,83 @@ pub enum ChildKind {
 /// coalesce).
 const REAP_BACKSTOP: Duration = Duration::from_secs(1);
 
-fn owned() -> MutexGuard<'static, HashMap<u32, ChildKind>> {
-    OWNED.lock().unwrap_or_else(|e| e.into_inner())
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `pid` is a child the executor started itself (so not an adopted orphan).
 pub fn is_owned(pid: u32) -> bool {
-    owned().contains_key(&pid)
+    registry().owned.contains_key(&pid)
 }
 
 /// How many owned children of `kind` are alive (not yet reaped).
 pub fn owned_count(kind: ChildKind) -> usize {
-    owned().values().filter(|k| **k == kind).count()
+    registry().owned.values().filter(|k| **k == kind).count()
 }
 
-/// A snapshot of the pids of the executor's own children (for process-tree walks that must
-/// tell adopted processes from owned ones).
-pub fn owned_pids() -> HashSet<u32> {
-    owned().keys().copied().collect()
+/// The boot clock in the ticks `/proc/<pid>/stat` gives a process's birth in (`starttime`).
+fn boot_tick() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let ns = (ts.tv_sec.max(0) as u64) * 1_000_000_000 + ts.tv_nsec.max(0) as u64;
+    ns / (1_000_000_000 / clock_ticks())
+}
+
+fn clock_ticks() -> u64 {
+    static HZ: LazyLock<u64> = LazyLock::new(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        u64::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100)
+    });
+    *HZ
+}
+
+/// The tick at which `pid` was born (`starttime` in its `stat`), `None` once it is gone.
+fn birth_tick(pid: u32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    // After the command: state, ppid, ... starttime is the 20th field.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Of `children` (children of the executor), the ones it adopted rather than started: not
+/// registered, and — while spawns are under way — born before the oldest of them began, so
+/// that a child whose spawn has not yet returned is never taken for an orphan (a child born in
+/// the same tick waits for the next look).
+pub fn adopted_among(children: &[u32]) -> Vec<u32> {
+    let mut candidates: Vec<u32> = {
+        let r = registry();
+        let unowned = children
+            .iter()
+            .filter(|p| !r.owned.contains_key(p))
+            .copied();
+        let unowned: Vec<u32> = unowned.collect();
+        if r.spawning.is_empty() || unowned.is_empty() {
+            return unowned; // the usual case: decided under the lock, nothing to read
+        }
+        unowned
+    };
+    // Birth ticks are read without the lock; the decision is taken under it.
+    let born: Vec<(u32, Option<u64>)> = candidates.iter().map(|p| (*p, birth_tick(*p))).collect();
+    let r = registry();
+    let oldest = r.oldest_spawn();
+    candidates.clear();
+    for (pid, born) in born {
+        let before_every_spawn = match (oldest, born) {
+            (None, _) => true,
+            (Some(o), Some(b)) => b < o,
+            (Some(_), None) => false,
+        };
+        if before_every_spawn && !r.owned.contains_key(&pid) {
+            candidates.push(pid);
+        }
+    }
+    candidates
 }
 
 /// A child process started by [`spawn`]; its exit status is its owner's alone.
@@ -70,15 +150,25 @@ pub struct OwnedChild {
 
 /// Starts `cmd` as an owned child: the only place in the executor that starts a process.
 pub fn spawn(cmd: &mut Command, kind: ChildKind) -> std::io::Result<OwnedChild> {
-    // The lock is held across the fork: the reaper (which takes it before deciding whose
-    // zombie a pid is) cannot see this child exit before it is registered.
-    let mut registry = owned();
+    // Under way from before the fork until registered: the reaper, which decides under the
+    // lock, never takes this child for an orphan even if it exits before the spawn returns.
+    let ticket = {
+        let mut r = registry();
+        r.next_ticket += 1;
+        let ticket = r.next_ticket;
+        r.spawning.insert(ticket, boot_tick());
+        ticket
+    };
     #[allow(clippy::disallowed_methods)] // the one sanctioned spawn
-    let child = cmd.spawn()?;
+    let spawned = cmd.spawn();
+    let mut r = registry();
+    r.spawning.remove(&ticket);
+    let child = spawned?;
     let pid = child.id();
     if let Some(pid) = pid {
-        registry.insert(pid, kind);
+        r.owned.insert(pid, kind);
     }
+    drop(r);
     Ok(OwnedChild {
         child: Some(child),
         pid,
@@ -160,6 +250,64 @@ impl OwnedChild {
         status
     }
 
+    /// Waits for the child to exit, then collects its status on a launcher thread at
+    /// `priority` (as [`wait`](Self::wait) otherwise).
+    ///
+    /// Reaping a process frees its `/proc` entries, and when an agent's last thread is still
+    /// tearing its own down, the reaper spins in the kernel until that thread has run. The
+    /// agent runs at the lowest priority, so a reaper on an HTTP worker spun for milliseconds
+    /// per agent (a third of the executor's CPU under load, measured); a reaper at the agent's
+    /// priority yields to it at once. The exit is awaited without reaping, on a pidfd.
+    pub async fn wait_at(
+        &mut self,
+        priority: crate::agent::priority::AgentPriority,
+    ) -> std::io::Result<ExitStatus> {
+        let pidfd = match self.pid {
+            Some(pid) if priority.nice > 0 && !self.reaped => pidfd_open(pid),
+            _ => None,
+        };
+        let Some(pidfd) = pidfd else {
+            return self.wait().await;
+        };
+        // Readable once the process has exited; it stays a zombie (and its pid ours) until the
+        // status is collected below.
+        // SAFETY: the pidfd is owned by the AsyncFd until it is dropped; nothing else closes
+        // or replaces it.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        };
+        if let Ok(fd) = registered {
+            let _ = fd.readable().await;
+        }
+        let Some(child) = self.child.take() else {
+            return Err(std::io::Error::other("the child was already reaped"));
+        };
+        let reaped = crate::agent::launcher::run(priority, move || {
+            let mut child = child;
+            let status = child.try_wait();
+            (child, status)
+        })
+        .await;
+        let Ok((child, status)) = reaped else {
+            // The launcher is gone: the child was dropped with the job (and so reaped by
+            // tokio's orphan queue); its pid is no longer ours to keep.
+            self.reaped = true;
+            self.release();
+            return Err(std::io::Error::other("the agent launcher failed"));
+        };
+        self.child = Some(child);
+        match status {
+            Ok(Some(status)) => {
+                self.reaped = true;
+                self.release();
+                Ok(status)
+            }
+            // Not exited after all (the pidfd wait failed): wait the usual way.
+            Ok(None) => self.wait().await,
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends SIGKILL to the child (not its group); a no-op once it exited.
     pub fn start_kill(&mut self) -> std::io::Result<()> {
         match self.child.as_mut() {
@@ -170,7 +318,7 @@ impl OwnedChild {
 
     fn release(&mut self) {
         if let Some(pid) = self.pid.take() {
-            owned().remove(&pid);
+            registry().owned.remove(&pid);
         }
     }
 }
@@ -190,7 +338,7 @@ impl Drop for OwnedChild {
             rt.spawn(async move {
                 if child.wait().await.is_ok() {
                     if let Some(pid) = pid {
-                        owned().remove(&pid);
+                        registry().owned.remove(&pid);
                     }
                 }
             });
@@ -200,6 +348,17 @@ impl Drop for OwnedChild {
     }
 }
 
+/// A pidfd for `pid` (`None` where the kernel has none, before 5.3).
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the descriptor was just returned to us and is owned by nothing else.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// Reaps zombie children of the executor that it did not start itself (adopted orphans).
 /// Returns how many were reaped.
 pub fn reap_adopted() -> usize {
@@ -207,8 +366,6 @@ pub fn reap_adopted() -> usize {
         return 0; // the usual SIGCHLD: an owned child, already reaped by its owner
     }
     let me = std::process::id();
-    // Read without the lock (a /proc scan takes milliseconds): a pid spawned meanwhile is
-    // registered by the time the lock is taken below, since spawning holds it across the fork.
     // With children files only the executor's own children are read, zombies among them, and
     // `waitpid(WNOHANG)` below leaves the living ones alone.
     let zombies: Vec<u32> = crate::agent::family::children(me).unwrap_or_else(|| {
@@ -218,19 +375,13 @@ pub fn reap_adopted() -> usize {
             .map(|(pid, _, _)| pid)
             .collect()
     });
-    if zombies.is_empty() {
-        return 0;
-    }
-    let registry = owned();
     let mut n = 0;
-    for pid in zombies {
-        if registry.contains_key(&pid) {
-            continue;
-        }
+    for pid in adopted_among(&zombies) {
         if let Ok(p) = i32::try_from(pid) {
             let mut status = 0;
-            // SAFETY: waitpid on one specific child pid that no owner waits for (it is not
-            // registered, and registration happens under this lock before a child can exit).
+            // SAFETY: waitpid on one specific child pid that no owner waits for: it is not
+            // registered and no spawn under way can have made it (`adopted_among`); a zombie's
+            // pid cannot be handed to a new process before it is reaped.
             if unsafe { libc::waitpid(p, &mut status, libc::WNOHANG) } == p {
                 n += 1;
             }
@@ -316,6 +467,83 @@ mod tests {
         assert!(zombie, "the child never became a zombie");
         reap_adopted();
         assert!(child.wait().await.unwrap().success());
+    }
+
+    /// A living child the registry does not know, as an adopted orphan is (alive, so that
+    /// no other test's reaper pass can take it away).
+    #[allow(clippy::disallowed_methods)] // an unregistered child, on purpose
+    fn unregistered_child() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep")
+    }
+
+    fn begin_spawn() -> u64 {
+        let mut r = registry();
+        r.next_ticket += 1;
+        let t = r.next_ticket;
+        r.spawning.insert(t, boot_tick());
+        t
+    }
+
+    fn end(mut child: std::process::Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_child_born_while_a_spawn_is_under_way_is_not_taken_for_an_orphan() {
+        let ticket = begin_spawn();
+        // Born after the spawn began: it could be that spawn's child, whose pid is not
+        // registered yet.
+        let child = unregistered_child();
+        let pid = child.id();
+        assert!(adopted_among(&[pid]).is_empty());
+        registry().spawning.remove(&ticket);
+        // Once no spawn that began before its birth is under way, it is an orphan (other
+        // tests may be spawning: wait for a look without one).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while adopted_among(&[pid]) != vec![pid] {
+            assert!(std::time::Instant::now() < deadline, "never judged adopted");
+            std::thread::yield_now();
+        }
+        end(child);
+    }
+
+    #[test]
+    fn an_orphan_born_before_every_spawn_under_way_is_reapable_during_them() {
+        let child = unregistered_child();
+        let pid = child.id();
+        let born = birth_tick(pid).expect("birth tick");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while boot_tick() <= born {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the boot clock stood still"
+            );
+            std::thread::yield_now();
+        }
+        let ticket = begin_spawn();
+        assert_eq!(adopted_among(&[pid]), vec![pid]);
+        registry().spawning.remove(&ticket);
+        end(child);
+    }
+
+    #[tokio::test]
+    async fn a_child_waited_at_a_low_priority_is_reaped_with_its_status() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 5"]);
+        let mut child = spawn(&mut cmd, ChildKind::Agent).unwrap();
+        let pid = child.id().unwrap();
+        let low = crate::agent::priority::AgentPriority {
+            nice: 5,
+            policy: crate::agent::priority::SchedPolicy::Idle,
+        };
+        let status = child.wait_at(low).await.unwrap();
+        assert_eq!(status.code(), Some(5));
+        assert!(!is_owned(pid));
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 
     #[tokio::test]

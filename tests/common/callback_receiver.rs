@@ -307,6 +307,23 @@ impl CallbackReceiver {
         }
     }
 
+    /// Waits until terminal callbacks of at least `n` distinct subtasks were accepted; the
+    /// check is a count, so a load test with thousands of callbacks does not copy them all on
+    /// each arrival (as [`wait_for`](Self::wait_for) does). Panics if `timeout` passes.
+    pub async fn wait_for_terminals(&self, n: usize, timeout: Duration) {
+        let found = wait_on_events(&self.state.events, timeout, || {
+            (self.state.terminals.lock().unwrap().len() >= n).then_some(())
+        })
+        .await;
+        if found.is_none() {
+            panic!(
+                "callback receiver: {n} terminal callbacks expected within {timeout:?}, have                  {}; all requests received:\n{}",
+                self.state.terminals.lock().unwrap().len(),
+                self.dump()
+            );
+        }
+    }
+
     /// Waits for the first callback of subtask (`task_id`, `subtask_id`) whose `status` is
     /// COMPLETED, FAILED or CANCELLED and returns it.
     pub async fn wait_terminal(&self, task_id: i64, subtask_id: i64, timeout: Duration) -> Value {

@@ -198,18 +198,18 @@ pub(crate) fn descendants_of(roots: &[u32]) -> Vec<u32> {
 /// Living children of the executor it did not start itself (adopted orphans).
 pub(crate) fn adopted_children() -> Vec<u32> {
     let me = std::process::id();
-    let managed = crate::child::owned_pids();
-    match children(me) {
-        Some(kids) => kids
-            .into_iter()
-            .filter(|p| !managed.contains(p) && !is_zombie_or_gone(*p))
-            .collect(),
+    let kids: Vec<u32> = match children(me) {
+        Some(kids) => kids,
         None => recent_table()
             .iter()
-            .filter(|(pid, ppid, state)| *ppid == me && *state != 'Z' && !managed.contains(pid))
+            .filter(|(_, ppid, state)| *ppid == me && *state != 'Z')
             .map(|(pid, _, _)| *pid)
             .collect(),
-    }
+    };
+    crate::child::adopted_among(&kids)
+        .into_iter()
+        .filter(|p| !is_zombie_or_gone(*p))
+        .collect()
 }
 
 /// Living descendants of `roots` in `table`, found generation by generation (a family is a few

@@ -11,6 +11,7 @@ pub mod dify;
 pub mod env_rule;
 pub mod family;
 pub mod job_agent;
+pub mod launcher;
 pub mod live_processes;
 pub mod priority;
 pub mod process;

@@ -1,16 +1,18 @@
 //! The CPU priority of agent processes: lower than the executor's, so HTTP answers, probes and
 //! callbacks never wait behind an agent's CPU work (`AGENT_NICE`, `AGENT_SCHED_POLICY`).
 //!
-//! Set from the parent right after the spawn rather than in a `pre_exec` hook: a hook forces
-//! fork+exec of the whole multi-threaded executor (copy-on-write faults, TLB shootdowns:
-//! milliseconds per spawn), while without one std uses posix_spawn. The agent has only just
-//! exec'd and starts no tool before its first turn, so everything it starts inherits both.
+//! An agent is born at its priority: it is spawned from a launcher thread that runs at it
+//! ([`crate::agent::launcher`]), and Linux copies the spawning thread's nice level and policy
+//! into the child, so everything the agent starts inherits both. No `pre_exec` hook is needed
+//! (a hook forces fork+exec of the whole multi-threaded executor, milliseconds per spawn, while
+//! without one std uses posix_spawn). [`AgentPriority::apply`] sets the same values on the
+//! spawned process again, for a spawn made from any other thread.
 
 use std::fmt;
 use std::str::FromStr;
 
 /// The scheduling policy agent processes run under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum SchedPolicy {
     /// `SCHED_IDLE`: runs only on CPU time no normal thread wants, and any waking normal
     /// thread (an executor's HTTP worker) preempts it at once. Agents still get all the idle
@@ -69,7 +71,7 @@ impl FromStr for SchedPolicy {
 
 /// How an agent process's priority is lowered: a nice increment relative to the executor's
 /// and a scheduling policy. `nice == 0` turns both off (the agent runs as the executor does).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct AgentPriority {
     /// Nice increment, 0..=19; 0 = off.
     pub nice: i32,
@@ -77,7 +79,19 @@ pub struct AgentPriority {
     pub policy: SchedPolicy,
 }
 
+/// The executor's own nice level (its main thread's), which the agents' is relative to: read
+/// once, before any launcher thread lowers itself.
+static EXECUTOR_NICE: std::sync::LazyLock<i32> = std::sync::LazyLock::new(|| {
+    // SAFETY: getpriority has no preconditions; for a pid it reads that thread's nice level.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, std::process::id() as libc::id_t) }
+});
+
 impl AgentPriority {
+    /// The nice level agents run at.
+    fn target_nice(self) -> i32 {
+        EXECUTOR_NICE.saturating_add(self.nice).clamp(-20, 19)
+    }
+
     /// Lowers `pid`'s priority (a no-op when off). Failures are ignored: priority is best
     /// effort, and an agent that keeps the executor's priority still works.
     pub fn apply(self, pid: u32) {
@@ -90,14 +104,30 @@ impl AgentPriority {
         if pid <= 0 {
             return;
         }
-        // SAFETY: plain syscalls on one child process; no memory is shared.
-        unsafe {
-            let own = libc::getpriority(libc::PRIO_PROCESS, 0);
-            let target = own.saturating_add(self.nice).clamp(-20, 19);
-            libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, target);
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(pid, self.policy.libc_policy(), &param);
+        set(pid, self.target_nice(), self.policy);
+    }
+
+    /// Lowers the calling thread to the agents' priority (a no-op when off): what a launcher
+    /// thread does once, so that every process it spawns is born at that priority.
+    pub fn lower_current_thread(self) {
+        if self.nice <= 0 {
+            return;
         }
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        set(tid, self.target_nice(), self.policy);
+    }
+}
+
+/// Sets the nice level and policy of one thread or process (a pid is its main thread).
+fn set(pid: i32, nice: i32, policy: SchedPolicy) {
+    // Read before anything is lowered, so it is the executor's own.
+    let _ = *EXECUTOR_NICE;
+    // SAFETY: plain syscalls on one thread or child process; no memory is shared.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(pid, policy.libc_policy(), &param);
     }
 }
 

@@ -155,8 +155,9 @@ impl AgentProcess {
         let reaper_sink = sink.clone();
         let slot: Arc<Mutex<Option<LiveSlot>>> = Arc::default();
         let reaper_slot = slot.clone();
+        let priority = spec.priority;
         tokio::spawn(async move {
-            let info = match child.wait().await {
+            let info = match child.wait_at(priority).await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt;
                     ExitInfo {

@@ -86,11 +86,11 @@ pub async fn start(cfg: &RuntimeConfig, tag: i64) -> Result<Client, AgentError> 
     };
     let (tx, events) = mpsc::unbounded_channel();
     let python = spec.program.display().to_string();
-    let spawned = tokio::task::spawn_blocking(move || {
+    let spawned = crate::agent::launcher::run(spec.priority, move || {
         AgentProcess::spawn(&spec, move |ev| tx.send(ev).is_ok())
     })
     .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task failed: {e}"))));
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     let process = spawned.map_err(|e| {
         AgentError::Agno(format!(
             "could not start the agno client with `{python}`: {e}; {INSTALL_HINT}"

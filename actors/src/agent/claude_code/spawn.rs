@@ -1,6 +1,6 @@
 //! Starting one `claude` process, off the actor: the task's workspace and private Claude config
 //! directory (onboarding flags, MCP servers), the saved conversation id to resume, then the
-//! spawn itself.
+//! spawn itself, on a launcher thread at the agent's priority.
 
 use std::path::PathBuf;
 
@@ -69,9 +69,10 @@ pub async fn launch(
         resume,
         bot,
     } = launch;
-    // Files, ownership and fork/exec in one blocking task: each of them blocks the calling
-    // thread a while, and one hop to the blocking pool costs less than six.
-    tokio::task::spawn_blocking(move || {
+    // Files, ownership and the spawn in one job on a launcher thread, at the agent's priority:
+    // each blocks its thread a while, and all of it is the agent's work, not the executor's.
+    let priority = spec.priority;
+    crate::agent::launcher::run(priority, move || {
         let ws_err = |path: &PathBuf| {
             let path = path.display().to_string();
             move |source| AgentError::Workspace { path, source }
@@ -119,7 +120,7 @@ pub async fn launch(
         Err(AgentError::Spawn {
             bin: String::new(),
             version: PINNED_CLAUDE_CODE_VERSION,
-            source: std::io::Error::other(format!("spawn task failed: {e}")),
+            source: std::io::Error::other(e.to_string()),
         })
     })
 }

@@ -1,0 +1,161 @@
+//! Where agent processes are started: a few threads that run at the agents' CPU priority
+//! (`AGENT_NICE`, `AGENT_SCHED_POLICY`).
+//!
+//! A launch is the agent's work, not the control plane's: the task's files (config directory,
+//! onboarding flags, MCP servers, ownership) and the spawn, whose exec of a large program
+//! (node) is hundreds of microseconds of kernel time in the child before it runs a line of its
+//! own. Run on tokio's blocking pool, dozens of launches of a burst ran at the executor's
+//! priority and kept its HTTP workers waiting for a CPU for milliseconds at a time. Here they
+//! queue for [`THREADS`] threads that lowered themselves once; Linux copies the spawning
+//! thread's nice level and policy into the child, so the agent is born at its priority too,
+//! with no moment at the executor's.
+//!
+//! Each job enters the caller's runtime (the pipes of a spawned process register with its
+//! reactor), runs, and sends its result back; a job that panics fails its caller alone.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use super::priority::AgentPriority;
+
+/// Launcher threads per priority: launches are short (files, then posix_spawn waits for the
+/// exec), so a few keep up with hundreds of new tasks a second; a launch stuck on a slow disk
+/// holds one of them, not the runtime.
+pub const THREADS: usize = 4;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The queue of each priority's launcher threads (one priority per executor; tests use more).
+static QUEUES: LazyLock<Mutex<HashMap<AgentPriority, mpsc::Sender<Job>>>> =
+    LazyLock::new(Mutex::default);
+
+/// The launch could not run: its thread could not be started, or the job panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent launcher failed: {0}")]
+pub struct LaunchFailed(String);
+
+/// Runs `job` on a launcher thread at `priority` (inside the calling task's runtime) and
+/// returns what it returned. Must be called from within a tokio runtime.
+pub async fn run<T, F>(priority: AgentPriority, job: F) -> Result<T, LaunchFailed>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _in_runtime = handle.enter();
+        let out = std::panic::catch_unwind(AssertUnwindSafe(job));
+        let _ = tx.send(out.map_err(|_| LaunchFailed("the launch panicked".into())));
+    });
+    queue(priority)?
+        .send(job)
+        .map_err(|_| LaunchFailed("the launcher threads are gone".into()))?;
+    rx.await
+        .map_err(|_| LaunchFailed("the launch was dropped".into()))?
+}
+
+/// The queue for `priority`, its threads started on first use.
+fn queue(priority: AgentPriority) -> Result<mpsc::Sender<Job>, LaunchFailed> {
+    let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(q) = queues.get(&priority) {
+        return Ok(q.clone());
+    }
+    let (tx, rx) = mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..THREADS {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("agent-launch-{i}"))
+            .spawn(move || {
+                priority.lower_current_thread();
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match next {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })
+            .map_err(|e| LaunchFailed(format!("could not start a launcher thread: {e}")))?;
+    }
+    queues.insert(priority, tx.clone());
+    Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::priority::SchedPolicy;
+
+    /// The scheduling policy and nice level a process reports for itself (`/proc/self/stat`
+    /// read by the process: what it was born with, before anyone could change it).
+    fn own_priority_of_child(priority: AgentPriority) -> (i32, i32) {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            use tokio::io::AsyncReadExt;
+            let mut child = run(priority, || {
+                let mut cmd = tokio::process::Command::new("sh");
+                cmd.args(["-c", "cat /proc/self/stat"])
+                    .stdout(std::process::Stdio::piped());
+                crate::child::spawn(&mut cmd, crate::child::ChildKind::Helper)
+            })
+            .await
+            .expect("launch")
+            .expect("spawn");
+            let mut out = Vec::new();
+            let mut stdout = child.take_stdout().expect("stdout");
+            stdout.read_to_end(&mut out).await.expect("read");
+            child.wait().await.expect("wait");
+            Some(out)
+        })
+        .map(|out| {
+            let stat = String::from_utf8_lossy(&out).to_string();
+            let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            let f: Vec<i64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(-99))
+                .collect();
+            // Fields after the command: nice is the 17th, policy the 39th.
+            (f[16] as i32, f[38] as i32)
+        })
+        .expect("the child's stat")
+    }
+
+    #[test]
+    fn a_launched_process_is_born_at_the_agents_priority() {
+        // SAFETY: reading this thread's nice level.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let p = AgentPriority {
+            nice: 6,
+            policy: SchedPolicy::Idle,
+        };
+        let (nice, policy) = own_priority_of_child(p);
+        assert_eq!(nice, (own + 6).min(19));
+        assert_eq!(policy, libc::SCHED_IDLE);
+        // Off: the executor's own priority.
+        let (nice, policy) = own_priority_of_child(AgentPriority::default());
+        assert_eq!((nice, policy), (own, libc::SCHED_OTHER));
+        // The test thread itself was not lowered.
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, own);
+    }
+
+    #[test]
+    fn a_panicking_launch_fails_alone() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let p = AgentPriority {
+            nice: 3,
+            policy: SchedPolicy::Batch,
+        };
+        rt.block_on(async move {
+            let r: Result<(), _> = run(p, || panic!("boom")).await;
+            assert!(r.is_err());
+            for i in 0..THREADS * 2 {
+                assert_eq!(run(p, move || i).await.ok(), Some(i));
+            }
+        });
+    }
+}
