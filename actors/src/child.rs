@@ -366,9 +366,9 @@ pub fn reap_adopted() -> usize {
         return 0; // the usual SIGCHLD: an owned child, already reaped by its owner
     }
     let me = std::process::id();
-    // With children files only the executor's own children are read, zombies among them, and
-    // `waitpid(WNOHANG)` below leaves the living ones alone.
-    let zombies: Vec<u32> = crate::agent::family::children(me).unwrap_or_else(|| {
+    // With children files only the children orphans are re-parented to are read, zombies
+    // among them, and `waitpid(WNOHANG)` below leaves the living ones alone.
+    let zombies: Vec<u32> = crate::agent::family::orphan_candidates().unwrap_or_else(|| {
         crate::agent::family::process_table()
             .into_iter()
             .filter(|(_, ppid, state)| *ppid == me && *state == 'Z')

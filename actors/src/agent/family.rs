@@ -144,13 +144,22 @@ fn children_into(pid: u32, out: &mut Vec<u32>) {
     }
 }
 
-/// The children of `pid`, zombies included (`None` without `CONFIG_PROC_CHILDREN`).
-pub(crate) fn children(pid: u32) -> Option<Vec<u32>> {
+/// The children the executor has adopted or may have (zombies included; `None` without
+/// `CONFIG_PROC_CHILDREN`): those of its main thread alone. An orphan is re-parented to the
+/// subreaper's first living thread (the kernel's `find_alive_thread`), which is the main thread
+/// while the process lives, whereas the processes the executor starts are children of the
+/// threads that spawned them (launcher threads, workers). Reading one file instead of one per
+/// executor thread (dozens) made it cheap enough for every ending agent.
+pub(crate) fn orphan_candidates() -> Option<Vec<u32>> {
     if !*CHILDREN_FILES {
         return None;
     }
-    let mut out = Vec::new();
-    children_into(pid, &mut out);
+    let me = std::process::id();
+    let text = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).ok()?;
+    let mut out: Vec<u32> = text
+        .split_ascii_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
     out.sort_unstable();
     out.dedup();
     Some(out)
@@ -198,7 +207,7 @@ pub(crate) fn descendants_of(roots: &[u32]) -> Vec<u32> {
 /// Living children of the executor it did not start itself (adopted orphans).
 pub(crate) fn adopted_children() -> Vec<u32> {
     let me = std::process::id();
-    let kids: Vec<u32> = match children(me) {
+    let kids: Vec<u32> = match orphan_candidates() {
         Some(kids) => kids,
         None => recent_table()
             .iter()
