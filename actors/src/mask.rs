@@ -200,6 +200,19 @@ static EXECUTOR_SECRETS: LazyLock<Vec<String>> = LazyLock::new(|| {
 #[derive(Default)]
 pub struct SecretRegistry {
     tasks: RwLock<HashMap<i64, (u64, Vec<String>)>>,
+    /// Bumped whenever the set of values changes.
+    version: std::sync::atomic::AtomicU64,
+    /// One automaton over every value and its percent-encoding, for the `version` it was built
+    /// at: every log line and callback string is scanned once, not once per value of every
+    /// live task (hundreds of values with hundreds of tasks).
+    compiled: RwLock<Option<(u64, std::sync::Arc<Compiled>)>>,
+}
+
+/// The known values as one leftmost-longest automaton (a value containing another is masked
+/// whole), with one [`MASK`] per pattern for `replace_all`.
+struct Compiled {
+    automaton: Option<aho_corasick::AhoCorasick>,
+    masks: Vec<&'static str>,
 }
 
 static REGISTRY: LazyLock<SecretRegistry> = LazyLock::new(SecretRegistry::default);
@@ -217,11 +230,17 @@ impl SecretRegistry {
         };
         let entry = tasks.entry(task_id).or_default();
         entry.0 += 1;
+        let mut added = false;
         for v in values {
             let v = v.trim().to_string();
             if v.len() >= MIN_SECRET_LEN && !entry.1.contains(&v) {
                 entry.1.push(v);
+                added = true;
             }
+        }
+        if added {
+            self.version
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -234,8 +253,11 @@ impl SecretRegistry {
         handle.spawn(async move {
             tokio::time::sleep(FORGET_DELAY).await;
             if let Ok(mut tasks) = self.tasks.write() {
-                if tasks.get(&task_id).map(|e| e.0) == gen {
-                    tasks.remove(&task_id);
+                if tasks.get(&task_id).map(|e| e.0) == gen
+                    && tasks.remove(&task_id).is_some_and(|e| !e.1.is_empty())
+                {
+                    self.version
+                        .fetch_add(1, std::sync::atomic::Ordering::Release);
                 }
             }
         });
@@ -247,6 +269,23 @@ impl SecretRegistry {
 
     /// `s` with every known value (as is and percent-encoded) replaced by [`MASK`].
     pub fn mask_known(&self, s: &str) -> String {
+        let compiled = self.compiled();
+        match &compiled.automaton {
+            Some(ac) if ac.is_match(s) => ac.replace_all(s, &compiled.masks),
+            _ => s.to_string(),
+        }
+    }
+
+    /// The automaton for the current values, rebuilt when they changed.
+    fn compiled(&self) -> std::sync::Arc<Compiled> {
+        let version = self.version.load(std::sync::atomic::Ordering::Acquire);
+        if let Ok(c) = self.compiled.read() {
+            if let Some((v, c)) = c.as_ref() {
+                if *v == version {
+                    return c.clone();
+                }
+            }
+        }
         let mut values: Vec<String> = EXECUTOR_SECRETS
             .iter()
             .filter(|v| v.trim().len() >= MIN_SECRET_LEN)
@@ -255,19 +294,30 @@ impl SecretRegistry {
         if let Ok(tasks) = self.tasks.read() {
             values.extend(tasks.values().flat_map(|e| e.1.iter().cloned()));
         }
-        // Longest first: a value containing another is masked whole.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        let mut out = s.to_string();
-        for v in &values {
-            if out.contains(v.as_str()) {
-                out = out.replace(v.as_str(), MASK);
-            }
-            let encoded = crate::workspace::percent_encode(v);
-            if encoded != *v && out.contains(&encoded) {
-                out = out.replace(&encoded, MASK);
-            }
+        let encoded: Vec<String> = values
+            .iter()
+            .map(|v| crate::workspace::percent_encode(v))
+            .filter(|e| !values.contains(e))
+            .collect();
+        values.extend(encoded);
+        values.sort_unstable();
+        values.dedup();
+        let automaton = (!values.is_empty())
+            .then(|| {
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                    .build(&values)
+                    .ok()
+            })
+            .flatten();
+        let compiled = std::sync::Arc::new(Compiled {
+            masks: vec![MASK; values.len()],
+            automaton,
+        });
+        if let Ok(mut slot) = self.compiled.write() {
+            *slot = Some((version, compiled.clone()));
         }
-        out
+        compiled
     }
 }
 
@@ -275,6 +325,19 @@ impl SecretRegistry {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn known_values_are_masked_whole_encoded_and_as_soon_as_registered() {
+        let reg = SecretRegistry::default();
+        reg.register(-7, ["tok-inner-1234".to_string()]);
+        assert_eq!(reg.mask_known("a tok-inner-1234 b"), "a *** b");
+        // A value registered after the automaton was built is masked too; one containing an
+        // earlier value is masked whole, and its percent-encoding as well.
+        reg.register(-8, ["x/tok-inner-1234/y".to_string()]);
+        assert_eq!(reg.mask_known("[x/tok-inner-1234/y]"), "[***]");
+        assert_eq!(reg.mask_known("u=x%2Ftok-inner-1234%2Fy"), "u=***");
+        assert_eq!(reg.mask_known("nothing here"), "nothing here");
+    }
 
     #[test]
     fn a_mask_that_opens_a_new_match_is_masked_in_the_same_call() {
