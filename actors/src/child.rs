@@ -250,7 +250,7 @@ impl OwnedChild {
         status
     }
 
-    /// Waits for the child to exit, then collects its status on a launcher thread at
+    /// Waits for the child to exit, then collects its status on a reaper thread at
     /// `priority` (as [`wait`](Self::wait) otherwise).
     ///
     /// Reaping a process frees its `/proc` entries, and when an agent's last thread is still
@@ -282,12 +282,13 @@ impl OwnedChild {
         let Some(child) = self.child.take() else {
             return Err(std::io::Error::other("the child was already reaped"));
         };
-        let reaped = crate::agent::launcher::run(priority, move || {
-            let mut child = child;
-            let status = child.try_wait();
-            (child, status)
-        })
-        .await;
+        let reaped =
+            crate::agent::launcher::run(priority, crate::agent::launcher::Lane::Reap, move || {
+                let mut child = child;
+                let status = child.try_wait();
+                (child, status)
+            })
+            .await;
         let Ok((child, status)) = reaped else {
             // The launcher is gone: the child was dropped with the job (and so reaped by
             // tokio's orphan queue); its pid is no longer ours to keep.

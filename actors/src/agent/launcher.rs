@@ -6,7 +6,7 @@
 //! (node) is hundreds of microseconds of kernel time in the child before it runs a line of its
 //! own. Run on tokio's blocking pool, dozens of launches of a burst ran at the executor's
 //! priority and kept its HTTP workers waiting for a CPU for milliseconds at a time. Here they
-//! queue for [`THREADS`] threads that lowered themselves once; Linux copies the spawning
+//! queue for a few threads ([`Lane::threads`]) that lowered themselves once; Linux copies the spawning
 //! thread's nice level and policy into the child, so the agent is born at its priority too,
 //! with no moment at the executor's.
 //!
@@ -20,25 +20,50 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use super::priority::AgentPriority;
 
-/// Launcher threads per priority: launches are short (files, then posix_spawn waits for the
-/// exec), so a few keep up with hundreds of new tasks a second; a launch stuck on a slow disk
-/// holds one of them, not the runtime.
-pub const THREADS: usize = 4;
+/// Which work a job is: each kind has its own threads, so that launches stuck on a slow disk
+/// (a workspace handed over file by file, a hung network mount) never hold up the reaping of
+/// agents that ended, whose live-process slots other tasks wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Preparing an agent's files and spawning it.
+    Launch,
+    /// Collecting an ended agent's exit status.
+    Reap,
+}
+
+impl Lane {
+    /// Threads per priority: launches are short (files, then posix_spawn waits for the exec),
+    /// so a few keep up with hundreds of new tasks a second; a reap is one syscall.
+    pub fn threads(self) -> usize {
+        match self {
+            Lane::Launch => 4,
+            Lane::Reap => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Launch => "agent-launch",
+            Lane::Reap => "agent-reap",
+        }
+    }
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The queue of each priority's launcher threads (one priority per executor; tests use more).
-static QUEUES: LazyLock<Mutex<HashMap<AgentPriority, mpsc::Sender<Job>>>> =
-    LazyLock::new(Mutex::default);
+/// The queue of each priority's threads per lane (one priority per executor; tests use more).
+type Queues = HashMap<(AgentPriority, Lane), mpsc::Sender<Job>>;
+
+static QUEUES: LazyLock<Mutex<Queues>> = LazyLock::new(Mutex::default);
 
 /// The launch could not run: its thread could not be started, or the job panicked.
 #[derive(Debug, thiserror::Error)]
 #[error("the agent launcher failed: {0}")]
 pub struct LaunchFailed(String);
 
-/// Runs `job` on a launcher thread at `priority` (inside the calling task's runtime) and
+/// Runs `job` on a thread of `lane` at `priority` (inside the calling task's runtime) and
 /// returns what it returned. Must be called from within a tokio runtime.
-pub async fn run<T, F>(priority: AgentPriority, job: F) -> Result<T, LaunchFailed>
+pub async fn run<T, F>(priority: AgentPriority, lane: Lane, job: F) -> Result<T, LaunchFailed>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -50,25 +75,25 @@ where
         let out = std::panic::catch_unwind(AssertUnwindSafe(job));
         let _ = tx.send(out.map_err(|_| LaunchFailed("the launch panicked".into())));
     });
-    queue(priority)?
+    queue(priority, lane)?
         .send(job)
         .map_err(|_| LaunchFailed("the launcher threads are gone".into()))?;
     rx.await
         .map_err(|_| LaunchFailed("the launch was dropped".into()))?
 }
 
-/// The queue for `priority`, its threads started on first use.
-fn queue(priority: AgentPriority) -> Result<mpsc::Sender<Job>, LaunchFailed> {
+/// The queue for `priority` and `lane`, its threads started on first use.
+fn queue(priority: AgentPriority, lane: Lane) -> Result<mpsc::Sender<Job>, LaunchFailed> {
     let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(q) = queues.get(&priority) {
+    if let Some(q) = queues.get(&(priority, lane)) {
         return Ok(q.clone());
     }
     let (tx, rx) = mpsc::channel::<Job>();
     let rx = Arc::new(Mutex::new(rx));
-    for i in 0..THREADS {
+    for i in 0..lane.threads() {
         let rx = rx.clone();
         std::thread::Builder::new()
-            .name(format!("agent-launch-{i}"))
+            .name(format!("{}-{i}", lane.name()))
             .spawn(move || {
                 priority.lower_current_thread();
                 loop {
@@ -81,7 +106,7 @@ fn queue(priority: AgentPriority) -> Result<mpsc::Sender<Job>, LaunchFailed> {
             })
             .map_err(|e| LaunchFailed(format!("could not start a launcher thread: {e}")))?;
     }
-    queues.insert(priority, tx.clone());
+    queues.insert((priority, lane), tx.clone());
     Ok(tx)
 }
 
@@ -90,13 +115,44 @@ mod tests {
     use super::*;
     use crate::agent::priority::SchedPolicy;
 
+    #[test]
+    fn a_stuck_launch_does_not_hold_up_reaps() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let p = AgentPriority {
+            nice: 2,
+            policy: SchedPolicy::Normal,
+        };
+        rt.block_on(async move {
+            // Every launch thread blocked (a hung mount), then a reap: it still runs.
+            let (release, stuck) = std::sync::mpsc::channel::<()>();
+            let stuck = Arc::new(Mutex::new(stuck));
+            let mut blocked = Vec::new();
+            for _ in 0..Lane::Launch.threads() {
+                let stuck = stuck.clone();
+                blocked.push(tokio::spawn(run(p, Lane::Launch, move || {
+                    let _ = stuck.lock().map(|rx| rx.recv());
+                })));
+            }
+            let reaped =
+                tokio::time::timeout(std::time::Duration::from_secs(10), run(p, Lane::Reap, || 7))
+                    .await;
+            for _ in 0..Lane::Launch.threads() {
+                let _ = release.send(());
+            }
+            for b in blocked {
+                let _ = b.await;
+            }
+            assert_eq!(reaped.ok().and_then(|r| r.ok()), Some(7));
+        });
+    }
+
     /// The scheduling policy and nice level a process reports for itself (`/proc/self/stat`
     /// read by the process: what it was born with, before anyone could change it).
     fn own_priority_of_child(priority: AgentPriority) -> (i32, i32) {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async move {
             use tokio::io::AsyncReadExt;
-            let mut child = run(priority, || {
+            let mut child = run(priority, Lane::Launch, || {
                 let mut cmd = tokio::process::Command::new("sh");
                 cmd.args(["-c", "cat /proc/self/stat"])
                     .stdout(std::process::Stdio::piped());
@@ -151,10 +207,10 @@ mod tests {
             policy: SchedPolicy::Batch,
         };
         rt.block_on(async move {
-            let r: Result<(), _> = run(p, || panic!("boom")).await;
+            let r: Result<(), _> = run(p, Lane::Launch, || panic!("boom")).await;
             assert!(r.is_err());
-            for i in 0..THREADS * 2 {
-                assert_eq!(run(p, move || i).await.ok(), Some(i));
+            for i in 0..Lane::Launch.threads() * 2 {
+                assert_eq!(run(p, Lane::Launch, move || i).await.ok(), Some(i));
             }
         });
     }

@@ -86,9 +86,11 @@ pub async fn start(cfg: &RuntimeConfig, tag: i64) -> Result<Client, AgentError> 
     };
     let (tx, events) = mpsc::unbounded_channel();
     let python = spec.program.display().to_string();
-    let spawned = crate::agent::launcher::run(spec.priority, move || {
-        AgentProcess::spawn(&spec, move |ev| tx.send(ev).is_ok())
-    })
+    let spawned = crate::agent::launcher::run(
+        spec.priority,
+        crate::agent::launcher::Lane::Launch,
+        move || AgentProcess::spawn(&spec, move |ev| tx.send(ev).is_ok()),
+    )
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
     let process = spawned.map_err(|e| {

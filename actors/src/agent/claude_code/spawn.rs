@@ -72,7 +72,7 @@ pub async fn launch(
     // Files, ownership and the spawn in one job on a launcher thread, at the agent's priority:
     // each blocks its thread a while, and all of it is the agent's work, not the executor's.
     let priority = spec.priority;
-    crate::agent::launcher::run(priority, move || {
+    crate::agent::launcher::run(priority, crate::agent::launcher::Lane::Launch, move || {
         let ws_err = |path: &PathBuf| {
             let path = path.display().to_string();
             move |source| AgentError::Workspace { path, source }
