@@ -122,26 +122,24 @@ pub fn descendants(root: u32) -> Vec<u32> {
 static CHILDREN_FILES: LazyLock<bool> =
     LazyLock::new(|| std::path::Path::new("/proc/thread-self/children").exists());
 
-/// Appends the children of `pid` (of all its threads; zombies included) to `out`.
+/// Appends the children of `pid`'s main thread (zombies included) to `out`.
+///
+/// Only the main thread's file is read: the processes a CLI starts (node's `child_process`,
+/// Python's `subprocess` from the main thread) are its children, and looking up the entries of
+/// the other threads creates `/proc` dentries that each of those threads must tear down as it
+/// exits, while the executor reaping the process tears down the same ones: at the agents' low
+/// priority, that contention had the reaper spin in the kernel for milliseconds per agent
+/// (measured: a quarter of the executor's CPU). A process started by another thread is still
+/// ended: it is in the agent's process group, or, once orphaned, it is adopted by the executor
+/// and found by its marker or working directory.
 fn children_into(pid: u32, out: &mut Vec<u32>) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
         return; // gone
     };
-    let mut buf = String::with_capacity(64);
-    for t in tasks.flatten() {
-        let mut path = t.path();
-        path.push("children");
-        buf.clear();
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            use std::io::Read;
-            if f.read_to_string(&mut buf).is_ok() {
-                out.extend(
-                    buf.split_ascii_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
-        }
-    }
+    out.extend(
+        text.split_ascii_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok()),
+    );
 }
 
 /// The children the executor has adopted or may have (zombies included; `None` without
