@@ -581,14 +581,7 @@ async fn a_client_that_ignores_cancel_is_killed_after_the_grace() {
         took >= grace,
         "the client was gone {took:?} after the cancel, before the {grace:?} grace"
     );
-    // Dead is not yet reaped: the status is collected right after, off the HTTP workers.
-    assert!(
-        wait_until(Duration::from_secs(10), || zombie_children_of(exec.pid())
-            .is_empty())
-        .await,
-        "the killed client was never reaped: {:?}",
-        zombie_children_of(exec.pid())
-    );
+    common::assert_reaped(exec.pid(), Duration::from_secs(10)).await;
     assert!(
         exec.logs()
             .iter()

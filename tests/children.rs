@@ -86,9 +86,5 @@ async fn concurrent_clones_beside_orphan_churn_never_lose_their_exit_status() {
     let churn = rx.wait_terminal(1, 1, Duration::from_secs(60)).await;
     assert_eq!(churn["status"], "COMPLETED", "{churn}");
     // Nothing adopted is left unreaped.
-    let reaped = wait_until(Duration::from_secs(10), || {
-        zombie_children_of(exec.pid()).is_empty()
-    })
-    .await;
-    assert!(reaped, "zombies left: {:?}", zombie_children_of(exec.pid()));
+    common::assert_reaped(exec.pid(), Duration::from_secs(10)).await;
 }

@@ -178,13 +178,6 @@ async fn a_cli_that_never_answers_initialize_fails_after_the_init_timeout() {
         "the CLI that never answered is ended: {}",
         describe(&processes_in(&dir))
     );
-    // Dead is not yet reaped: the status is collected right after, off the HTTP workers.
-    assert!(
-        wait_until(Duration::from_secs(10), || zombie_children_of(exec.pid())
-            .is_empty())
-        .await,
-        "the ended CLI was never reaped: {:?}",
-        zombie_children_of(exec.pid())
-    );
+    common::assert_reaped(exec.pid(), Duration::from_secs(10)).await;
     assert_one_terminal_each(&exec, &rx, 3, &[1], 2).await;
 }

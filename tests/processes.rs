@@ -40,12 +40,7 @@ async fn escapers(exec: &Executor, ids: &[i64]) {
 async fn assert_clean(exec: &Executor) {
     let left = processes_in(exec.workspace());
     assert!(left.is_empty(), "left behind: {}", describe(&left));
-    let pid = exec.pid();
-    let no_zombies = wait_until(Duration::from_secs(5), || {
-        zombie_children_of(pid).is_empty()
-    })
-    .await;
-    assert!(no_zombies, "zombies: {:?}", zombie_children_of(pid));
+    common::assert_reaped(exec.pid(), Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

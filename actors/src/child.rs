@@ -37,6 +37,13 @@ struct Registry {
 }
 
 impl Registry {
+    /// Records a spawn as under way from now; returns its ticket.
+    fn begin_spawn(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.spawning.insert(self.next_ticket, boot_tick());
+        self.next_ticket
+    }
+
     /// The tick at which the oldest spawn under way began.
     fn oldest_spawn(&self) -> Option<u64> {
         self.spawning.values().copied().min()
@@ -96,10 +103,11 @@ fn clock_ticks() -> u64 {
 /// The tick at which `pid` was born (`starttime` in its `stat`), `None` once it is gone.
 fn birth_tick(pid: u32) -> Option<u64> {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|b| *b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
     // After the command: state, ppid, ... starttime is the 20th field.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    crate::agent::family::stat_fields(&stat)?
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// Of `children` (children of the executor), the ones it adopted rather than started: not
@@ -107,34 +115,33 @@ fn birth_tick(pid: u32) -> Option<u64> {
 /// that a child whose spawn has not yet returned is never taken for an orphan (a child born in
 /// the same tick waits for the next look).
 pub fn adopted_among(children: &[u32]) -> Vec<u32> {
-    let mut candidates: Vec<u32> = {
+    let unowned: Vec<u32> = {
         let r = registry();
-        let unowned = children
+        let unowned: Vec<u32> = children
             .iter()
+            .copied()
             .filter(|p| !r.owned.contains_key(p))
-            .copied();
-        let unowned: Vec<u32> = unowned.collect();
-        if r.spawning.is_empty() || unowned.is_empty() {
+            .collect();
+        if r.spawning.is_empty() {
             return unowned; // the usual case: decided under the lock, nothing to read
         }
         unowned
     };
     // Birth ticks are read without the lock; the decision is taken under it.
-    let born: Vec<(u32, Option<u64>)> = candidates.iter().map(|p| (*p, birth_tick(*p))).collect();
+    let born: Vec<(u32, Option<u64>)> = unowned.iter().map(|p| (*p, birth_tick(*p))).collect();
     let r = registry();
     let oldest = r.oldest_spawn();
-    candidates.clear();
-    for (pid, born) in born {
-        let before_every_spawn = match (oldest, born) {
-            (None, _) => true,
-            (Some(o), Some(b)) => b < o,
-            (Some(_), None) => false,
-        };
-        if before_every_spawn && !r.owned.contains_key(&pid) {
-            candidates.push(pid);
-        }
-    }
-    candidates
+    born.into_iter()
+        .filter(|(pid, born)| {
+            let before_every_spawn = match (oldest, born) {
+                (None, _) => true,
+                (Some(o), Some(b)) => *b < o,
+                (Some(_), None) => false,
+            };
+            before_every_spawn && !r.owned.contains_key(pid)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// A child process started by [`spawn`]; its exit status is its owner's alone.
@@ -152,13 +159,7 @@ pub struct OwnedChild {
 pub fn spawn(cmd: &mut Command, kind: ChildKind) -> std::io::Result<OwnedChild> {
     // Under way from before the fork until registered: the reaper, which decides under the
     // lock, never takes this child for an orphan even if it exits before the spawn returns.
-    let ticket = {
-        let mut r = registry();
-        r.next_ticket += 1;
-        let ticket = r.next_ticket;
-        r.spawning.insert(ticket, boot_tick());
-        ticket
-    };
+    let ticket = registry().begin_spawn();
     #[allow(clippy::disallowed_methods)] // the one sanctioned spawn
     let spawned = cmd.spawn();
     let mut r = registry();
@@ -254,10 +255,12 @@ impl OwnedChild {
     /// `priority` (as [`wait`](Self::wait) otherwise).
     ///
     /// Reaping a process frees its `/proc` entries, and when an agent's last thread is still
-    /// tearing its own down, the reaper spins in the kernel until that thread has run. The
-    /// agent runs at the lowest priority, so a reaper on an HTTP worker spun for milliseconds
-    /// per agent (a third of the executor's CPU under load, measured); a reaper at the agent's
-    /// priority yields to it at once. The exit is awaited without reaping, on a pidfd.
+    /// tearing down entries someone looked up, the reaper spins in the kernel until that thread
+    /// has run. The agent runs at the lowest priority, so a reaper on an HTTP worker spun for
+    /// milliseconds per agent (38% of the executor's CPU under load, measured, while its family
+    /// walks still created such entries: see `family::children_into`); any other reader of
+    /// `/proc` can bring it back, and a reaper at the agent's priority yields to the agent at
+    /// once. The exit is awaited without reaping, on a pidfd.
     pub async fn wait_at(
         &mut self,
         priority: crate::agent::priority::AgentPriority,
@@ -480,14 +483,6 @@ mod tests {
             .expect("sleep")
     }
 
-    fn begin_spawn() -> u64 {
-        let mut r = registry();
-        r.next_ticket += 1;
-        let t = r.next_ticket;
-        r.spawning.insert(t, boot_tick());
-        t
-    }
-
     fn end(mut child: std::process::Child) {
         let _ = child.kill();
         let _ = child.wait();
@@ -495,7 +490,7 @@ mod tests {
 
     #[test]
     fn a_child_born_while_a_spawn_is_under_way_is_not_taken_for_an_orphan() {
-        let ticket = begin_spawn();
+        let ticket = registry().begin_spawn();
         // Born after the spawn began: it could be that spawn's child, whose pid is not
         // registered yet.
         let child = unregistered_child();
@@ -525,7 +520,7 @@ mod tests {
             );
             std::thread::yield_now();
         }
-        let ticket = begin_spawn();
+        let ticket = registry().begin_spawn();
         assert_eq!(adopted_among(&[pid]), vec![pid]);
         registry().spawning.remove(&ticket);
         end(child);

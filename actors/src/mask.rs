@@ -297,7 +297,6 @@ impl SecretRegistry {
         let encoded: Vec<String> = values
             .iter()
             .map(|v| crate::workspace::percent_encode(v))
-            .filter(|e| !values.contains(e))
             .collect();
         values.extend(encoded);
         values.sort_unstable();

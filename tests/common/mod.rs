@@ -65,6 +65,18 @@ pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
+/// Waits until the process `pid` (an executor) has no zombie child left: a child that died is
+/// reaped shortly after, off the HTTP workers, so "dead" and "reaped" are two moments. Panics
+/// with the zombies if some are still there after `timeout`.
+pub async fn assert_reaped(pid: u32, timeout: Duration) {
+    let reaped = wait_until(timeout, || zombie_children_of(pid).is_empty()).await;
+    assert!(
+        reaped,
+        "zombies left unreaped: {}",
+        describe(&zombie_children_of(pid))
+    );
+}
+
 /// Blocking twin of [`wait_until`] for code that is not async (e.g. `Drop`).
 pub fn wait_until_blocking(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

@@ -99,12 +99,20 @@ pub(crate) fn process_table() -> Vec<(u32, u32, char)> {
     out
 }
 
-/// `(ppid, state)` from the text of `/proc/<pid>/stat` (the command name may hold any byte,
-/// so fields are read after its last `)`).
-fn parse_stat(stat: &[u8]) -> Option<(u32, char)> {
+/// The fields of a `/proc/<pid>/stat` text after the command name, from the state on (the
+/// command may hold any byte, so fields are read after its last `)`).
+pub(crate) fn stat_fields(stat: &[u8]) -> Option<std::str::SplitAsciiWhitespace<'_>> {
     let close = stat.iter().rposition(|b| *b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
-    let mut fields = rest.split_ascii_whitespace();
+    Some(
+        std::str::from_utf8(stat.get(close + 2..)?)
+            .ok()?
+            .split_ascii_whitespace(),
+    )
+}
+
+/// `(ppid, state)` from the text of `/proc/<pid>/stat`.
+fn parse_stat(stat: &[u8]) -> Option<(u32, char)> {
+    let mut fields = stat_fields(stat)?;
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     Some((ppid, state))

@@ -121,8 +121,6 @@ impl AgentPriority {
 
 /// Sets the nice level and policy of one thread or process (a pid is its main thread).
 fn set(pid: i32, nice: i32, policy: SchedPolicy) {
-    // Read before anything is lowered, so it is the executor's own.
-    let _ = *EXECUTOR_NICE;
     // SAFETY: plain syscalls on one thread or child process; no memory is shared.
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice);
