@@ -213,6 +213,9 @@ pub struct SecretRegistry {
 struct Compiled {
     automaton: Option<aho_corasick::AhoCorasick>,
     masks: Vec<&'static str>,
+    /// Only when the automaton did not build (it fails only past its size limits): the values,
+    /// longest first, replaced one by one, so that a secret is never left unmasked.
+    values: Vec<String>,
 }
 
 static REGISTRY: LazyLock<SecretRegistry> = LazyLock::new(SecretRegistry::default);
@@ -272,7 +275,11 @@ impl SecretRegistry {
         let compiled = self.compiled();
         match &compiled.automaton {
             Some(ac) if ac.is_match(s) => ac.replace_all(s, &compiled.masks),
-            _ => s.to_string(),
+            Some(_) => s.to_string(),
+            None => compiled
+                .values
+                .iter()
+                .fold(s.to_string(), |out, v| out.replace(v.as_str(), MASK)),
         }
     }
 
@@ -309,9 +316,15 @@ impl SecretRegistry {
                     .ok()
             })
             .flatten();
+        let masks = vec![MASK; values.len()];
+        if automaton.is_some() {
+            values.clear(); // kept only for the fallback
+        }
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         let compiled = std::sync::Arc::new(Compiled {
-            masks: vec![MASK; values.len()],
             automaton,
+            masks,
+            values,
         });
         if let Ok(mut slot) = self.compiled.write() {
             *slot = Some((version, compiled.clone()));

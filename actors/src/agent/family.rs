@@ -160,12 +160,8 @@ pub(crate) fn orphan_candidates() -> Option<Vec<u32>> {
     if !*CHILDREN_FILES {
         return None;
     }
-    let me = std::process::id();
-    let text = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).ok()?;
-    let mut out: Vec<u32> = text
-        .split_ascii_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
+    let mut out = Vec::new();
+    children_into(std::process::id(), &mut out);
     out.sort_unstable();
     out.dedup();
     Some(out)

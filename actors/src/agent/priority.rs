@@ -79,8 +79,8 @@ pub struct AgentPriority {
     pub policy: SchedPolicy,
 }
 
-/// The executor's own nice level (its main thread's), which the agents' is relative to: read
-/// once, before any launcher thread lowers itself.
+/// The executor's own nice level, which the agents' is relative to: its main thread's, which
+/// nothing lowers (launcher threads lower only themselves).
 static EXECUTOR_NICE: std::sync::LazyLock<i32> = std::sync::LazyLock::new(|| {
     // SAFETY: getpriority has no preconditions; for a pid it reads that thread's nice level.
     unsafe { libc::getpriority(libc::PRIO_PROCESS, std::process::id() as libc::id_t) }
