@@ -15,7 +15,8 @@
 //! (`instant,cpu-heavy`) and `BENCH_PRIORITIES` (`idle:10,batch:10,off`) pick the scenarios;
 //! `BENCH_ALONE_CLIENTS` (as `BENCH_CLIENTS`) runs the fake alone that many at a time;
 //! `BENCH_LIVE_CAP` sets the executor's `MAX_LIVE_PROCESSES` (default 0: no cap);
-//! `BENCH_EXECUTOR=/path` runs another build of the executor (before/after comparisons). Exits non-zero when a task is
+//! `BENCH_EXECUTOR=/path` runs another build of the executor (before/after comparisons);
+//! `BENCH_EXECUTOR_ENV=K=V,K=V` gives it extra environment. Exits non-zero when a task is
 //! left without its terminal callback. Targets (issue "control plane") are reported, not
 //! asserted: timings depend on the machine.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
@@ -185,6 +186,15 @@ async fn run(s: &Scenario<'_>, n: usize, clients: usize, alone: Alone) -> Row {
         .env("SESSION_TERM_GRACE_MS", "1000");
     for (k, v) in &s.fake_env {
         opts = opts.env(k.clone(), v.clone());
+    }
+    // Extra settings for the executor under test (`K=V,K=V`), e.g. an allocator option.
+    for kv in std::env::var("BENCH_EXECUTOR_ENV")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((k, v)) = kv.split_once('=') {
+            opts = opts.env(k.trim().to_string(), v.trim().to_string());
+        }
     }
     if let Ok(p) = std::env::var("BENCH_EXECUTOR") {
         opts = opts.program(p); // another build, for before/after comparisons
