@@ -15,36 +15,40 @@ use serde_json::Value;
 pub const MASK: &str = "***";
 
 /// Secret-looking substrings, matched anywhere in a string.
-static PATTERNS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
-    [
-        // Private key blocks.
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-        // Anthropic keys: distinctive enough to match glued to anything (e.g. after a literal
-        // `\n` in escaped JSON); other `sk-` keys only at a word start ("task-..." is no key).
-        r"sk-ant-[A-Za-z0-9_\-]{8,}",
-        r"\bsk-[A-Za-z0-9_\-]{8,}",
-        // GitHub and GitLab tokens, Slack tokens, AWS access key ids, JWTs: distinctive prefixes.
-        r"(?:ghp|gho|ghu|ghs|ghr|github_pat|glpat)[_-][A-Za-z0-9_\-]{10,}",
-        r"xox[abposr]-[A-Za-z0-9\-]{10,}",
-        r"AKIA[0-9A-Z]{16}",
-        r"eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}",
-        // Authorization headers.
-        r"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/\-]{8,}=*",
-        // Credentials in URLs: scheme://user:secret@host.
-        r"(?i)(?:https?|git|ssh)://[^\s/:@]+:[^\s/@]+@",
-    ]
-    .iter()
-    .filter_map(|p| Regex::new(p).ok())
-    .collect()
-});
+const PATTERN_SOURCES: [&str; 9] = [
+    // Private key blocks.
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+    // Anthropic keys: distinctive enough to match glued to anything (e.g. after a literal
+    // `\n` in escaped JSON); other `sk-` keys only at a word start ("task-..." is no key).
+    r"sk-ant-[A-Za-z0-9_\-]{8,}",
+    r"\bsk-[A-Za-z0-9_\-]{8,}",
+    // GitHub and GitLab tokens, Slack tokens, AWS access key ids, JWTs: distinctive prefixes.
+    r"(?:ghp|gho|ghu|ghs|ghr|github_pat|glpat)[_-][A-Za-z0-9_\-]{10,}",
+    r"xox[abposr]-[A-Za-z0-9\-]{10,}",
+    r"AKIA[0-9A-Z]{16}",
+    r"eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}",
+    // Authorization headers.
+    r"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/\-]{8,}=*",
+    // Credentials in URLs: scheme://user:secret@host.
+    r"(?i)(?:https?|git|ssh)://[^\s/:@]+:[^\s/@]+@",
+];
 
 /// `key=value` / `"key": "value"` pairs whose key names a secret.
-static KEY_VALUE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(
-        r#"(?i)((?:api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?token|secret|password|passwd|git[_-]?token|private[_-]?key)["']?\s*[:=]\s*["']?)([^\s"',}]{4,})"#,
-    )
-    .ok()
+const KEY_VALUE_SOURCE: &str = r#"(?i)((?:api[_-]?key|access[_-]?token|auth[_-]?token|private[_-]?token|secret|password|passwd|git[_-]?token|private[_-]?key)["']?\s*[:=]\s*["']?)([^\s"',}]{4,})"#;
+
+static PATTERNS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    PATTERN_SOURCES
+        .iter()
+        .filter_map(|p| Regex::new(p).ok())
+        .collect()
 });
+
+static KEY_VALUE: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(KEY_VALUE_SOURCE).ok());
+
+/// Every pattern at once: one scan tells whether a string needs masking at all (nearly every
+/// log line and callback string does not), where the patterns one by one were ten scans.
+static ANY_PATTERN: LazyLock<Option<regex::RegexSet>> =
+    LazyLock::new(|| regex::RegexSet::new(PATTERN_SOURCES.iter().chain([&KEY_VALUE_SOURCE])).ok());
 
 /// True for object keys whose values are secrets whatever they look like (`api_key`,
 /// `ANTHROPIC_AUTH_TOKEN`, `git_password`, ...), but not `apiKeySource` or `input_tokens`.
@@ -76,6 +80,9 @@ const MAX_MASK_PASSES: usize = 4;
 
 /// Masks secrets inside one string (idempotent: masking the result changes nothing).
 pub fn mask_str(s: &str) -> String {
+    if ANY_PATTERN.as_ref().is_some_and(|set| !set.is_match(s)) {
+        return s.to_string();
+    }
     let mut out = s.to_string();
     for _ in 0..MAX_MASK_PASSES {
         let next = mask_pass(&out);
@@ -336,6 +343,30 @@ impl SecretRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_pattern_compiles_and_is_in_the_quick_check() {
+        assert_eq!(PATTERNS.len(), PATTERN_SOURCES.len());
+        assert!(KEY_VALUE.is_some());
+        let set = ANY_PATTERN.as_ref().expect("the set compiles");
+        assert_eq!(set.len(), PATTERN_SOURCES.len() + 1);
+        // Each pattern's own example is seen by the quick check.
+        for s in [
+            "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----",
+            "x sk-ant-abcdefgh12",
+            "key sk-abcdefgh12",
+            "ghp_abcdefghij12",
+            "xoxb-abcdefghij12",
+            "AKIAABCDEFGHIJKLMNOP",
+            "eyJabcde.fghijkl.mnopqrs",
+            "Authorization: Bearer abcdefgh123",
+            "https://user:pw@host/x",
+            "password=hunter22",
+        ] {
+            assert!(set.is_match(s), "{s}");
+            assert_ne!(mask_str(s), s, "{s}");
+        }
+    }
     use serde_json::json;
 
     #[test]
