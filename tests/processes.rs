@@ -308,3 +308,46 @@ async fn agents_and_their_tools_run_nicer_than_the_executor_also_after_a_resume(
     let off = start_fake(&rx, &[("AGENT_NICE", "0")]).await;
     assert_eq!(priorities(&off, &rx, 52, 1).await, [(0, 0); 2]);
 }
+
+/// The `THP_enabled` line of a `/proc/<pid>/status` text.
+fn thp_enabled(status: &str) -> Option<String> {
+    status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .map(|l| l.trim_start_matches("THP_enabled:").trim().to_string())
+}
+
+/// The executor keeps its allocator from asking for huge pages without disabling them for the
+/// process (`PR_SET_THP_DISABLE` is inherited across exec): the agents and their tools keep the
+/// host's transparent-huge-page setting, the same as the process that started the executor.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_keep_the_hosts_huge_page_setting() {
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let Some(expected) = thp_enabled(&ours) else {
+        return; // a kernel without the field (before 6.0) has nothing to inherit or check
+    };
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let own = std::fs::read_to_string(format!("/proc/{}/status", exec.pid())).unwrap();
+    assert_eq!(
+        thp_enabled(&own).as_deref(),
+        Some(expected.as_str()),
+        "the executor"
+    );
+    let seen = exec.workspace().join("61").join("tool-status");
+    let prompt = format!(
+        "FAKE:sh:cat /proc/self/status > {0}.tmp && mv {0}.tmp {0}\ndone",
+        seen.display()
+    );
+    post_task(&exec, 61, 1, &prompt).await;
+    assert_eq!(
+        rx.wait_terminal(61, 1, FAKE_WAIT).await["status"],
+        "COMPLETED"
+    );
+    let tool = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(
+        thp_enabled(&tool).as_deref(),
+        Some(expected.as_str()),
+        "a tool the agent ran"
+    );
+}
