@@ -28,10 +28,10 @@ use crate::config::{Cli, Settings};
 /// Built with `no_thp`: by default mimalloc asks for transparent huge pages
 /// (`madvise(MADV_HUGEPAGE)`) on its regions, so a new thread's heap or a growing arena faulted
 /// in 2 MiB pages, each zeroed whole in the kernel: 0.3–4 ms with a CPU held at the executor's
-/// priority, which the HTTP workers waited behind (sequential accept p99 5.8–6.2 ms under the
-/// CPU-heavy control-plane bench, 0.7–1.7 ms without). The feature only drops that request: it
-/// does not disable huge pages for the process (which the agents would inherit), so a host
-/// set to THP `always` still decides for itself.
+/// priority, which the HTTP workers waited behind (sequential accept p99 5.4–7.1 ms under the
+/// CPU-heavy control-plane bench, 1.2–2.0 ms with this feature). The feature only drops that
+/// request: it does not disable huge pages for the process (which the agents would inherit),
+/// so a host set to THP `always` still decides for itself.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
