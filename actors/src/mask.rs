@@ -343,6 +343,7 @@ impl SecretRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn every_pattern_compiles_and_is_in_the_quick_check() {
@@ -367,7 +368,6 @@ mod tests {
             assert_ne!(mask_str(s), s, "{s}");
         }
     }
-    use serde_json::json;
 
     #[test]
     fn known_values_are_masked_whole_encoded_and_as_soon_as_registered() {
