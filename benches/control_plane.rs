@@ -166,7 +166,9 @@ struct Row {
 
 async fn run(s: &Scenario<'_>, n: usize, clients: usize, alone: Alone) -> Row {
     let rx = CallbackReceiver::start();
+    // Quiet: echoing every line of the executor's to the terminal would count as load.
     let mut opts = ExecutorOptions::new()
+        .quiet()
         .callback_url(rx.url())
         .env("ANTHROPIC_API_KEY", "sk-bench")
         .env("LOG_LEVEL", "info") // as production runs (the harness default is DEBUG)

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -54,6 +54,9 @@ pub struct ExecutorOptions {
     pub program: Option<PathBuf>,
     /// RLIMIT_NOFILE (soft and hard) the executor starts under; inherited when `None`.
     pub fd_limit: Option<u64>,
+    /// Whether each output line is echoed to the test's stderr (shown for failing tests);
+    /// benchmarks turn it off, so that the echo is not counted as the load's CPU.
+    pub echo: bool,
 }
 
 impl Default for ExecutorOptions {
@@ -68,6 +71,7 @@ impl Default for ExecutorOptions {
             startup_timeout: STARTUP_TIMEOUT,
             program: None,
             fd_limit: None,
+            echo: true,
         }
     }
 }
@@ -76,6 +80,12 @@ impl ExecutorOptions {
     /// Defaults: fake CLI, no callback URL, no extra env.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps the output lines (for [`Executor::logs`]) without echoing them to stderr.
+    pub fn quiet(mut self) -> Self {
+        self.echo = false;
+        self
     }
 
     /// Adds one environment variable.
@@ -187,6 +197,12 @@ struct LogSink {
     closed: AtomicUsize,
     /// Bumped on every line and every EOF.
     events: watch::Sender<u64>,
+    /// While set, the readers stop reading (a log collector that stalls): see
+    /// [`Executor::pause_output`].
+    paused: Mutex<bool>,
+    resumed: Condvar,
+    /// The read end of the stdout pipe (for [`Executor::unread_output_bytes`]).
+    stdout_fd: Mutex<Option<i32>>,
 }
 
 /// Extracts the port from a `… listening on http://<ip>:<port>` log line.
@@ -205,11 +221,16 @@ pub fn parse_listening_port(line: &str) -> Option<u16> {
     digits.parse().ok().filter(|p| *p != 0)
 }
 
-fn pump(stream: impl Read, name: &'static str, pid: u32, sink: Arc<LogSink>) {
+fn pump(stream: impl Read, name: &'static str, pid: u32, sink: Arc<LogSink>, echo: bool) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
         buf.clear();
+        let mut paused = sink.paused.lock().unwrap();
+        while *paused {
+            paused = sink.resumed.wait(paused).unwrap();
+        }
+        drop(paused);
         match reader.read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
@@ -217,7 +238,9 @@ fn pump(stream: impl Read, name: &'static str, pid: u32, sink: Arc<LogSink>) {
                     .trim_end_matches(['\n', '\r'])
                     .to_string();
                 // Shown by the test runner for failing tests only (output capture is inherited).
-                eprintln!("[executor {pid} {name}] {line}");
+                if echo {
+                    eprintln!("[executor {pid} {name}] {line}");
+                }
                 if let Some(port) = parse_listening_port(&line) {
                     sink.port.lock().unwrap().get_or_insert(port);
                 }
@@ -226,6 +249,11 @@ fn pump(stream: impl Read, name: &'static str, pid: u32, sink: Arc<LogSink>) {
             }
         }
     }
+    if name == "stdout" {
+        // Before the pipe is closed (its number may be reused).
+        *sink.stdout_fd.lock().unwrap() = None;
+    }
+    drop(reader);
     sink.closed.fetch_add(1, Ordering::SeqCst);
     sink.events.send_modify(|v| *v += 1);
 }
@@ -353,6 +381,11 @@ impl Executor {
         let sink = Arc::new(LogSink::default());
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
+        {
+            use std::os::fd::AsRawFd;
+            *sink.stdout_fd.lock().unwrap() = Some(stdout.as_raw_fd());
+        }
+        let echo = opts.echo;
         for (name, stream) in [
             ("stdout", Box::new(stdout) as Box<dyn Read + Send>),
             ("stderr", Box::new(stderr)),
@@ -360,7 +393,7 @@ impl Executor {
             let sink = sink.clone();
             std::thread::Builder::new()
                 .name(format!("executor-{pid}-{name}"))
-                .spawn(move || pump(stream, name, pid, sink))
+                .spawn(move || pump(stream, name, pid, sink, echo))
                 .expect("spawn a log reader thread");
         }
         let client = reqwest::Client::builder()
@@ -450,6 +483,42 @@ impl Executor {
     /// Process id of the executor.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops reading the executor's output, as a log collector that stalls: once the pipe is
+    /// full, the executor's writes to stdout would block. [`Executor::resume_output`] (and
+    /// `Drop`) read again.
+    pub fn pause_output(&self) {
+        *self.sink.paused.lock().unwrap() = true;
+    }
+
+    /// Reads the executor's output again after [`Executor::pause_output`].
+    pub fn resume_output(&self) {
+        *self.sink.paused.lock().unwrap() = false;
+        self.sink.resumed.notify_all();
+    }
+
+    /// Capacity of the stdout pipe in bytes (`F_GETPIPE_SZ`; 0 once it is closed).
+    pub fn output_pipe_size(&self) -> usize {
+        let fd = self.sink.stdout_fd.lock().unwrap();
+        let Some(fd) = *fd else { return 0 };
+        // SAFETY: F_GETPIPE_SZ only reads the pipe's size; it stays open while the lock is held.
+        let n = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+        n.max(0) as usize
+    }
+
+    /// Bytes written to stdout and not read yet (what fills the pipe while output is paused).
+    pub fn unread_output_bytes(&self) -> usize {
+        let fd = self.sink.stdout_fd.lock().unwrap();
+        let Some(fd) = *fd else { return 0 };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; the pipe stays open while the lock is held.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+        if rc == 0 {
+            n.max(0) as usize
+        } else {
+            0
+        }
     }
 
     /// HTTP client (no proxy, 30 s timeout) for requests the helpers do not cover.
@@ -701,6 +770,8 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
+        // Output is read again, so that nothing the shutdown logs can hold the executor up.
+        self.resume_output();
         let pid = self.pid();
         // Never panic while already panicking (that aborts the test binary); a simulated crash
         // leaves its agents running on purpose.
