@@ -3,9 +3,18 @@
 //! Text lines are safe to read and to parse: control characters in anything logged (task
 //! strings included) are escaped, so a task cannot forge a line (CR/LF) or a terminal sequence
 //! (ESC); colour is used only on a terminal and never when `NO_COLOR` is set.
+//!
+//! Logging never waits for the reader of standard output: lines are masked where they are
+//! logged, then queued for a writer thread of their own (tracing-appender's non-blocking
+//! writer), which writes whatever has queued up in one go. A log collector that stops reading
+//! fills the pipe and then the queue; beyond [`QUEUED_LINES`] new lines are dropped and counted
+//! (`executor_log_lines_dropped_total` in `/metrics`), and requests and tasks go on.
 
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::filter_fn;
@@ -60,22 +69,61 @@ where
     }
 }
 
-/// Standard output through the one masking pass (issue: security): every log line — text or
-/// JSON — has the secret values the executor knows (its own credentials, each task's keys and
-/// tokens) and the secret patterns replaced by `***` before it is written. The formatter hands
-/// over one whole line per write, so a secret is never split between two writes.
-struct MaskingStdout;
+/// Lines that may wait for the writer thread (about 4 MiB at typical line lengths); beyond, new
+/// lines are dropped and counted, so a stalled log pipe costs bounded memory and no waiting.
+pub const QUEUED_LINES: usize = 16_384;
 
-impl std::io::Write for MaskingStdout {
+/// Bytes the writer thread gathers before a `write` to standard output.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Counts the lines dropped because the queue was full (see [`dropped_lines`]).
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far because standard output was not read fast enough (for `/metrics`).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Flushes the queued lines when dropped: the binary keeps it until its last line is logged.
+#[must_use = "dropping it stops the log writer"]
+pub struct Flush(#[allow(dead_code)] WorkerGuard);
+
+/// The queue in front of `sink`, written by a thread of its own: lossy beyond `limit` lines.
+fn queue<W: Write + Send + 'static>(sink: W, limit: usize) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(limit)
+        .thread_name("log-writer")
+        .finish(sink)
+}
+
+/// What the formatter writes to: every log line — text or JSON — has the secret values the
+/// executor knows (its own credentials, each task's keys and tokens) and the secret patterns
+/// replaced by `***` (issue: security), then goes to the queue. Masking happens here, on the
+/// logging thread, and not on the writer thread: a task's secrets are forgotten when the task
+/// ends, maybe before a queued line of it would be written. The formatter hands over one whole
+/// line per write, so a secret is never split between two writes.
+#[derive(Clone)]
+struct Masking(NonBlocking);
+
+impl Write for Masking {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
         let masked = actors::mask::mask_text(&text);
-        std::io::stdout().lock().write_all(masked.as_bytes())?;
+        self.0.write_all(masked.as_bytes())?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
+        self.0.flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Masking {
+    type Writer = Masking;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
     }
 }
 
@@ -108,7 +156,12 @@ fn colour_wanted() -> bool {
 /// Installs the global subscriber; `level` is a level name or a full filter directive; `json`
 /// (`LOG_FORMAT=json`) gives one JSON object per line for log pipelines; `otel` adds the
 /// OpenTelemetry layer (its own filter: the executor's spans at info, whatever `LOG_LEVEL`).
-pub fn init(level: &str, json: bool, otel: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+/// Returns the writer's [`Flush`]: keep it until the last line.
+pub fn init(
+    level: &str,
+    json: bool,
+    otel: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+) -> Flush {
     let filter = EnvFilter::try_new(level.to_lowercase())
         .or_else(|_| EnvFilter::try_new("info"))
         .unwrap_or_default()
@@ -116,9 +169,12 @@ pub fn init(level: &str, json: bool, otel: Option<&opentelemetry_sdk::trace::Sdk
         .add_directive("reqwest=warn".parse().unwrap_or_default())
         // warp's own per-request line duplicates the executor's `response: ...` line.
         .add_directive("warp::filters::trace=off".parse().unwrap_or_default());
+    let stdout = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stdout());
+    let (writer, guard) = queue(stdout, QUEUED_LINES);
+    let _ = DROPPED.set(writer.error_counter());
     let text = tracing_subscriber::fmt::layer()
         .with_ansi(colour_wanted())
-        .with_writer(|| MaskingStdout);
+        .with_writer(Masking(writer));
     let lines = if json {
         text.json()
             .with_current_span(true)
@@ -137,6 +193,7 @@ pub fn init(level: &str, json: bool, otel: Option<&opentelemetry_sdk::trace::Sdk
         // One line, no backtrace printing inside an actor's task (research §1.8 pitfall 1).
         tracing::error!("panic: {info}");
     }));
+    Flush(guard)
 }
 
 #[cfg(test)]
@@ -149,5 +206,56 @@ mod tests {
         let mut w = Writer::new(&mut out);
         write_escaped(&mut w, "a\r\nb\u{1b}[2Kc\tü").unwrap();
         assert_eq!(out, "a\\r\\nb\\u{1b}[2Kc\\tü");
+    }
+
+    /// A sink that takes nothing until `release` is dropped, as a pipe nobody reads.
+    struct Stalled {
+        release: std::sync::mpsc::Receiver<()>,
+        out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.release.recv();
+            self.out.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_sink_never_blocks_the_logger_and_drops_beyond_the_queue() {
+        let (release, stalled) = std::sync::mpsc::channel::<()>();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Stalled {
+            release: stalled,
+            out: out.clone(),
+        };
+        let (writer, guard) = queue(sink, 4);
+        let counter = writer.error_counter();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut w = Masking(writer);
+            for n in 0..100 {
+                w.write_all(format!("line {n}\n").as_bytes()).unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("100 lines logged without waiting for the sink");
+        let dropped = counter.dropped_lines();
+        assert!(
+            (90..100).contains(&dropped),
+            "beyond the queue's 4 lines (and the one being written) lines are dropped: {dropped}"
+        );
+        drop(release);
+        drop(guard);
+        let out = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert!(out.starts_with("line 0\nline 1\n"), "{out}");
+        assert_eq!(out.lines().count(), 100 - dropped);
     }
 }

@@ -105,7 +105,8 @@ fn main() -> ExitCode {
         }
     };
     let (provider, telemetry) = otel.unzip();
-    logging::init(&settings.log_level, settings.log_json, provider.as_ref());
+    // Kept to the end of `main`: dropping it writes out the lines still queued.
+    let _log = logging::init(&settings.log_level, settings.log_json, provider.as_ref());
     telemetry::announce(&settings.telemetry);
     let outcome = rt.block_on(run(settings));
     if let Some(t) = telemetry {

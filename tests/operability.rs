@@ -941,3 +941,72 @@ async fn install_claude_runs_npm_for_the_pinned_version_and_explains_failures() 
     );
     assert_eq!(exec.get("/").await.0, StatusCode::OK);
 }
+
+/// One GET with a deadline: the status, or the reason it failed (a hang shows as a timeout).
+async fn get_within(exec: &Executor, path: &str, request_id: &str) -> Result<u16, String> {
+    let send = exec
+        .client()
+        .get(exec.url(path))
+        .header("x-request-id", request_id)
+        .send();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), send).await {
+        Ok(Ok(resp)) => Ok(resp.status().as_u16()),
+        Ok(Err(e)) => Err(format!("GET {path}: {e}")),
+        Err(_) => Err(format!("GET {path} got no answer within 5 s")),
+    }
+}
+
+/// A log collector that stops reading (Kubernetes' log pipe behind a stalled node agent, a
+/// paused terminal) must hold up neither requests nor tasks: with the stdout pipe full, the
+/// probes and the API answer and a task runs to its end; the lines wait in a bounded queue and
+/// flow again once the pipe is read.
+#[tokio::test]
+async fn a_stalled_log_pipe_holds_up_neither_requests_nor_tasks() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[("LOG_LEVEL", "debug")]).await;
+    exec.pause_output();
+    let full = exec.output_pipe_size().saturating_sub(4096);
+    assert!(full > 0, "the executor's stdout is a pipe");
+    // Every request logs an access line of about 200 bytes: fill the pipe with them.
+    let filler = format!("fill-{}", "x".repeat(100));
+    let mut sent = 0;
+    while exec.unread_output_bytes() < full {
+        assert!(sent < 5_000, "{sent} requests did not fill the pipe");
+        if let Err(e) = get_within(&exec, "/api/tasks/sessions", &filler).await {
+            panic!(
+                "with {} bytes of logs unread: {e}",
+                exec.unread_output_bytes()
+            );
+        }
+        sent += 1;
+    }
+    for n in 0..20 {
+        for path in ["/", "/health", "/api/tasks/sessions", "/metrics"] {
+            let status = get_within(&exec, path, &format!("stalled-{n}")).await;
+            assert_eq!(status, Ok(200), "with the log pipe full");
+        }
+    }
+    let done = tokio::time::timeout(FAKE_WAIT, run_task(&exec, &rx, 1, 1, "hi")).await;
+    let done = done.unwrap_or_else(|_| panic!("a task with the log pipe full: {}", rx.dump()));
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(
+        exec.unread_output_bytes() >= full,
+        "the pipe stayed full throughout (else this tested nothing)"
+    );
+    let metrics = scrape(&exec).await;
+    assert!(
+        metric_value(&metrics, "executor_log_lines_dropped_total ").is_some(),
+        "dropped log lines are counted: {metrics}"
+    );
+    exec.resume_output();
+    // The queued lines, then new ones, reach the pipe again.
+    assert_eq!(
+        get_within(&exec, "/health", "after-the-stall").await,
+        Ok(200)
+    );
+    exec.wait_for_log("after-the-stall", FAKE_WAIT).await;
+    assert!(
+        !log_lines_with(&exec, "stalled-19").is_empty(),
+        "lines logged during the stall are kept (the queue holds them)"
+    );
+}

@@ -141,6 +141,13 @@ fn render(rt: &Runtime) -> String {
         "Connections closed at once: at the cap with every connection busy.",
         load(&conns.refused),
     );
+    single(
+        &mut out,
+        "executor_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because standard output was not read fast enough.",
+        crate::logging::dropped_lines(),
+    );
     histogram(
         &mut out,
         "executor_http_request_duration_seconds",
