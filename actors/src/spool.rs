@@ -92,8 +92,11 @@ pub fn check_dir(dir: &Path) -> Result<(), SpoolDirError> {
     std::fs::remove_file(&probe).map_err(err)
 }
 
-/// How many emptied log files are kept for reuse.
-pub const FREE_LOGS: usize = 64;
+/// How many emptied log files are kept for reuse: as many as a busy executor has tasks with
+/// events in flight at once (each is an empty file and an open descriptor), so that burst after
+/// burst reuses the logs instead of deleting the surplus after one burst and creating it anew
+/// in the next (an inode allocation each; see `FREE_LOGS` in the README's benchmarks).
+pub const FREE_LOGS: usize = 256;
 
 /// Path of an emptied log file kept for reuse.
 pub(crate) fn free_path(dir: &Path, n: usize) -> PathBuf {
@@ -194,6 +197,10 @@ struct Writer {
     logs: HashMap<i64, (std::fs::File, u64)>,
     /// Emptied logs kept for reuse: the open handle and the `n` of `free-<n>.log`.
     free: Vec<(std::fs::File, usize)>,
+    /// The `n`s below `free_high` that no free log holds, for the next one retired.
+    spare_numbers: Vec<usize>,
+    /// One past the highest `n` handed out since the free logs were last forgotten.
+    free_high: usize,
     journal: Journal,
     /// The cause of the journal's current failure, logged once until a write works again (a
     /// full disk must not log a line per callback).
@@ -206,6 +213,8 @@ impl Writer {
             dir,
             logs: HashMap::new(),
             free: Vec::new(),
+            spare_numbers: Vec::new(),
+            free_high: 0,
             journal,
             journal_failing: None,
         }
@@ -287,12 +296,18 @@ impl Writer {
         let path = log_path(&self.dir, task_id);
         if let Some((f, _)) = self.logs.remove(&task_id) {
             if self.free.len() < FREE_LOGS && f.set_len(0).is_ok() {
-                let n = (0..=self.free.len())
-                    .find(|n| self.free.iter().all(|(_, m)| m != n))
-                    .unwrap_or(self.free.len());
-                if rename_noreplace(&path, &free_path(&self.dir, n)).is_ok() {
-                    self.free.push((f, n));
-                    return;
+                let n = self.spare_numbers.pop().unwrap_or_else(|| {
+                    self.free_high += 1;
+                    self.free_high - 1
+                });
+                match rename_noreplace(&path, &free_path(&self.dir, n)) {
+                    Ok(()) => {
+                        self.free.push((f, n));
+                        return;
+                    }
+                    // A stray file holds that name: the number is not handed out again.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(_) => self.spare_numbers.push(n),
                 }
             }
         }
@@ -306,11 +321,14 @@ impl Writer {
         let path = log_path(&self.dir, task_id);
         if let Some((f, n)) = self.free.pop() {
             match rename_noreplace(&free_path(&self.dir, n), &path) {
-                Ok(()) => return Ok(f),
+                Ok(()) => {
+                    self.spare_numbers.push(n);
+                    return Ok(f);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     self.free.push((f, n));
                 }
-                Err(_) => {} // the free file is gone: forget it
+                Err(_) => self.spare_numbers.push(n), // the free file is gone: forget it
             }
         }
         std::fs::OpenOptions::new()
@@ -326,6 +344,8 @@ impl Writer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.logs.remove(&task_id);
                 self.free.clear();
+                self.spare_numbers.clear();
+                self.free_high = 0;
                 std::fs::create_dir_all(&self.dir)?;
                 // The journal's open handle points into the removed directory: start it anew.
                 let res = self.journal.rewrite();
@@ -456,6 +476,30 @@ mod tests {
             "{\"seq\":1}\n{\"seq\":2}\n"
         );
         assert!(free_path(dir.path(), 0).exists(), "the free log is kept");
+    }
+
+    #[tokio::test]
+    async fn a_reused_log_retired_again_takes_a_spare_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, rx) = spool_on(dir.path()).await;
+        for task in 1..=3 {
+            append(&spool, &rx, task, r#"{"seq":1}"#);
+        }
+        for task in 1..=3 {
+            spool.remove(task, Vec::new());
+        }
+        append(&spool, &rx, 4, r#"{"seq":1}"#);
+        spool.remove(4, Vec::new());
+        settle(&spool, &rx);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("free-"))
+            .collect();
+        names.sort();
+        // Task 4 reused free-2 and gave its number back: still three, numbered without gaps.
+        assert_eq!(names, ["free-0.log", "free-1.log", "free-2.log"]);
     }
 
     #[tokio::test]
