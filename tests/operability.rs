@@ -965,13 +965,20 @@ async fn a_stalled_log_pipe_holds_up_neither_requests_nor_tasks() {
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[("LOG_LEVEL", "debug")]).await;
     exec.pause_output();
-    let full = exec.output_pipe_size().saturating_sub(4096);
-    assert!(full > 0, "the executor's stdout is a pipe");
-    // Every request logs an access line of about 200 bytes: fill the pipe with them.
+    let size = exec.output_pipe_size();
+    assert!(size > 0, "the executor's stdout is a pipe");
+    // Every request logs an access line of about 200 bytes: fill the pipe with them. It is full
+    // once it holds at least half its size and 100 more lines added nothing (a write that does
+    // not fit the rest of a page of the pipe starts a new one, so full is short of the size).
     let filler = format!("fill-{}", "x".repeat(100));
-    let mut sent = 0;
-    while exec.unread_output_bytes() < full {
-        assert!(sent < 5_000, "{sent} requests did not fill the pipe");
+    let (mut sent, mut full, mut unchanged) = (0, 0, 0);
+    while unchanged < 100 {
+        assert!(
+            sent < 5_000,
+            "{sent} requests did not fill the pipe: {} of {size} bytes unread, {} lines read",
+            exec.unread_output_bytes(),
+            exec.logs().len()
+        );
         if let Err(e) = get_within(&exec, "/api/tasks/sessions", &filler).await {
             panic!(
                 "with {} bytes of logs unread: {e}",
@@ -979,6 +986,12 @@ async fn a_stalled_log_pipe_holds_up_neither_requests_nor_tasks() {
             );
         }
         sent += 1;
+        let now = exec.unread_output_bytes();
+        if now == full && now >= size / 2 {
+            unchanged += 1;
+        } else {
+            (full, unchanged) = (now, 0);
+        }
     }
     for n in 0..20 {
         for path in ["/", "/health", "/api/tasks/sessions", "/metrics"] {
