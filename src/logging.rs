@@ -84,9 +84,30 @@ pub fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }
 
+/// How long exiting waits for the queued lines to be written.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Flushes the queued lines when dropped: the binary keeps it until its last line is logged.
 #[must_use = "dropping it stops the log writer"]
-pub struct Flush(#[allow(dead_code)] WorkerGuard);
+pub struct Flush(Option<WorkerGuard>);
+
+impl Drop for Flush {
+    /// Waits at most [`FLUSH_TIMEOUT`]: with stdout stalled and the queue full, the guard's own
+    /// drop reports the failure on stdout and would block there, so the process never exited.
+    fn drop(&mut self) {
+        let Some(guard) = self.0.take() else { return };
+        let (done, finished) = std::sync::mpsc::channel();
+        let flush = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || {
+                drop(guard);
+                let _ = done.send(());
+            });
+        if flush.is_ok() {
+            let _ = finished.recv_timeout(FLUSH_TIMEOUT);
+        }
+    }
+}
 
 /// The queue in front of `sink`, written by a thread of its own: lossy beyond `limit` lines.
 fn queue<W: Write + Send + 'static>(sink: W, limit: usize) -> (NonBlocking, WorkerGuard) {
@@ -193,7 +214,7 @@ pub fn init(
         // One line, no backtrace printing inside an actor's task (research §1.8 pitfall 1).
         tracing::error!("panic: {info}");
     }));
-    Flush(guard)
+    Flush(Some(guard))
 }
 
 #[cfg(test)]
@@ -253,8 +274,14 @@ mod tests {
             "beyond the queue's 4 lines (and the one being written) lines are dropped: {dropped}"
         );
         drop(release);
-        drop(guard);
-        let out = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        drop(Flush(Some(guard)));
+        // The guard's drop may return before the writer is done (it waits a bounded time).
+        let written = || String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while written().lines().count() < 100 - dropped && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let out = written();
         assert!(out.starts_with("line 0\nline 1\n"), "{out}");
         assert_eq!(out.lines().count(), 100 - dropped);
     }
