@@ -110,7 +110,15 @@ impl Drop for Flush {
 }
 
 /// The queue in front of `sink`, written by a thread of its own: lossy beyond `limit` lines.
+/// The writer thread is a helper thread (`priority::mark_helper_thread`): it is created while
+/// the calling thread runs as one, since a new thread inherits its creator's scheduling policy
+/// and tracing-appender has no hook in its own thread.
 fn queue<W: Write + Send + 'static>(sink: W, limit: usize) -> (NonBlocking, WorkerGuard) {
+    actors::agent::priority::as_helper(|| queue_here(sink, limit))
+}
+
+/// [`queue`], created from the calling thread as it is.
+fn queue_here<W: Write + Send + 'static>(sink: W, limit: usize) -> (NonBlocking, WorkerGuard) {
     NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(limit)

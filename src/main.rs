@@ -84,6 +84,8 @@ fn main() -> ExitCode {
     // tasks grew it to ~390 threads, each a fresh zeroed stack, and every `/proc` walk of the
     // executor's children reads one file per thread. Nothing on the pool waits long (a killed
     // family's settle time is waited for asynchronously), so a small pool only queues work.
+    // Before the log writer and the spool writer start: they are created at it.
+    actors::agent::priority::set_helper_policy(settings.runtime.agent_priority);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)

@@ -309,6 +309,74 @@ async fn agents_and_their_tools_run_nicer_than_the_executor_also_after_a_resume(
     assert_eq!(priorities(&off, &rx, 52, 1).await, [(0, 0); 2]);
 }
 
+/// `(thread name, scheduling policy)` of each of `pid`'s threads.
+fn thread_policies(pid: u32) -> Vec<(String, i64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            Some((comm.trim().to_string(), nice_and_policy(&stat).1))
+        })
+        .collect()
+}
+
+/// Polls until `pid` has threads named `callback-spool` and `log-writer`; their policies and
+/// those of every other thread.
+async fn helper_and_other_policies(pid: u32) -> (Vec<i64>, Vec<(String, i64)>) {
+    let helper = |n: &str| n == "callback-spool" || n == "log-writer";
+    let ok = wait_until(Duration::from_secs(10), || {
+        let names: Vec<String> = thread_policies(pid).into_iter().map(|(n, _)| n).collect();
+        names.iter().any(|n| n == "callback-spool") && names.iter().any(|n| n == "log-writer")
+    })
+    .await;
+    assert!(
+        ok,
+        "no spool or log writer thread: {:?}",
+        thread_policies(pid)
+    );
+    let (helpers, others): (Vec<_>, Vec<_>) = thread_policies(pid)
+        .into_iter()
+        .partition(|(n, _)| helper(n));
+    (helpers.into_iter().map(|(_, p)| p).collect(), others)
+}
+
+/// Beside idle-policy agents (the default) the spool and log writers run `SCHED_BATCH`, so a
+/// write never preempts an HTTP worker on its CPU; every other executor thread, and with any
+/// other agent priority every thread, runs normally.
+#[tokio::test(flavor = "multi_thread")]
+async fn helper_threads_run_batch_only_beside_idle_agents() {
+    const SCHED_BATCH: i64 = 3;
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let (helpers, others) = helper_and_other_policies(exec.pid()).await;
+    assert_eq!(helpers, [SCHED_BATCH; 2]);
+    // A task, so that launcher, reaper and blocking-pool threads exist too.
+    post_task(&exec, 61, 1, "hello").await;
+    assert_eq!(
+        rx.wait_terminal(61, 1, FAKE_WAIT).await["status"],
+        "COMPLETED"
+    );
+    let (_, others_after) = helper_and_other_policies(exec.pid()).await;
+    for (name, policy) in others.iter().chain(&others_after) {
+        // The launchers and reapers run at the agents' priority (SCHED_IDLE), by design.
+        if !name.starts_with("agent-") {
+            assert_eq!(*policy, 0, "{name} runs under policy {policy}");
+        }
+    }
+    assert!(others.iter().any(|(n, _)| n.starts_with("tokio")));
+
+    for env in [[("AGENT_NICE", "0")], [("AGENT_SCHED_POLICY", "batch")]] {
+        let rx = CallbackReceiver::start();
+        let exec = start_fake(&rx, &env).await;
+        let (helpers, _) = helper_and_other_policies(exec.pid()).await;
+        assert_eq!(helpers, [0, 0], "with {env:?}");
+    }
+}
+
 /// The `THP_enabled` line of a `/proc/<pid>/status` text.
 fn thp_enabled(status: &str) -> Option<String> {
     status

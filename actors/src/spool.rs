@@ -157,7 +157,10 @@ impl Spool {
         // than handed to tokio's blocking pool one by one.
         std::thread::Builder::new()
             .name("callback-spool".into())
-            .spawn(move || Writer::new(wdir, journal).run(&rx, appended))?;
+            .spawn(move || {
+                crate::agent::priority::mark_helper_thread();
+                Writer::new(wdir, journal).run(&rx, appended)
+            })?;
         Ok((Self { dir, tx }, recovery))
     }
 
