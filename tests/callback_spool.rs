@@ -184,6 +184,72 @@ async fn the_spool_is_empty_when_the_receiver_keeps_up() {
     );
 }
 
+/// A drained log of a running subtask is kept for it, not emptied and renamed away between its
+/// progress events (each retirement costs the spool writer a truncate, two renames and journal
+/// lines); the gauge of tasks with waiting callbacks does not count it, and once the terminal
+/// is delivered the log is retired as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_subtasks_drained_log_is_kept_until_its_terminal() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let ws = exec.workspace().to_path_buf();
+    let log = ws.join(".callback-spool").join("task-4.log");
+    let release = exec.tmp_root().join("release-4");
+    post_task(
+        &exec,
+        4,
+        1,
+        &format!("FAKE:wait_file:{}\nheld", release.display()),
+    )
+    .await;
+    let running = wait_until(Duration::from_secs(15), || {
+        rx.callbacks()
+            .iter()
+            .any(|c| c["task_id"] == 4 && c["status"] == "RUNNING")
+    })
+    .await;
+    assert!(running, "{}", rx.dump());
+    // Everything so far delivered, and the log still holds all of it: never emptied.
+    let journal = ws.join(".callback-spool").join("spool.journal");
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let delivered = || rx.callbacks().iter().filter(|c| c["task_id"] == 4).count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let gauge = metric(&exec, "executor_callback_queued_tasks").await;
+        if gauge == Some(0) && lines(&log) == delivered() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the running subtask's log does not hold its {} delivered callbacks ({} lines), or \
+             the gauge counts it ({gauge:?}): {:?}",
+            delivered(),
+            lines(&log),
+            spool_files(&ws)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let forgets = std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("forget"))
+        .count();
+    assert_eq!(forgets, 0, "the log was retired while the subtask ran");
+    std::fs::write(&release, "go").unwrap();
+    let done = rx.wait_terminal(4, 1, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "COMPLETED", "{}", rx.dump());
+    assert!(
+        wait_until(Duration::from_secs(5), || spool_files(&ws).is_empty()).await,
+        "after the terminal the log is retired: {:?}",
+        spool_files(&ws)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spool_that_cannot_be_written_degrades_to_memory_and_recovers() {
     let rx = CallbackReceiver::start();

@@ -14,7 +14,6 @@
 //! `/ready` false, and the relay recovers by itself on the first append that works again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -80,6 +79,8 @@ pub struct RelayState {
     finished: HashSet<(i64, i64)>,
     finished_order: VecDeque<(i64, i64)>,
     pub(crate) flush_waiters: Vec<RpcReplyPort<()>>,
+    /// Queues drained but kept for a running subtask (see `callback_flow::HOLD_DRAINED_BYTES`).
+    pub(crate) held_queues: usize,
     pub(crate) cached_bytes: usize,
     /// Bytes of events waiting in memory because the spool failed.
     pub(crate) memory_bytes: usize,
@@ -118,6 +119,7 @@ impl Actor for CallbackRelay {
             finished: HashSet::new(),
             finished_order: VecDeque::new(),
             flush_waiters: Vec::new(),
+            held_queues: 0,
             cached_bytes: 0,
             memory_bytes: 0,
             degraded: None,
@@ -152,7 +154,7 @@ impl Actor for CallbackRelay {
             CallbackMsg::Appended { task_id, end } => st.on_appended(&me, task_id, end),
             CallbackMsg::Done { task_id, next } => st.on_done(&me, task_id, next),
             CallbackMsg::Flush(reply) => {
-                if st.queues.is_empty() {
+                if st.all_delivered() {
                     let _ = reply.send(());
                 } else {
                     st.flush_waiters.push(reply);
@@ -366,10 +368,13 @@ impl RelayState {
         let closes = out.closes;
         let q = self.queues.entry(task_id).or_default();
         q.appending += 1;
+        q.more_coming = !out.terminal;
+        if q.held {
+            q.held = false;
+            self.held_queues = self.held_queues.saturating_sub(1);
+        }
         q.unconfirmed.push_back(out);
-        METRICS
-            .callback_queued_tasks
-            .store(self.queues.len() as u64, Ordering::Relaxed);
+        self.count_queued();
         if let Some(spool) = &self.spool {
             spool.append(Append {
                 task_id,
