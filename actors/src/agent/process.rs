@@ -97,6 +97,9 @@ pub struct AgentProcess {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The live-process slot it holds, released by the reaper once the leader is reaped.
     slot: Arc<Mutex<Option<LiveSlot>>>,
+    /// [`AgentProcess::terminate`] ended the family (its last step is the same SIGKILL sweep
+    /// that `Drop` makes), so dropping it need not scan `/proc` and signal again.
+    swept: bool,
 }
 
 impl AgentProcess {
@@ -182,6 +185,7 @@ impl AgentProcess {
             stderr_tail,
             tasks,
             slot,
+            swept: false,
         })
     }
 
@@ -234,6 +238,7 @@ impl AgentProcess {
         };
         // Survivors (tools that ignore SIGTERM, daemons) are killed whatever the CLI did.
         self.kill_family(libc::SIGKILL, tree).await;
+        self.swept = true;
         match exited {
             Some(info) => Some(info),
             None => self.wait_exit(Duration::from_secs(5)).await,
@@ -292,6 +297,18 @@ impl Drop for AgentProcess {
         // Processes that left the group (own sessions, daemons, MCP servers) are found by their
         // marker and by the process tree. The tree must be read *before* the leader dies (its
         // children are re-parented then), so the scan and the kill run together off the caller.
+        if !self.swept {
+            self.sweep_family();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl AgentProcess {
+    /// SIGKILLs the group, the tree and the marked processes, off the caller's thread.
+    fn sweep_family(&mut self) {
         let (pid, marker) = (self.pid, std::mem::take(&mut self.marker));
         let sweep = move || {
             let mut all = family::descendants(pid);
@@ -311,9 +328,6 @@ impl Drop for AgentProcess {
                 rt.spawn_blocking(sweep);
             }
             Err(_) => sweep(),
-        }
-        for t in &self.tasks {
-            t.abort();
         }
     }
 }
