@@ -229,46 +229,73 @@ impl Writer {
         appended: impl Fn(i64, std::io::Result<u64>),
     ) {
         while let Ok(op) = rx.recv() {
-            match op {
-                Op::Append(a) => {
-                    let a = *a;
-                    if let Some(u) = &a.opens {
-                        // Before the line: a crash in between leaves a record and no events,
-                        // which recovery ends with one FAILED.
-                        let res = self.journal.open_subtask(u);
-                        self.journal_result(res, "record an unfinished subtask");
-                    }
-                    let mut line = a.line;
-                    line.push(b'\n');
-                    let end = self.append(a.task_id, &line);
-                    if let (Ok(_), Some(sub)) = (&end, a.closes) {
-                        let res = self.journal.close_subtask(a.task_id, sub);
-                        self.journal_result(res, "close a finished subtask");
-                    }
-                    appended(a.task_id, end);
+            self.handle(op, &appended);
+            // Whatever queued up meanwhile goes in the same round, its journal lines with it.
+            while let Ok(op) = rx.try_recv() {
+                self.handle(op, &appended);
+            }
+            self.flush_journal();
+        }
+    }
+
+    /// One operation. Journal lines are collected and written before the next log write (see
+    /// [`crate::spool_journal`]), so the order on disk is the order asked for.
+    fn handle(&mut self, op: Op, appended: &impl Fn(i64, std::io::Result<u64>)) {
+        match op {
+            Op::Append(a) => {
+                let a = *a;
+                if let Some(u) = &a.opens {
+                    // Before the line: a crash in between leaves a record and no events, which
+                    // recovery ends with one FAILED.
+                    let res = self.journal.open_subtask(u);
+                    self.op_failed(res, "record an unfinished subtask");
                 }
-                Op::Ack { task_id, offset } => {
-                    let res = self.journal.ack(task_id, offset);
-                    self.journal_result(res, "record a delivery");
+                self.flush_journal();
+                let mut line = a.line;
+                line.push(b'\n');
+                let end = self.append(a.task_id, &line);
+                if let (Ok(_), Some(sub)) = (&end, a.closes) {
+                    let res = self.journal.close_subtask(a.task_id, sub);
+                    self.op_failed(res, "close a finished subtask");
                 }
-                Op::Remove { task_id, open } => {
-                    for (sub, seq) in open {
-                        let res = self.journal.set_seq(task_id, sub, seq);
-                        self.journal_result(res, "keep a sequence number");
-                    }
-                    self.retire_log(task_id);
-                    let res = self.journal.forget(task_id);
-                    self.journal_result(res, "forget a delivered log");
+                appended(a.task_id, end);
+            }
+            Op::Ack { task_id, offset } => {
+                let res = self.journal.ack(task_id, offset);
+                self.op_failed(res, "record a delivery");
+            }
+            Op::Remove { task_id, open } => {
+                for (sub, seq) in open {
+                    let res = self.journal.set_seq(task_id, sub, seq);
+                    self.op_failed(res, "keep a sequence number");
                 }
-                Op::Close {
-                    task_id,
-                    subtask_id,
-                } => {
-                    let res = self.journal.close_subtask(task_id, subtask_id);
-                    self.journal_result(res, "close a finished subtask");
-                }
+                self.flush_journal();
+                self.retire_log(task_id);
+                let res = self.journal.forget(task_id);
+                self.op_failed(res, "forget a delivered log");
+            }
+            Op::Close {
+                task_id,
+                subtask_id,
+            } => {
+                let res = self.journal.close_subtask(task_id, subtask_id);
+                self.op_failed(res, "close a finished subtask");
             }
         }
+    }
+
+    /// Reports a journal line that could not even be collected (the journal's write state is
+    /// reported by [`Writer::flush_journal`] alone, so a full disk logs once).
+    fn op_failed(&mut self, res: std::io::Result<()>, what: &str) {
+        if res.is_err() {
+            self.journal_result(res, what);
+        }
+    }
+
+    /// Writes the journal lines collected so far.
+    fn flush_journal(&mut self) {
+        let res = self.journal.flush();
+        self.journal_result(res, "write the journal");
     }
 
     /// Reports a failed journal write (the log appends that go with it report the same cause to

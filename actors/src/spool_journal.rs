@@ -11,6 +11,13 @@
 //! short by a crash is ignored (and cut off). The file is compacted by the writer thread that
 //! owns it: emptied in place when nothing is live, rewritten (temporary file + rename) when
 //! most of its lines are dead.
+//!
+//! Lines are collected in memory and written together by [`Journal::flush`], which the writer
+//! calls before it touches any task log and whenever it has nothing more queued: the journal
+//! and the logs reach the file system in the order they were asked for, and the lines recorded
+//! between two log writes (a terminal's close, the acknowledgements of deliveries, the next
+//! subtask's open) cost one `write` instead of one each. A flush that finds nothing live only
+//! empties the file (nothing is written at all when it was empty already).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -93,12 +100,22 @@ impl JournalState {
     }
 }
 
+/// Most bytes of lines collected before they are written whatever else is queued.
+const PENDING_MAX_BYTES: usize = 64 * 1024;
+
 /// The open journal, owned by the spool's writer thread.
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Lines in the file, written or collected.
     lines: u64,
     state: JournalState,
+    /// Lines recorded in `state` and not written yet.
+    pending: Vec<u8>,
+    /// A write failed, so the file may not say what `state` does: the next flush rewrites it.
+    stale: bool,
+    /// The file holds lines (it is not known to be empty).
+    holds_lines: bool,
 }
 
 impl Journal {
@@ -143,6 +160,9 @@ impl Journal {
             file,
             lines,
             state,
+            pending: Vec::new(),
+            stale: false,
+            holds_lines: whole > 0,
         })
     }
 
@@ -212,28 +232,72 @@ impl Journal {
             )?;
             lines += 1;
         }
+        // Until the new file is in place the old one may not say what the state does.
+        self.pending.clear();
+        self.stale = true;
         std::fs::write(&tmp, &body)?;
         std::fs::rename(&tmp, &self.path)?;
         self.file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
         self.lines = lines;
+        self.stale = false;
+        self.holds_lines = !body.is_empty();
+        Ok(())
+    }
+
+    /// Writes the lines collected since the last flush (see the module docs). After an error
+    /// the state is kept and the next flush rewrites the file from it.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() && !self.stale {
+            return Ok(());
+        }
+        let res = self.write_pending();
+        if res.is_err() {
+            self.pending.clear();
+            self.stale = true;
+        }
+        res
+    }
+
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        let live = self.state.live();
+        if live == 0 {
+            // Nothing is live: empty the file in place (no new file), if it is not empty yet.
+            self.pending.clear();
+            if self.holds_lines || self.stale {
+                self.file.set_len(0)?;
+            }
+            self.lines = 0;
+            self.stale = false;
+            self.holds_lines = false;
+            return Ok(());
+        }
+        if self.stale || (self.lines >= COMPACT_MIN_LINES && self.lines > COMPACT_RATIO * live) {
+            return self.rewrite();
+        }
+        self.holds_lines = true;
+        self.file.write_all(&self.pending)?;
+        self.pending.clear();
         Ok(())
     }
 
     fn append(&mut self, e: Entry) -> std::io::Result<()> {
-        let mut line = Vec::with_capacity(128);
-        push_line(&mut line, &e)?;
-        self.file.write_all(&line)?;
+        let at = self.pending.len();
+        if let Err(err) = push_line(&mut self.pending, &e) {
+            self.pending.truncate(at);
+            return Err(err);
+        }
         self.state.apply(e);
         self.lines += 1;
-        let live = self.state.live();
-        if live == 0 {
-            // Nothing is live: empty the file in place (no new file).
-            self.file.set_len(0)?;
-            self.lines = 0;
-        } else if self.lines >= COMPACT_MIN_LINES && self.lines > COMPACT_RATIO * live {
-            self.rewrite()?;
+        if self.pending.len() >= PENDING_MAX_BYTES {
+            self.flush()?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -307,11 +371,45 @@ mod tests {
             j.close_subtask(t, 1).unwrap();
             j.forget(t).unwrap();
         }
+        j.flush().unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
         assert!(len < 200 * 1024, "compacted: {len} bytes");
         assert_eq!(Journal::open(dir.path()).unwrap().state().open.len(), 1);
         j.close_subtask(0, 0).unwrap();
+        j.flush().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn lines_are_written_together_at_a_flush_and_not_at_all_when_they_cancel_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.open_subtask(&u(1, 1)).unwrap();
+        j.ack(1, 10).unwrap();
+        j.ack(1, 20).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "collected, not written"
+        );
+        j.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(Journal::open(dir.path()).unwrap().state(), j.state());
+        // A subtask opened and closed between two flushes, with nothing else live: the file is
+        // emptied once and nothing of it is written.
+        j.close_subtask(1, 1).unwrap();
+        j.forget(1).unwrap();
+        j.flush().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        j.open_subtask(&u(2, 1)).unwrap();
+        j.ack(2, 5).unwrap();
+        j.close_subtask(2, 1).unwrap();
+        j.forget(2).unwrap();
+        j.flush().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(Journal::open(dir.path()).unwrap().state().live(), 0);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub(crate) fn recover(dir: &Path) -> std::io::Result<(Recovery, Journal)> {
     for u in unfinished::take_legacy(dir) {
         journal.open_subtask(&u)?;
     }
+    // The legacy files are gone: their records are written before anything else is removed.
+    journal.flush()?;
     let mut terminals: HashSet<(i64, i64)> = HashSet::new();
     let mut seqs: HashMap<(i64, i64), u64> = HashMap::new();
     let entries = std::fs::read_dir(dir)?;
@@ -127,6 +129,7 @@ pub(crate) fn recover(dir: &Path) -> std::io::Result<(Recovery, Journal)> {
         let seq = seqs.get(&key).copied().unwrap_or(0).max(u.seq) + 1;
         out.unfinished.push((u, seq));
     }
+    journal.flush()?;
     Ok((out, journal))
 }
 
