@@ -412,6 +412,31 @@ mod tests {
         assert_eq!(Journal::open(dir.path()).unwrap().state().live(), 0);
     }
 
+    /// A full disk must not lose an accepted subtask's record: once writing works again, the
+    /// journal says everything that was recorded meanwhile (else a crash after it would leave
+    /// the subtask without its terminal).
+    #[test]
+    fn records_made_while_writes_fail_are_written_once_they_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.open_subtask(&u(1, 1)).unwrap();
+        j.flush().unwrap();
+        // The open file stops taking writes (as on a full disk); its directory still works.
+        j.file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        j.open_subtask(&u(2, 1)).unwrap();
+        j.ack(1, 30).unwrap();
+        assert!(j.flush().is_err(), "/dev/full takes nothing");
+        // The next flush, with nothing new to write, rewrites the file from the state.
+        j.flush().unwrap();
+        let again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.state(), j.state());
+        assert!(again.state().open.contains_key(&(2, 1)));
+        assert_eq!(again.state().acks.get(&1), Some(&30));
+    }
+
     #[test]
     fn a_rewrite_keeps_the_state() {
         let dir = tempfile::tempdir().unwrap();
