@@ -102,6 +102,9 @@ impl JournalState {
 
 /// Most bytes of lines collected before they are written whatever else is queued.
 const PENDING_MAX_BYTES: usize = 64 * 1024;
+/// Most bytes of unwritten lines kept while writes fail (a full disk); beyond, they are
+/// dropped and the file is rewritten from the state once it can be.
+const PENDING_KEEP_BYTES: usize = 4 * 1024 * 1024;
 
 /// The open journal, owned by the spool's writer thread.
 pub struct Journal {
@@ -112,10 +115,11 @@ pub struct Journal {
     state: JournalState,
     /// Lines recorded in `state` and not written yet.
     pending: Vec<u8>,
-    /// A write failed, so the file may not say what `state` does: the next flush rewrites it.
+    /// The file may not say what `state` does (a write failed and could not be undone, or a
+    /// rewrite did not finish): the next flush rewrites it.
     stale: bool,
-    /// The file holds lines (it is not known to be empty).
-    holds_lines: bool,
+    /// Bytes of whole lines in the file: where a failed write is cut back to.
+    written: u64,
 }
 
 impl Journal {
@@ -162,7 +166,7 @@ impl Journal {
             state,
             pending: Vec::new(),
             stale: false,
-            holds_lines: whole > 0,
+            written: whole as u64,
         })
     }
 
@@ -213,13 +217,24 @@ impl Journal {
     }
 
     /// Starts a new file holding only the live state, e.g. after the spool directory was
-    /// removed under the executor (the open handle would write into a deleted file).
+    /// removed under the executor (the open handle would write into a deleted file). Until it
+    /// succeeds, every flush tries again.
     pub fn rewrite(&mut self) -> std::io::Result<()> {
+        self.replace_file().map_err(|(_, e)| {
+            self.stale = true;
+            e
+        })
+    }
+
+    /// Writes the live state to a temporary file and renames it over the journal. The error
+    /// says whether the journal had been replaced already (then the open handle is not the
+    /// file at the path any more); before that, the old file stands as it was.
+    fn replace_file(&mut self) -> Result<(), (bool, std::io::Error)> {
         let tmp = self.path.with_extension("journal.tmp");
         let mut body = Vec::new();
         let mut lines = 0;
         for u in self.state.open.values() {
-            push_line(&mut body, &Entry::Open(Box::new(u.clone())))?;
+            push_line(&mut body, &Entry::Open(Box::new(u.clone()))).map_err(|e| (false, e))?;
             lines += 1;
         }
         for (task_id, offset) in &self.state.acks {
@@ -229,55 +244,82 @@ impl Journal {
                     task_id: *task_id,
                     offset: *offset,
                 },
-            )?;
+            )
+            .map_err(|e| (false, e))?;
             lines += 1;
         }
-        // Until the new file is in place the old one may not say what the state does.
-        self.pending.clear();
-        self.stale = true;
-        std::fs::write(&tmp, &body)?;
-        std::fs::rename(&tmp, &self.path)?;
-        self.file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
+        if let Err(e) = std::fs::write(&tmp, &body) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err((false, e));
+        }
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err((false, e));
+        }
+        self.file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| (true, e))?;
         self.lines = lines;
+        self.written = body.len() as u64;
+        self.pending.clear();
         self.stale = false;
-        self.holds_lines = !body.is_empty();
         Ok(())
     }
 
-    /// Writes the lines collected since the last flush (see the module docs). After an error
-    /// the state is kept and the next flush rewrites the file from it.
+    /// Writes the lines collected since the last flush (see the module docs). Lines a failed
+    /// write did not take are cut off the file again and kept for the next flush (up to
+    /// [`PENDING_KEEP_BYTES`]); when even that fails, the next flush rewrites the file from
+    /// the state.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        if self.pending.is_empty() && !self.stale {
+        if self.stale {
+            return self.rewrite();
+        }
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let res = self.write_pending();
-        if res.is_err() {
-            self.pending.clear();
-            self.stale = true;
-        }
-        res
-    }
-
-    fn write_pending(&mut self) -> std::io::Result<()> {
         let live = self.state.live();
         if live == 0 {
             // Nothing is live: empty the file in place (no new file), if it is not empty yet.
             self.pending.clear();
-            if self.holds_lines || self.stale {
-                self.file.set_len(0)?;
-            }
             self.lines = 0;
-            self.stale = false;
-            self.holds_lines = false;
+            if self.written > 0 {
+                if let Err(e) = self.file.set_len(0) {
+                    self.stale = true;
+                    return Err(e);
+                }
+                self.written = 0;
+            }
             return Ok(());
         }
-        if self.stale || (self.lines >= COMPACT_MIN_LINES && self.lines > COMPACT_RATIO * live) {
-            return self.rewrite();
+        if self.lines >= COMPACT_MIN_LINES && self.lines > COMPACT_RATIO * live {
+            match self.replace_file() {
+                Ok(()) => return Ok(()),
+                Err((true, e)) => {
+                    self.stale = true;
+                    return Err(e);
+                }
+                // No new file (no descriptor or inode to spare): the lines go to the end of
+                // the old one, which still says everything, and compaction waits.
+                Err((false, _)) => {}
+            }
         }
-        self.holds_lines = true;
-        self.file.write_all(&self.pending)?;
-        self.pending.clear();
-        Ok(())
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.written += self.pending.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                if self.file.set_len(self.written).is_err()
+                    || self.pending.len() > PENDING_KEEP_BYTES
+                {
+                    self.pending.clear();
+                    self.stale = true;
+                }
+                Err(e)
+            }
+        }
     }
 
     fn append(&mut self, e: Entry) -> std::io::Result<()> {
@@ -435,6 +477,39 @@ mod tests {
         assert_eq!(again.state(), j.state());
         assert!(again.state().open.contains_key(&(2, 1)));
         assert_eq!(again.state().acks.get(&1), Some(&30));
+    }
+
+    /// Compaction needs a new file; when none can be created (no descriptor or inode to spare)
+    /// the lines still go to the old file, so the journal never falls behind the logs.
+    #[test]
+    fn a_compaction_that_cannot_create_its_file_appends_to_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.open_subtask(&u(0, 0)).unwrap();
+        j.flush().unwrap();
+        // The temporary file cannot be created: a directory holds its name.
+        std::fs::create_dir(dir.path().join("spool.journal.tmp")).unwrap();
+        for t in 1..600 {
+            j.ack(t, 1).unwrap();
+            j.forget(t).unwrap();
+            j.flush().unwrap();
+        }
+        assert!(
+            j.lines >= COMPACT_MIN_LINES,
+            "compaction was due: {}",
+            j.lines
+        );
+        j.open_subtask(&u(9, 1)).unwrap();
+        j.flush().unwrap();
+        let again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.state(), j.state());
+        assert!(again.state().open.contains_key(&(9, 1)));
+        // Once a new file can be made, the next flush compacts.
+        std::fs::remove_dir(dir.path().join("spool.journal.tmp")).unwrap();
+        j.ack(9, 3).unwrap();
+        j.flush().unwrap();
+        assert_eq!(j.lines, 3, "rewritten with the live lines only");
+        assert_eq!(Journal::open(dir.path()).unwrap().state(), j.state());
     }
 
     #[test]

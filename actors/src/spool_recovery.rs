@@ -88,6 +88,8 @@ pub(crate) fn recover(dir: &Path) -> std::io::Result<(Recovery, Journal)> {
             .and_then(|s| s.trim().parse::<u64>().ok())
         {
             journal.ack(task_id, read)?;
+            // In the journal before the file that held it goes.
+            journal.flush()?;
             let _ = std::fs::remove_file(&legacy);
         }
         let read = journal.state().acks.get(&task_id).copied().unwrap_or(0);
