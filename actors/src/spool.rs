@@ -234,7 +234,7 @@ impl Writer {
             while let Ok(op) = rx.try_recv() {
                 self.handle(op, &appended);
             }
-            self.flush_journal();
+            let _ = self.flush_journal();
         }
     }
 
@@ -250,10 +250,15 @@ impl Writer {
                     let res = self.journal.open_subtask(u);
                     self.op_failed(res, "record an unfinished subtask");
                 }
-                self.flush_journal();
                 let mut line = a.line;
                 line.push(b'\n');
-                let end = self.append(a.task_id, &line);
+                // A record never reaches a log ahead of the journal lines before it (its
+                // subtask's record, a forgotten offset of the task's previous log): when they
+                // cannot be written, neither is it, and the relay keeps it in memory.
+                let end = match self.flush_journal() {
+                    Ok(()) => self.append(a.task_id, &line),
+                    Err(e) => Err(e),
+                };
                 if let (Ok(_), Some(sub)) = (&end, a.closes) {
                     let res = self.journal.close_subtask(a.task_id, sub);
                     self.op_failed(res, "close a finished subtask");
@@ -269,10 +274,13 @@ impl Writer {
                     let res = self.journal.set_seq(task_id, sub, seq);
                     self.op_failed(res, "keep a sequence number");
                 }
-                self.flush_journal();
-                self.retire_log(task_id);
-                let res = self.journal.forget(task_id);
-                self.op_failed(res, "forget a delivered log");
+                // With its sequence numbers not written, the log stays: recovery reads them
+                // from its records (and resends what is not acknowledged on disk).
+                if self.flush_journal().is_ok() {
+                    self.retire_log(task_id);
+                    let res = self.journal.forget(task_id);
+                    self.op_failed(res, "forget a delivered log");
+                }
             }
             Op::Close {
                 task_id,
@@ -293,9 +301,21 @@ impl Writer {
     }
 
     /// Writes the journal lines collected so far.
-    fn flush_journal(&mut self) {
-        let res = self.journal.flush();
+    fn flush_journal(&mut self) -> std::io::Result<()> {
+        let mut res = self.journal.flush();
+        if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            // The spool directory is gone (a rewrite could not create its file): made again,
+            // with the journal written into it.
+            self.forget_files();
+            self.journal.invalidate();
+            res = std::fs::create_dir_all(&self.dir).and_then(|()| self.journal.flush());
+        }
+        let out = match &res {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
         self.journal_result(res, "write the journal");
+        out
     }
 
     /// Reports a failed journal write (the log appends that go with it report the same cause to
@@ -361,6 +381,9 @@ impl Writer {
                 Err(_) => self.spare_numbers.push(n), // the free file is gone: forget it
             }
         }
+        // A new file (rare: emptied logs are reused): if the directory was replaced under the
+        // executor, the journal is written into it first.
+        self.journal.ensure_linked()?;
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -368,14 +391,21 @@ impl Writer {
             .open(path)
     }
 
+    /// Forgets the open logs and the emptied ones kept for reuse: their directory was removed,
+    /// so each handle writes into a deleted file (the next record of a task starts a new log).
+    fn forget_files(&mut self) {
+        self.logs.clear();
+        self.free.clear();
+        self.spare_numbers.clear();
+        self.free_high = 0;
+    }
+
     /// Appends a line; a log whose directory vanished is retried once after re-creating it.
     fn append(&mut self, task_id: i64, line: &[u8]) -> std::io::Result<u64> {
         match self.try_append(task_id, line) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.logs.remove(&task_id);
-                self.free.clear();
-                self.spare_numbers.clear();
-                self.free_high = 0;
+                self.forget_files();
+                self.journal.invalidate();
                 std::fs::create_dir_all(&self.dir)?;
                 // The journal's open handle points into the removed directory: start it anew.
                 let res = self.journal.rewrite();
@@ -466,6 +496,54 @@ mod tests {
     /// appends to task -1, whose log is open from the start.
     fn settle(spool: &Spool, rx: &mpsc::Receiver<(i64, u64)>) {
         append(spool, rx, -1, "{}");
+    }
+
+    fn opening(task_id: i64) -> Append {
+        Append {
+            task_id,
+            line: br#"{"seq":1}"#.to_vec(),
+            opens: Some(Unfinished::unnamed(task_id, 1)),
+            closes: None,
+        }
+    }
+
+    /// A record is never in a log ahead of its subtask's record in the journal: when the
+    /// journal cannot be written, the append reports the failure (the relay keeps the event in
+    /// memory) and the log is not written.
+    #[test]
+    fn no_record_is_logged_when_the_journal_before_it_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, journal) = crate::spool_recovery::recover(dir.path()).unwrap();
+        let mut w = Writer::new(dir.path().to_path_buf(), journal);
+        w.journal.fail_writes_for_test();
+        let results = std::cell::RefCell::new(Vec::new());
+        let appended =
+            |task, end: std::io::Result<u64>| results.borrow_mut().push((task, end.is_ok()));
+        w.handle(Op::Append(Box::new(opening(3))), &appended);
+        assert_eq!(*results.borrow(), [(3, false)]);
+        assert!(
+            !log_path(dir.path(), 3).exists(),
+            "logged without its record"
+        );
+    }
+
+    /// The spool directory removed and made again under the executor: the next new log finds
+    /// the journal's file gone and writes the journal into the new directory first.
+    #[tokio::test]
+    async fn a_replaced_spool_directory_gets_the_journal_before_a_new_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, rx) = spool_on(dir.path()).await;
+        spool.append(opening(1));
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        spool.append(opening(2));
+        let (task, end) = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!((task, end), (2, 10));
+        settle(&spool, &rx);
+        let j = Journal::open(dir.path()).unwrap();
+        assert!(j.state().open.contains_key(&(2, 1)), "{:?}", j.state());
+        assert!(j.state().open.contains_key(&(1, 1)), "{:?}", j.state());
     }
 
     #[tokio::test]

@@ -226,6 +226,33 @@ impl Journal {
         })
     }
 
+    /// The file at the path may not be the one this handle writes (its directory was removed
+    /// or replaced): the next flush rewrites it.
+    pub fn invalidate(&mut self) {
+        self.stale = true;
+    }
+
+    /// Rewrites the journal now if the file this handle writes was deleted (its directory was
+    /// removed and made again under the executor), before a log is created next to it.
+    pub fn ensure_linked(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.file.metadata()?.nlink() == 0 {
+            self.invalidate();
+        }
+        self.flush()
+    }
+
+    /// Points the handle at `/dev/full` and blocks the temporary file's name, so that every
+    /// write and rewrite fails (a full disk, for tests).
+    #[cfg(test)]
+    pub(crate) fn fail_writes_for_test(&mut self) {
+        self.file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let _ = std::fs::create_dir(self.path.with_extension("journal.tmp"));
+    }
+
     /// Writes the live state to a temporary file and renames it over the journal. The error
     /// says whether the journal had been replaced already (then the open handle is not the
     /// file at the path any more); before that, the old file stands as it was.
@@ -248,18 +275,22 @@ impl Journal {
             .map_err(|e| (false, e))?;
             lines += 1;
         }
-        if let Err(e) = std::fs::write(&tmp, &body) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err((false, e));
-        }
-        if let Err(e) = std::fs::rename(&tmp, &self.path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err((false, e));
-        }
-        self.file = std::fs::OpenOptions::new()
+        // Written through the handle kept afterwards (a rename keeps the file), so nothing
+        // needs opening once the old file is replaced.
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
             .append(true)
-            .open(&self.path)
-            .map_err(|e| (true, e))?;
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| (false, e))?;
+        if let Err(e) = file
+            .write_all(&body)
+            .and_then(|()| std::fs::rename(&tmp, &self.path))
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err((false, e));
+        }
+        self.file = file;
         self.lines = lines;
         self.written = body.len() as u64;
         self.pending.clear();
