@@ -296,7 +296,7 @@ impl Writer {
     /// reported by [`Writer::flush_journal`] alone, so a full disk logs once).
     fn op_failed(&mut self, res: std::io::Result<()>, what: &str) {
         if res.is_err() {
-            self.journal_result(res, what);
+            self.journal_result(&res, what);
         }
     }
 
@@ -304,23 +304,25 @@ impl Writer {
     fn flush_journal(&mut self) -> std::io::Result<()> {
         let mut res = self.journal.flush();
         if matches!(&res, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
-            // The spool directory is gone (a rewrite could not create its file): made again,
-            // with the journal written into it.
-            self.forget_files();
-            self.journal.invalidate();
-            res = std::fs::create_dir_all(&self.dir).and_then(|()| self.journal.flush());
+            // A rewrite could not create its file: the spool directory is gone.
+            res = self.recreate_dir();
         }
-        let out = match &res {
-            Ok(()) => Ok(()),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        };
-        self.journal_result(res, "write the journal");
-        out
+        self.journal_result(&res, "write the journal");
+        res
+    }
+
+    /// Makes the removed spool directory again, with the journal written into it (every
+    /// handle into the old one writes into deleted files).
+    fn recreate_dir(&mut self) -> std::io::Result<()> {
+        self.forget_files();
+        self.journal.invalidate();
+        std::fs::create_dir_all(&self.dir)?;
+        self.journal.flush()
     }
 
     /// Reports a failed journal write (the log appends that go with it report the same cause to
     /// the relay, which degrades to memory).
-    fn journal_result(&mut self, res: std::io::Result<()>, what: &str) {
+    fn journal_result(&mut self, res: &std::io::Result<()>, what: &str) {
         match res {
             Err(e) => {
                 let cause = e.to_string();
@@ -404,12 +406,10 @@ impl Writer {
     fn append(&mut self, task_id: i64, line: &[u8]) -> std::io::Result<u64> {
         match self.try_append(task_id, line) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.forget_files();
-                self.journal.invalidate();
-                std::fs::create_dir_all(&self.dir)?;
-                // The journal's open handle points into the removed directory: start it anew.
-                let res = self.journal.rewrite();
-                self.journal_result(res, "re-create the journal");
+                // Not before the journal is in the new directory (see `handle`).
+                let res = self.recreate_dir();
+                self.journal_result(&res, "re-create the journal");
+                res?;
                 self.try_append(task_id, line)
             }
             other => other,

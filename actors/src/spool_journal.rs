@@ -219,7 +219,7 @@ impl Journal {
     /// Starts a new file holding only the live state, e.g. after the spool directory was
     /// removed under the executor (the open handle would write into a deleted file). Until it
     /// succeeds, every flush tries again.
-    pub fn rewrite(&mut self) -> std::io::Result<()> {
+    fn rewrite(&mut self) -> std::io::Result<()> {
         self.replace_file().map_err(|(_, e)| {
             self.stale = true;
             e

@@ -294,9 +294,6 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        // Processes that left the group (own sessions, daemons, MCP servers) are found by their
-        // marker and by the process tree. The tree must be read *before* the leader dies (its
-        // children are re-parented then), so the scan and the kill run together off the caller.
         if !self.swept {
             self.sweep_family();
         }
@@ -308,6 +305,9 @@ impl Drop for AgentProcess {
 
 impl AgentProcess {
     /// SIGKILLs the group, the tree and the marked processes, off the caller's thread.
+    /// Processes that left the group (own sessions, daemons, MCP servers) are found by their
+    /// marker and by the process tree. The tree must be read *before* the leader dies (its
+    /// children are re-parented then), so the scan and the kill run together.
     fn sweep_family(&mut self) {
         let (pid, marker) = (self.pid, std::mem::take(&mut self.marker));
         let sweep = move || {
