@@ -16,7 +16,8 @@
 //! `BENCH_ALONE_CLIENTS` (as `BENCH_CLIENTS`) runs the fake alone that many at a time;
 //! `BENCH_LIVE_CAP` sets the executor's `MAX_LIVE_PROCESSES` (default 0: no cap);
 //! `BENCH_EXECUTOR=/path` runs another build of the executor (before/after comparisons);
-//! `BENCH_EXECUTOR_ENV=K=V,K=V` gives it extra environment. Exits non-zero when a task is
+//! `BENCH_EXECUTOR_ENV=K=V,K=V` gives it extra environment; `BENCH_WORKSPACE_DIR` is where the
+//! executors' workspaces go (default: the temp directory; all kept until the bench exits). Exits non-zero when a task is
 //! left without its terminal callback. Targets (issue "control plane") are reported, not
 //! asserted: timings depend on the machine.
 #![allow(clippy::disallowed_methods)] // a test process: it starts the executor and tools; no reaper here
@@ -156,6 +157,40 @@ struct Scenario<'a> {
     /// `policy:nice`, or `off`.
     priority: &'a str,
     fake_env: Vec<(String, String)>,
+    /// The executor's `WORKSPACE_ROOT`, kept until the bench exits (see [`Workspaces`]).
+    workspace: std::path::PathBuf,
+}
+
+/// Where the scenarios' executors keep their workspaces: one directory for the whole bench,
+/// removed when it exits, not after each scenario. On a file system without a journal (ext4
+/// created without one, as on our CI machines) the kernel skips every inode freed in the last
+/// 5 s, 300 s while its inode table block is dirty, when it allocates a new one, looking each
+/// up (`recently_deleted` in `find_inode_bit`): measured with `perf`, the mkdir and create
+/// calls of a scenario run within minutes of another run's deleted workspace were 22% of the
+/// executor's CPU samples. Deleting between scenarios would make each scenario pay for the
+/// previous one's clean-up. `BENCH_WORKSPACE_DIR` puts it elsewhere (e.g. `/dev/shm`).
+struct Workspaces(tempfile::TempDir);
+
+impl Workspaces {
+    fn new() -> Self {
+        let mut b = tempfile::Builder::new();
+        b.prefix("control-plane-bench-");
+        let dir = match std::env::var("BENCH_WORKSPACE_DIR") {
+            Ok(base) => b.tempdir_in(base),
+            Err(_) => b.tempdir(),
+        };
+        Self(dir.expect("create the bench's workspace directory"))
+    }
+
+    /// A fresh `WORKSPACE_ROOT` for one scenario.
+    fn for_scenario(&self, fake: &str, priority: &str) -> std::path::PathBuf {
+        let dir = self
+            .0
+            .path()
+            .join(format!("{fake}-{}", priority.replace(':', "-")));
+        std::fs::create_dir_all(&dir).expect("create a scenario's workspace");
+        dir
+    }
 }
 
 /// Results of one scenario, as table cells.
@@ -185,7 +220,8 @@ async fn run(s: &Scenario<'_>, n: usize, clients: usize, alone: Alone) -> Row {
             s.priority.split_once(':').map_or("idle", |p| p.0),
         )
         .env("SESSION_EOF_GRACE_MS", "500")
-        .env("SESSION_TERM_GRACE_MS", "1000");
+        .env("SESSION_TERM_GRACE_MS", "1000")
+        .workspace(&s.workspace);
     for (k, v) in &s.fake_env {
         opts = opts.env(k.clone(), v.clone());
     }
@@ -325,6 +361,7 @@ async fn main() {
     ];
     let mut rows = Vec::new();
     let mut unfinished = 0;
+    let workspaces = Workspaces::new();
     let fakes = std::env::var("BENCH_FAKES").unwrap_or_else(|_| "instant,cpu-heavy".into());
     let priorities =
         std::env::var("BENCH_PRIORITIES").unwrap_or_else(|_| "idle:10,batch:10,off".into());
@@ -342,6 +379,7 @@ async fn main() {
                 fake,
                 priority,
                 fake_env: env.clone(),
+                workspace: workspaces.for_scenario(fake, priority),
             };
             let row = run(&s, n, clients, alone).await;
             unfinished += row.unfinished;
