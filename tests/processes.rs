@@ -344,16 +344,16 @@ async fn helper_and_other_policies(pid: u32) -> (Vec<i64>, Vec<(String, i64)>) {
     (helpers.into_iter().map(|(_, p)| p).collect(), others)
 }
 
-/// Beside idle-policy agents (the default) the spool and log writers run `SCHED_BATCH`, so a
-/// write never preempts an HTTP worker on its CPU; every other executor thread, and with any
-/// other agent priority every thread, runs normally.
+/// Beside idle-policy agents (the default) the spool and log writers run `SCHED_IDLE`, so a
+/// write preempts neither an HTTP worker nor an agent; every other executor thread, and with
+/// any other agent priority every thread, runs normally.
 #[tokio::test(flavor = "multi_thread")]
-async fn helper_threads_run_batch_only_beside_idle_agents() {
-    const SCHED_BATCH: i64 = 3;
+async fn helper_threads_run_idle_only_beside_idle_agents() {
+    const SCHED_IDLE: i64 = 5;
     let rx = CallbackReceiver::start();
     let exec = start_fake(&rx, &[]).await;
     let (helpers, others) = helper_and_other_policies(exec.pid()).await;
-    assert_eq!(helpers, [SCHED_BATCH; 2]);
+    assert_eq!(helpers, [SCHED_IDLE; 2]);
     // A task, so that launcher, reaper and blocking-pool threads exist too.
     post_task(&exec, 61, 1, "hello").await;
     assert_eq!(
@@ -375,6 +375,74 @@ async fn helper_threads_run_batch_only_beside_idle_agents() {
         let (helpers, _) = helper_and_other_policies(exec.pid()).await;
         assert_eq!(helpers, [0, 0], "with {env:?}");
     }
+}
+
+/// Clock ticks of CPU (user and system) used so far by the processes whose command line
+/// contains `marker`.
+fn burnt_ticks(marker: &str) -> u64 {
+    common::procs::all_cmdlines()
+        .iter()
+        .filter(|(_, c)| c.contains(marker))
+        .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+        })
+        .sum()
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of `/proc/<pid>/stat`'s CPU times.
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
+/// While idle-policy agents keep every CPU busy, the helpers (idle-policy too, beside them)
+/// still write the spool and the log: a task posted meanwhile gets its callbacks, in order,
+/// its terminal last, and so do the busy ones once they stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn callbacks_flow_while_idle_agents_saturate_every_cpu() {
+    let rx = CallbackReceiver::start();
+    let exec = start_fake(&rx, &[]).await;
+    let stop = exec.workspace().join("stop-burning");
+    let burners = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let burn = format!(
+        "FAKE:sh:timeout 60 sh -c 'while [ ! -e {} ]; do :; done'\nburnt",
+        stop.display()
+    );
+    for i in 0..burners as i64 {
+        post_task(&exec, 70 + i, 1, &burn).await;
+    }
+    // Busy for real: the burners have used half a second of CPU each on average, every CPU taken.
+    let marker = stop.display().to_string();
+    let busy = wait_until(Duration::from_secs(30), || {
+        burnt_ticks(&marker) >= burners as u64 * clock_ticks_per_second() / 2
+    })
+    .await;
+    assert!(busy, "the burners did not burn: {}", exec.logs_tail(20));
+
+    post_task(&exec, 90, 1, "hello").await;
+    let t = rx.wait_terminal(90, 1, FAKE_WAIT).await;
+    assert_eq!(t["status"], "COMPLETED", "{}", rx.dump());
+    let seqs: Vec<String> = rx
+        .received()
+        .iter()
+        .filter(|c| is_subtask(&c.body, 90, 1))
+        .map(|c| c.header("x-callback-sequence").unwrap_or("").to_string())
+        .collect();
+    let expected: Vec<String> = (1..=seqs.len()).map(|n| n.to_string()).collect();
+    assert_eq!(seqs, expected, "in order, none missing: {}", rx.dump());
+
+    std::fs::write(&stop, "").unwrap();
+    for i in 0..burners as i64 {
+        let t = rx.wait_terminal(70 + i, 1, FAKE_WAIT).await;
+        assert_eq!(t["status"], "COMPLETED", "{}", rx.dump());
+    }
+    assert_one_terminal_each(&exec, &rx, 90, &[1], 2).await;
 }
 
 /// The `THP_enabled` line of a `/proc/<pid>/status` text.

@@ -120,31 +120,37 @@ impl AgentPriority {
 }
 
 /// Whether the executor's helper threads (the callback spool's writer, the log writer) run
-/// under `SCHED_BATCH`: set once at start-up by [`set_helper_policy`].
-static HELPERS_BATCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// under `SCHED_IDLE`: set once at start-up by [`set_helper_policy`].
+static HELPERS_IDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// Decides, once at start-up, how the executor's helper threads are scheduled, from how the
-/// agents are. With `SCHED_IDLE` agents (the default) helpers run under `SCHED_BATCH` at the
-/// executor's nice level: a batch thread never preempts the thread running on its CPU when it
-/// wakes (Linux skips wake-up preemption for it), so a spool write or a log line no longer
-/// switches an HTTP worker out in the middle of its work (measured: 12 of the 30 involuntary
-/// context switches per task were the spool writer preempting a worker), while it still
-/// preempts an idle-policy agent at once, as any non-idle thread does. With any other agent
-/// policy helpers stay normal: a batch helper would then wait for an agent's time slice.
+/// agents are. With `SCHED_IDLE` agents (the default) helpers run under `SCHED_IDLE` too: a
+/// helper woken for a spool record or a log line then preempts nothing (neither an HTTP worker
+/// nor an agent) and runs at the end of the running agent's time slice, with whatever else was
+/// queued for it meanwhile. Nothing answers an HTTP request from a helper (a route only
+/// enqueues its callback), so the control plane never waits for one; a callback waits at most
+/// about one scheduler tick longer while the agents saturate the CPU. Measured with the
+/// CPU-heavy fake (`benches/control_plane.rs`): the log writer's time slices per task fell from
+/// about 8 to 0.4 and the spool writer's from about 8 to 3, as each one wakes once for a batch
+/// instead of once per line or record. Among the agents a helper is an equal (the same
+/// `SCHED_IDLE` weight), and a helper that slept has the lowest virtual runtime, so it is
+/// picked first when the slice ends; it is never starved by them. Only the executor's own
+/// normal threads, if they kept every CPU busy, would leave it a small share. With any other
+/// agent policy helpers stay normal: an idle helper would wait for every agent.
 pub fn set_helper_policy(agents: AgentPriority) {
-    let _ = HELPERS_BATCH.set(agents.nice > 0 && agents.policy == SchedPolicy::Idle);
+    let _ = HELPERS_IDLE.set(agents.nice > 0 && agents.policy == SchedPolicy::Idle);
 }
 
 /// Called first thing on a helper thread (see [`set_helper_policy`]); a no-op unless the
-/// helpers run batch. Best effort, as the agents' priority is.
+/// helpers run idle. Best effort, as the agents' priority is.
 pub fn mark_helper_thread() {
-    if HELPERS_BATCH.get().copied().unwrap_or(false) {
+    if HELPERS_IDLE.get().copied().unwrap_or(false) {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         // SAFETY: a plain syscall on the calling thread; the param outlives it.
         unsafe {
             let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(tid, libc::SCHED_BATCH, &param);
+            libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param);
         }
     }
 }
