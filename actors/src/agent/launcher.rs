@@ -82,6 +82,22 @@ where
         .map_err(|_| LaunchFailed("the launch was dropped".into()))?
 }
 
+/// Queues `job` for a thread of `lane` at `priority` and returns at once: an agent's file work
+/// that nothing waits for (its conversation id). Unlike tokio's blocking pool, whose threads
+/// run at the executor's priority, a launcher thread woken for it preempts no agent, and no
+/// task is woken when it is done. A job that panics is dropped alone.
+pub fn detach<F>(priority: AgentPriority, lane: Lane, job: F) -> Result<(), LaunchFailed>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let job: Job = Box::new(move || {
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+    });
+    queue(priority, lane)?
+        .send(job)
+        .map_err(|_| LaunchFailed("the launcher threads are gone".into()))
+}
+
 /// The queue for `priority` and `lane`, its threads started on first use.
 fn queue(priority: AgentPriority, lane: Lane) -> Result<mpsc::Sender<Job>, LaunchFailed> {
     let mut queues = QUEUES.lock().unwrap_or_else(|e| e.into_inner());

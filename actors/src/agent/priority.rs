@@ -126,17 +126,18 @@ static HELPERS_IDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 /// Decides, once at start-up, how the executor's helper threads are scheduled, from how the
 /// agents are. With `SCHED_IDLE` agents (the default) helpers run under `SCHED_IDLE` too: a
 /// helper woken for a spool record or a log line then preempts nothing (neither an HTTP worker
-/// nor an agent) and runs at the end of the running agent's time slice, with whatever else was
+/// nor an agent) and runs when the running agent's time slice ends, with whatever else was
 /// queued for it meanwhile. Nothing answers an HTTP request from a helper (a route only
-/// enqueues its callback), so the control plane never waits for one; a callback waits at most
-/// about one scheduler tick longer while the agents saturate the CPU. Measured with the
-/// CPU-heavy fake (`benches/control_plane.rs`): the log writer's time slices per task fell from
-/// about 8 to 0.4 and the spool writer's from about 8 to 3, as each one wakes once for a batch
-/// instead of once per line or record. Among the agents a helper is an equal (the same
-/// `SCHED_IDLE` weight), and a helper that slept has the lowest virtual runtime, so it is
-/// picked first when the slice ends; it is never starved by them. Only the executor's own
-/// normal threads, if they kept every CPU busy, would leave it a small share. With any other
-/// agent policy helpers stay normal: an idle helper would wait for every agent.
+/// enqueues its callback), so the control plane never waits for one. Measured with the
+/// CPU-heavy fake (`benches/control_plane.rs`): the spool writer's time slices per task fell
+/// from about 8 to 3 and the log writer's from about 8 to 0.4, and the executor's CPU per task
+/// by about a tenth. The price, only while the agents keep every CPU busy: a spool record
+/// waits for the end of a time slice (a scheduler tick or two), and the helper's CPU is an
+/// equal agent's share (all `SCHED_IDLE` threads weigh the same). A helper that slept is
+/// eligible first, and it keeps up as long as it needs less CPU than one agent gets; since an
+/// agent spends far more CPU on an event (a line of node's output) than the spool spends on
+/// its record, that holds until hundreds of agents compete. With any other agent policy
+/// helpers stay normal: an idle helper would then wait for every agent.
 pub fn set_helper_policy(agents: AgentPriority) {
     let _ = HELPERS_IDLE.set(agents.nice > 0 && agents.policy == SchedPolicy::Idle);
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::launcher::Lane;
 use crate::config::{RuntimeConfig, Secret};
 use crate::task::TaskSpec;
 use git::GitCredentials;
@@ -154,9 +155,16 @@ pub async fn prepare(
     cancel: &CancellationToken,
 ) -> Result<Prepared, PrepareError> {
     let task_dir = task_dir(&cfg.workspace_root, spec.task_id)?;
-    create_private_dir(&task_dir)
-        .await
-        .map_err(io_err(&task_dir))?;
+    // On a launcher thread, at the agents' priority, as the launch that follows: tokio's
+    // blocking pool runs at the executor's, and a thread of it woken for one `mkdir` preempts
+    // an agent.
+    let dir = task_dir.clone();
+    let made = crate::agent::launcher::run(cfg.agent_priority, Lane::Launch, move || {
+        crate::task_dir::create_private_dir_blocking(&dir)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    made.map_err(io_err(&task_dir))?;
     let ws = &spec.workspace;
     let mut out = Prepared {
         task_dir: task_dir.clone(),

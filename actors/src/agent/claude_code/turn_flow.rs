@@ -4,6 +4,8 @@
 use std::time::Instant;
 
 use ractor::ActorRef;
+
+use crate::agent::launcher::Lane;
 use serde_json::{json, Value};
 
 use super::*;
@@ -303,11 +305,16 @@ impl ClaudeState {
         }
         self.claude_session = Some(id.to_string());
         let (path, id) = (self.task_dir.join(SESSION_ID_FILE), id.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = tokio::fs::write(&path, id).await {
+        // Written on a launcher thread, at the agent's priority: nothing waits for it.
+        let save = move || {
+            if let Err(e) = std::fs::write(&path, id) {
                 tracing::warn!("cannot save Claude session id to {}: {e}", path.display());
             }
-        });
+        };
+        let priority = self.core.args.cfg.agent_priority;
+        if let Err(e) = crate::agent::launcher::detach(priority, Lane::Launch, save) {
+            tracing::warn!("cannot save Claude session id: {e}");
+        }
     }
 
     pub(super) fn on_interrupt(&mut self, me: &ActorRef<AgentMsg>) {
