@@ -230,4 +230,32 @@ mod tests {
             }
         });
     }
+
+    #[test]
+    fn a_detached_job_runs_at_the_agents_priority_without_a_runtime_and_a_panic_stays_alone() {
+        let p = AgentPriority {
+            nice: 4,
+            policy: SchedPolicy::Idle,
+        };
+        // As many panics as threads: a panic that took its thread with it would leave none.
+        for _ in 0..Lane::Launch.threads() {
+            detach(p, Lane::Launch, || panic!("boom")).expect("queued");
+        }
+        // No tokio runtime here: nothing awaits a detached job.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..Lane::Launch.threads() * 2 {
+            let tx = tx.clone();
+            detach(p, Lane::Launch, move || {
+                // SAFETY: reads the calling thread's own policy.
+                let _ = tx.send(unsafe { libc::sched_getscheduler(0) });
+            })
+            .expect("queued");
+        }
+        for _ in 0..Lane::Launch.threads() * 2 {
+            let policy = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the jobs after the panicking ones ran");
+            assert_eq!(policy, libc::SCHED_IDLE);
+        }
+    }
 }

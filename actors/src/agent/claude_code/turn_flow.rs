@@ -4,11 +4,10 @@
 use std::time::Instant;
 
 use ractor::ActorRef;
-
-use crate::agent::launcher::Lane;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::agent::launcher::Lane;
 
 impl ClaudeState {
     pub(super) fn emit(&self, p: Box<CallbackPayload>) {
