@@ -47,16 +47,7 @@ fn task(task_id: i64) -> Value {
 
 /// CPU time (user + system) the process `pid` itself has used.
 fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_micros(ticks * 1_000_000 / hz)
+    common::procs::cpu_time(pid).unwrap_or_default()
 }
 
 /// CPU time the whole machine has spent busy (every CPU's user, nice, system, irq, softirq).
@@ -70,8 +61,7 @@ fn machine_busy() -> Duration {
         .skip(1)
         .map(|v| v.parse().unwrap_or(0))
         .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = common::procs::clock_ticks_per_second();
     let busy: u64 = [0, 1, 2, 5, 6]
         .iter()
         .map(|i| f.get(*i).copied().unwrap_or(0))

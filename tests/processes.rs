@@ -377,28 +377,13 @@ async fn helper_threads_run_idle_only_beside_idle_agents() {
     }
 }
 
-/// Clock ticks of CPU (user and system) used so far by the processes whose command line
-/// contains `marker`.
-fn burnt_ticks(marker: &str) -> u64 {
+/// CPU time used so far by the processes whose command line contains `marker`.
+fn burnt(marker: &str) -> Duration {
     common::procs::all_cmdlines()
         .iter()
         .filter(|(_, c)| c.contains(marker))
-        .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .map(|stat| {
-            let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .map(|v| v.parse().unwrap_or(0))
-                .collect();
-            f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-        })
+        .filter_map(|(pid, _)| common::procs::cpu_time(*pid))
         .sum()
-}
-
-/// `sysconf(_SC_CLK_TCK)`: the unit of `/proc/<pid>/stat`'s CPU times.
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
 }
 
 /// While idle-policy agents keep every CPU busy, the helpers (idle-policy too, beside them)
@@ -420,7 +405,7 @@ async fn callbacks_flow_while_idle_agents_saturate_every_cpu() {
     // Busy for real: the burners have used half a second of CPU each on average, every CPU taken.
     let marker = stop.display().to_string();
     let busy = wait_until(Duration::from_secs(30), || {
-        burnt_ticks(&marker) >= burners as u64 * clock_ticks_per_second() / 2
+        burnt(&marker) >= Duration::from_millis(500) * burners as u32
     })
     .await;
     assert!(busy, "the burners did not burn: {}", exec.logs_tail(20));

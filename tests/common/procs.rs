@@ -25,6 +25,27 @@ pub fn proc_stat(pid: u32) -> Option<(char, u32, u32)> {
     Some((state, ppid, pgid))
 }
 
+/// `sysconf(_SC_CLK_TCK)`: the unit of the CPU times in `/proc/<pid>/stat` and `/proc/stat`.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
+/// CPU time (user + system) the process `pid` itself has used; `None` if it is gone.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.get(s.rfind(')')? + 1..)?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // After the command: utime is the 12th field, stime the 13th.
+    let ticks = f.get(11)? + f.get(12)?;
+    Some(std::time::Duration::from_micros(
+        ticks * 1_000_000 / clock_ticks_per_second(),
+    ))
+}
+
 /// The one-letter state of `pid`, `None` if it no longer exists (reaped).
 pub fn process_state(pid: u32) -> Option<char> {
     proc_stat(pid).map(|(state, _, _)| state)
